@@ -1,0 +1,24 @@
+//! Compiles `proto/` into Rust with a pure-Rust protobuf compiler (protox), so
+//! building Berth never needs a system `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+
+    let protos = ["proto/berth/v1/volumes.proto"];
+    let fds = protox::compile(protos, ["proto"])?;
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // The encoded descriptor set feeds gRPC server reflection.
+    std::fs::write(
+        out_dir.join("berth_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! What the client prints: aligned tables for people, JSON for scripts.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use comfy_table::{presets, Table};
+use serde_json::{json, Value};
+
+use crate::pb;
+use crate::size::format_size;
+
+/// The output format chosen with `-o/--output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// RFC 3339 time of a protobuf timestamp.
+pub fn time(ts: Option<&prost_types::Timestamp>) -> String {
+    match ts {
+        Some(ts) if ts.seconds >= 0 => {
+            let t = UNIX_EPOCH
+                + Duration::new(ts.seconds as u64, ts.nanos.clamp(0, 999_999_999) as u32);
+            humantime::format_rfc3339_seconds(t).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+fn status(v: &pb::Volume) -> &'static str {
+    match pb::VolumeStatus::try_from(v.status) {
+        Ok(pb::VolumeStatus::Available) => "available",
+        Ok(pb::VolumeStatus::Attached) => "attached",
+        _ => "unknown",
+    }
+}
+
+/// A volume as a JSON object with the fields of the volume record.
+pub fn volume_json(v: &pb::Volume) -> Value {
+    let sorted = |m: &std::collections::HashMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    json!({
+        "id": v.id,
+        "name": v.name,
+        "service": v.service,
+        "driver": v.driver,
+        "size_bytes": v.size_bytes,
+        "created_at": time(v.created_at.as_ref()),
+        "options": sorted(&v.options),
+        "status": status(v),
+        "fields": sorted(&v.fields),
+    })
+}
+
+/// A borderless table with a header row.
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING).set_header(header.to_vec());
+    t
+}
+
+fn trim(table: &Table) -> String {
+    table
+        .lines()
+        .map(|l| l.trim_end().trim_start_matches(' ').to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `berth volume list` as a table.
+pub fn volume_table(volumes: &[pb::Volume]) -> String {
+    let mut t = table(&["NAME", "SERVICE", "DRIVER", "SIZE", "STATUS", "CREATED"]);
+    for v in volumes {
+        t.add_row(vec![
+            v.name.clone(),
+            v.service.clone(),
+            v.driver.clone(),
+            format_size(v.size_bytes),
+            status(v).to_owned(),
+            time(v.created_at.as_ref()),
+        ]);
+    }
+    trim(&t)
+}
+
+/// One volume as key/value lines.
+pub fn volume_detail(v: &pb::Volume) -> String {
+    let mut t = table(&["FIELD", "VALUE"]);
+    let mut options: Vec<_> = v.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    options.sort();
+    t.add_row(vec!["name".into(), v.name.clone()]);
+    t.add_row(vec!["id".into(), v.id.clone()]);
+    t.add_row(vec!["service".into(), v.service.clone()]);
+    t.add_row(vec!["driver".into(), v.driver.clone()]);
+    t.add_row(vec![
+        "size".into(),
+        format!("{} ({} bytes)", format_size(v.size_bytes), v.size_bytes),
+    ]);
+    t.add_row(vec!["status".into(), status(v).to_owned()]);
+    t.add_row(vec!["created".into(), time(v.created_at.as_ref())]);
+    t.add_row(vec!["options".into(), options.join(", ")]);
+    let mut fields: Vec<_> = v.fields.iter().collect();
+    fields.sort();
+    for (k, value) in fields {
+        t.add_row(vec![k.clone(), value.clone()]);
+    }
+    trim(&t)
+}
+
+/// `berth service list` as a table.
+pub fn service_table(services: &[pb::Service]) -> String {
+    let mut t = table(&["NAME", "DRIVER", "CAPABILITIES"]);
+    for s in services {
+        t.add_row(vec![
+            s.name.clone(),
+            s.driver.clone(),
+            capabilities(s.capabilities.as_ref()).join(","),
+        ]);
+    }
+    trim(&t)
+}
+
+/// The capability names a service declares.
+pub fn capabilities(c: Option<&pb::Capabilities>) -> Vec<&'static str> {
+    let Some(c) = c else { return vec![] };
+    [
+        (c.attach, "attach"),
+        (c.multi_attach, "multi-attach"),
+        (c.snapshot, "snapshot"),
+        (c.copy, "copy"),
+        (c.create_from_snapshot, "from-snapshot"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
+}
+
+/// `berth service list` as JSON.
+pub fn service_json(s: &pb::Service) -> Value {
+    json!({
+        "name": s.name,
+        "driver": s.driver,
+        "capabilities": capabilities(s.capabilities.as_ref()),
+    })
+}

@@ -1,0 +1,130 @@
+//! Human sizes: `512MiB`, `10GiB`, `1G`, `1.5TiB`, `4096`.
+
+/// Why a size did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid size {input:?}: {reason}; use bytes or a number with a unit, e.g. 4096, 512MiB, 10GiB, 1G, 1.5TiB")]
+pub struct SizeError {
+    input: String,
+    reason: &'static str,
+}
+
+/// Parses a size into bytes. Binary units (`KiB`, `MiB`, `GiB`, `TiB`,
+/// `PiB`, also `Ki`...) are powers of 1024; decimal ones (`K`/`KB`, `M`/`MB`,
+/// `G`/`GB`, `T`/`TB`, `P`/`PB`) powers of 1000, as in Kubernetes. Case of
+/// the unit does not matter; a fraction must come out to whole bytes.
+pub fn parse_size(input: &str) -> Result<u64, SizeError> {
+    let fail = |reason| SizeError {
+        input: input.to_owned(),
+        reason,
+    };
+    let text = input.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(fail("it does not start with a number"));
+    }
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "p" | "pb" => 1_000_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        "pi" | "pib" => 1 << 50,
+        _ => return Err(fail("the unit is not known")),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
+        return Err(fail("the number is malformed"));
+    }
+    let whole: u64 = whole.parse().map_err(|_| fail("the number is too large"))?;
+    let mut bytes = whole
+        .checked_mul(multiplier)
+        .ok_or_else(|| fail("it is larger than 2^64 bytes"))?;
+    if !fraction.is_empty() {
+        if fraction.len() > 18 {
+            return Err(fail("the fraction has too many digits"));
+        }
+        let digits: u128 = fraction
+            .parse()
+            .map_err(|_| fail("the number is malformed"))?;
+        let scale = 10u128.pow(fraction.len() as u32);
+        let scaled = digits * multiplier as u128;
+        if scaled % scale != 0 {
+            return Err(fail("it is not a whole number of bytes"));
+        }
+        bytes = u64::try_from(scaled / scale)
+            .ok()
+            .and_then(|extra| bytes.checked_add(extra))
+            .ok_or_else(|| fail("it is larger than 2^64 bytes"))?;
+    }
+    Ok(bytes)
+}
+
+/// Formats bytes for people: `10 GiB`, `1.5 TiB`, `512 B`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1.5TiB"), Ok(3 << 39));
+        assert_eq!(parse_size("2 gb"), Ok(2_000_000_000));
+        assert_eq!(parse_size("0"), Ok(0));
+    }
+
+    #[test]
+    fn refuses_bad_sizes() {
+        for bad in [
+            "",
+            "-1",
+            "abc",
+            "1XB",
+            "1.5",
+            "1.",
+            ".5G",
+            "1..5G",
+            "99999999999999999999",
+            "16EiB",
+            "20000PiB",
+            "1e3",
+        ] {
+            let err = parse_size(bad).expect_err(bad);
+            assert!(err.to_string().contains("invalid size"), "{err}");
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(format_size(512), "512 B");
+        assert_eq!(format_size(10 << 30), "10 GiB");
+        assert_eq!(format_size(3 << 39), "1.5 TiB");
+    }
+}

@@ -1,0 +1,212 @@
+//! The gRPC face of the controller: request validation, mapping to
+//! [`Volumes`] and back, and error codes.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use berth_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::store::{VolumeKey, VolumeRecord};
+use crate::volumes::{NewVolume, VolumeError, Volumes};
+
+/// Page size when the request gives none, and the most one page may hold.
+pub const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 10_000;
+const TOKEN_PREFIX: &str = "v1.";
+
+/// Implements `berth.v1.ServiceCatalog` and `berth.v1.Volumes`.
+#[derive(Clone)]
+pub struct Api {
+    volumes: Arc<Volumes>,
+}
+
+impl Api {
+    pub fn new(volumes: Arc<Volumes>) -> Self {
+        Self { volumes }
+    }
+}
+
+impl From<VolumeError> for Status {
+    fn from(e: VolumeError) -> Self {
+        use berth_drivers::DriverError as D;
+        let message = e.to_string();
+        match e {
+            VolumeError::InvalidArgument(_) => Status::invalid_argument(message),
+            VolumeError::NotFound(_) => Status::not_found(message),
+            VolumeError::AlreadyExists(_) => Status::already_exists(message),
+            VolumeError::FailedPrecondition(_) => Status::failed_precondition(message),
+            VolumeError::Store(_) => Status::internal(message),
+            VolumeError::Driver { source, .. } => match source {
+                D::InvalidArgument(_) | D::InvalidOption { .. } => {
+                    Status::invalid_argument(message)
+                }
+                D::NotFound(_) => Status::not_found(message),
+                D::AlreadyExists(_) => Status::already_exists(message),
+                D::FailedPrecondition(_) => Status::failed_precondition(message),
+                D::Unsupported { .. } => Status::unimplemented(message),
+                D::Unavailable(_) => Status::unavailable(message),
+                D::Io { .. } | D::Internal(_) => Status::internal(message),
+            },
+        }
+    }
+}
+
+/// Converts a record to its wire form.
+pub fn to_proto(record: VolumeRecord) -> pb::Volume {
+    let created = record.created_at();
+    let status = if record.attachments.is_empty() {
+        pb::VolumeStatus::Available
+    } else {
+        pb::VolumeStatus::Attached
+    };
+    pb::Volume {
+        id: record.id,
+        name: record.name,
+        service: record.service,
+        driver: record.driver,
+        size_bytes: record.size_bytes,
+        created_at: Some(prost_types::Timestamp::from(created)),
+        options: record.options.into_iter().collect(),
+        status: status as i32,
+        fields: record.fields.into_iter().collect(),
+    }
+}
+
+fn encode_token(key: &VolumeKey) -> String {
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.to_cursor())
+    )
+}
+
+fn decode_token(token: &str) -> Result<VolumeKey, Status> {
+    let bad = || {
+        Status::invalid_argument(format!(
+            "page_token {:?} is not a token this controller issued; start again with an empty page_token",
+            token.chars().take(64).collect::<String>()
+        ))
+    };
+    let raw = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| bad())?;
+    VolumeKey::from_cursor(&bytes).ok_or_else(bad)
+}
+
+#[tonic::async_trait]
+impl pb::service_catalog_server::ServiceCatalog for Api {
+    async fn list_services(
+        &self,
+        _request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let services = self
+            .volumes
+            .catalog()
+            .iter()
+            .map(|s| pb::Service {
+                name: s.name.clone(),
+                driver: s.driver_name.clone(),
+                capabilities: Some(pb::Capabilities {
+                    attach: s.capabilities.attach,
+                    multi_attach: s.capabilities.multi_attach,
+                    snapshot: s.capabilities.snapshot,
+                    copy: s.capabilities.copy,
+                    create_from_snapshot: s.capabilities.create_from_snapshot,
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::volumes_server::Volumes for Api {
+    async fn list_volumes(
+        &self,
+        request: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        let service = (!req.service.is_empty()).then_some(req.service);
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => {
+                let key = decode_token(token)?;
+                if service.as_ref().is_some_and(|s| *s != key.service) {
+                    return Err(Status::invalid_argument(
+                        "page_token belongs to a listing of another service; start again with an empty page_token",
+                    ));
+                }
+                Some(key)
+            }
+        };
+        let limit = match req.max_entries as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let volumes = Arc::clone(&self.volumes);
+        let (page, more) = tokio::task::spawn_blocking(move || {
+            volumes.page(service.as_deref(), after.as_ref(), limit, |_| true)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("listing failed: {e}")))??;
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => encode_token(&VolumeKey::new(&last.service, &last.name)),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListVolumesResponse {
+            volumes: page.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_volume(
+        &self,
+        request: Request<pb::GetVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let req = request.into_inner();
+        let record = self.volumes.get(&req.service, &req.name)?;
+        Ok(Response::new(to_proto(record)))
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let req = request.into_inner();
+        let record = self
+            .volumes
+            .create(NewVolume {
+                service: req.service,
+                name: req.name,
+                size_bytes: req.size_bytes,
+                options: req.options.into_iter().collect(),
+            })
+            .await?;
+        Ok(Response::new(to_proto(record)))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        self.volumes.delete(&req.service, &req.name).await?;
+        Ok(Response::new(pb::DeleteVolumeResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_refused() {
+        let key = VolumeKey::new("fast", "db");
+        assert_eq!(decode_token(&encode_token(&key)).expect("round trip"), key);
+        for bad in ["x", "v1.!!!", "v1.", "v2.ZmFzdABkYg"] {
+            let err = decode_token(bad).expect_err(bad);
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        }
+    }
+}

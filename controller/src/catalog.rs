@@ -1,0 +1,81 @@
+//! The configured services: each a name bound to a built driver instance.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_drivers::{Capabilities, DriverOptions, DriverRegistry, VolumeDriver};
+
+use crate::config::{ConfigError, ServiceConfig};
+
+/// One configured service.
+pub struct Service {
+    pub name: String,
+    pub driver_name: String,
+    pub driver: Arc<dyn VolumeDriver>,
+    pub capabilities: Capabilities,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+/// Every configured service, by name.
+#[derive(Default)]
+pub struct Catalog {
+    services: BTreeMap<String, Arc<Service>>,
+}
+
+impl Catalog {
+    /// Builds every service's driver; the first failure stops start-up with
+    /// an error naming the file, the service and the problem.
+    pub fn build(
+        registry: &DriverRegistry,
+        services: &[ServiceConfig],
+        source: &Path,
+    ) -> Result<Self, ConfigError> {
+        let mut catalog = Self::default();
+        for config in services {
+            let fail = |problem: String| ConfigError::Service {
+                path: source.to_owned(),
+                service: config.name.clone(),
+                problem,
+            };
+            let options: DriverOptions = config.driver_options();
+            let driver = match registry.build(&config.driver, &options) {
+                None => {
+                    let known: Vec<_> = registry.names().collect();
+                    return Err(fail(format!(
+                        "unknown driver {:?} (known drivers: {})",
+                        config.driver,
+                        known.join(", ")
+                    )));
+                }
+                Some(Err(e)) => return Err(fail(format!("driver {}: {e}", config.driver))),
+                Some(Ok(driver)) => driver,
+            };
+            let service = Service {
+                name: config.name.clone(),
+                driver_name: config.driver.clone(),
+                capabilities: driver.capabilities(),
+                driver,
+                allow: config.allow.clone(),
+                deny: config.deny.clone(),
+            };
+            catalog
+                .services
+                .insert(config.name.clone(), Arc::new(service));
+        }
+        Ok(catalog)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+}

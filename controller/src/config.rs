@@ -1,0 +1,113 @@
+//! The controller's configuration file and the services it declares.
+//!
+//! ```toml
+//! [[services]]
+//! name = "fast"
+//! driver = "vfs"
+//! [services.options]
+//! root = "/ssd/berth"
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The parsed file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Address to listen on (overridden by `--listen`).
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One configured service: a named instance of a driver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub driver: String,
+    /// Driver options; values may be strings, numbers or booleans.
+    #[serde(default)]
+    pub options: BTreeMap<String, toml::Value>,
+    /// Subjects allowed to use this service in addition to what their
+    /// credentials allow (empty: credentials decide alone).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Subjects refused whatever their credentials say.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// What is wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}, service {service:?}: {problem}")]
+    Service {
+        path: PathBuf,
+        service: String,
+        problem: String,
+    },
+}
+
+impl ConfigFile {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let mut seen = BTreeSet::new();
+        for service in &file.services {
+            let fail = |problem: String| ConfigError::Service {
+                path: path.to_owned(),
+                service: service.name.clone(),
+                problem,
+            };
+            if let Err(e) = berth_drivers::VolumeName::parse(&service.name) {
+                return Err(fail(format!("bad service name: {e}")));
+            }
+            if !seen.insert(service.name.as_str()) {
+                return Err(fail("is declared more than once".into()));
+            }
+        }
+        if file.services.is_empty() {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: "it declares no services; add at least one [[services]] table".into(),
+            });
+        }
+        Ok(file)
+    }
+}
+
+impl ServiceConfig {
+    /// The options as the strings drivers read.
+    pub fn driver_options(&self) -> berth_drivers::DriverOptions {
+        berth_drivers::DriverOptions::new(
+            self.options
+                .iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), text)
+                })
+                .collect(),
+        )
+    }
+}

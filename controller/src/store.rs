@@ -1,0 +1,311 @@
+//! Durable volume records and operation intents, in a sled database.
+//!
+//! One sled tree holds two kinds of key, so that a record and the intent
+//! that produced it change in one atomic batch:
+//!
+//! ```text
+//! v\0<service>\0<name>  -> VolumeRecord (JSON)   the volumes the controller acknowledged
+//! i\0<service>\0<name>  -> Intent (JSON)         an operation under way on that volume
+//! ```
+//!
+//! An intent is written and flushed before the driver is called; the record
+//! change and the intent's removal are applied together afterwards. At
+//! start-up any intent left over is a crash mid-operation, which
+//! [`crate::volumes::Volumes::reconcile`] finishes or undoes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// What the controller knows about one volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Stable, unique id assigned at creation.
+    pub id: String,
+    pub name: String,
+    pub service: String,
+    pub driver: String,
+    pub size_bytes: u64,
+    /// Creation time, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    pub options: BTreeMap<String, String>,
+    /// Driver-reported facts (`path`, ...).
+    pub fields: BTreeMap<String, String>,
+    /// Instances the volume is attached to.
+    #[serde(default)]
+    pub attachments: Vec<String>,
+}
+
+impl VolumeRecord {
+    pub fn created_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.created_at_ms)
+    }
+}
+
+/// An operation that was started and not yet finished.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Intent {
+    Create { record: VolumeRecord },
+    Delete { record: VolumeRecord },
+}
+
+/// Errors of the record store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the volume database at {path}: {source}; is another berthd using this data directory?")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("volume database error: {0}")]
+    Db(#[from] sled::Error),
+    #[error("corrupt entry {key:?} in the volume database: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+/// The key of one volume, without its kind prefix.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VolumeKey {
+    pub service: String,
+    pub name: String,
+}
+
+impl VolumeKey {
+    pub fn new(service: &str, name: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn encode(&self, kind: u8) -> Vec<u8> {
+        let mut key = Vec::with_capacity(3 + self.service.len() + self.name.len());
+        key.extend_from_slice(&[kind, 0]);
+        key.extend_from_slice(self.service.as_bytes());
+        key.push(0);
+        key.extend_from_slice(self.name.as_bytes());
+        key
+    }
+
+    /// The key's bytes without the kind prefix: `<service>\0<name>`.
+    pub fn to_cursor(&self) -> Vec<u8> {
+        self.encode(b'v')[2..].to_vec()
+    }
+
+    /// The inverse of [`to_cursor`](Self::to_cursor).
+    pub fn from_cursor(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (service, name) = text.split_once('\0')?;
+        Some(Self::new(service, name))
+    }
+
+    fn decode(raw: &[u8]) -> Option<Self> {
+        Self::from_cursor(raw.get(2..)?)
+    }
+}
+
+const VOLUME: u8 = b'v';
+const INTENT: u8 = b'i';
+
+/// The sled-backed store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // sled's default cache is 1 GiB; records are small.
+            .cache_capacity(16 * 1024 * 1024)
+            // Durability comes from explicit flushes, not a timer.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let tree = db.open_tree("volumes")?;
+        Ok(Self { db, tree })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &VolumeKey) -> Result<Option<VolumeRecord>, StoreError> {
+        self.tree
+            .get(key.encode(VOLUME))?
+            .map(|raw| decode(key.encode(VOLUME).as_slice(), &raw))
+            .transpose()
+    }
+
+    /// Records an intent (not yet durable: call [`flush`](Self::flush)).
+    pub fn begin(&self, key: &VolumeKey, intent: &Intent) -> Result<(), StoreError> {
+        self.tree.insert(key.encode(INTENT), encode(intent))?;
+        Ok(())
+    }
+
+    /// Drops an intent without changing the record.
+    pub fn abandon(&self, key: &VolumeKey) -> Result<(), StoreError> {
+        self.tree.remove(key.encode(INTENT))?;
+        Ok(())
+    }
+
+    /// Atomically sets (or removes, with `None`) the record and drops the
+    /// intent (not yet durable: call [`flush`](Self::flush)).
+    pub fn commit(&self, key: &VolumeKey, record: Option<&VolumeRecord>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        match record {
+            Some(record) => batch.insert(key.encode(VOLUME), encode(record)),
+            None => batch.remove(key.encode(VOLUME)),
+        }
+        batch.remove(key.encode(INTENT));
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every intent left over, in key order.
+    pub fn intents(&self) -> Result<Vec<(VolumeKey, Intent)>, StoreError> {
+        self.tree
+            .scan_prefix([INTENT, 0])
+            .map(|entry| {
+                let (k, v) = entry?;
+                let key = VolumeKey::decode(&k).ok_or_else(|| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    source: serde::de::Error::custom("bad key"),
+                })?;
+                Ok((key, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Records in key order (service, then name), starting after `after`,
+    /// restricted to `service` if given, keeping those `keep` accepts, at
+    /// most `limit`. Returns the page and whether more records follow.
+    pub fn page(
+        &self,
+        service: Option<&str>,
+        after: Option<&VolumeKey>,
+        limit: usize,
+        keep: impl Fn(&VolumeRecord) -> bool,
+    ) -> Result<(Vec<VolumeRecord>, bool), StoreError> {
+        let mut prefix = vec![VOLUME, 0];
+        if let Some(service) = service {
+            prefix.extend_from_slice(service.as_bytes());
+            prefix.push(0);
+        }
+        let start = match after {
+            // The smallest key greater than `after`.
+            Some(after) => {
+                let mut k = after.encode(VOLUME);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for entry in self.tree.range(start..) {
+            let (k, v) = entry?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let record: VolumeRecord = decode(&k, &v)?;
+            if !keep(&record) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(record);
+        }
+        Ok((out, false))
+    }
+
+    /// Every record (for reconciliation at start-up).
+    pub fn all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
+        Ok(self.page(None, None, usize::MAX, |_| true)?.0)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and integers cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(raw).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(service: &str, name: &str) -> VolumeRecord {
+        VolumeRecord {
+            id: format!("id-{service}-{name}"),
+            name: name.into(),
+            service: service.into(),
+            driver: "vfs".into(),
+            size_bytes: 1,
+            created_at_ms: 0,
+            options: BTreeMap::new(),
+            fields: BTreeMap::new(),
+            attachments: vec![],
+        }
+    }
+
+    #[test]
+    fn pages_in_order_and_by_service() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        for (s, n) in [("a", "1"), ("a", "2"), ("a-b", "0"), ("b", "1"), ("b", "2")] {
+            store
+                .commit(&VolumeKey::new(s, n), Some(&record(s, n)))
+                .expect("commit");
+        }
+        let (page, more) = store.page(None, None, 2, |_| true).expect("page");
+        assert!(more);
+        assert_eq!(
+            page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["1", "2"]
+        );
+        let last = VolumeKey::new(&page[1].service, &page[1].name);
+        let (rest, more) = store.page(None, Some(&last), 10, |_| true).expect("page");
+        assert!(!more);
+        assert_eq!(rest.len(), 3);
+        let (only_a, _) = store.page(Some("a"), None, 10, |_| true).expect("page");
+        assert_eq!(only_a.len(), 2, "the service prefix must not match a-b");
+    }
+
+    #[test]
+    fn commit_replaces_the_intent_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let key = VolumeKey::new("s", "v");
+        let rec = record("s", "v");
+        store
+            .begin(
+                &key,
+                &Intent::Create {
+                    record: rec.clone(),
+                },
+            )
+            .expect("begin");
+        assert_eq!(store.intents().expect("intents").len(), 1);
+        store.commit(&key, Some(&rec)).expect("commit");
+        assert!(store.intents().expect("intents").is_empty());
+        assert_eq!(store.get(&key).expect("get"), Some(rec));
+    }
+}

@@ -1,0 +1,15 @@
+//! `berth-proto`: the generated Berth gRPC API (package `berth.v1`).
+//!
+//! The `.proto` sources live in `proto/berth/v1/`; the workspace's root
+//! `build.rs` compiles them with protox (no system `protoc`). Both the
+//! controller (`berthd`) and the client (`berth`) depend on this crate, and
+//! nothing else: it holds no logic.
+
+/// Version 1 of the API.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("berth.v1");
+
+    /// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_descriptor");
+}
