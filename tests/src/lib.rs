@@ -1,1 +1,289 @@
-//! e2e
+//! The end-to-end harness: real `berthd` and `berth` processes on loopback,
+//! each controller with its own temporary data directory and home.
+//!
+//! Every test in `tests/tests/` goes through [`Berthd`]: start a controller
+//! (`--listen 127.0.0.1:0`, the port read from its "listening on" line), run
+//! the `berth` binary against it, kill or restart it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+/// How long a controller may take to start.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory holding the built `berthd` and `berth`, building them once
+/// per test run (cargo does not build other packages' binaries for tests).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target directory")
+            .to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--bins",
+            "-p",
+            "berth-controller",
+            "-p",
+            "berth-client",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building berthd and berth failed");
+        dir
+    })
+}
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A running controller and the home directory its user (and the client)
+/// live in.
+pub struct Berthd {
+    child: Option<Child>,
+    /// The address it serves on.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// `HOME`, `XDG_CONFIG_HOME` and `XDG_DATA_HOME` live under here.
+    pub home: PathBuf,
+    args: Vec<String>,
+    _tmp: tempfile::TempDir,
+    /// Everything the controller wrote to stderr so far (collected).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Berthd {
+    /// Starts `berthd` with default settings on an ephemeral loopback port.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts `berthd` with extra arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let data_dir = tmp.path().join("data");
+        let mut me = Self {
+            child: None,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            data_dir,
+            home,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            _tmp: tmp,
+            log: Default::default(),
+        };
+        me.launch("127.0.0.1:0");
+        me
+    }
+
+    /// A path under the test's temporary directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self._tmp.path().join(rel)
+    }
+
+    /// Sets the environment every process of this test shares.
+    pub fn env(&self, cmd: &mut Command) {
+        for var in [
+            "BERTH_HOST",
+            "BERTH_CONFIG",
+            "BERTH_TOKEN",
+            "BERTH_DATA_DIR",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("HOME", &self.home)
+            .env("XDG_CONFIG_HOME", self.home.join(".config"))
+            .env("XDG_DATA_HOME", self.home.join(".local/share"));
+    }
+
+    fn launch(&mut self, listen: &str) {
+        let mut cmd = Command::new(bin("berthd"));
+        self.env(&mut cmd);
+        cmd.arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info,berthd::request=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn berthd");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = log.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("berthd listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => self.addr = addr.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("berthd did not start; its log:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The controller's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Process id of the running controller.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills the controller with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal (by name, e.g. "TERM", "HUP") to the controller.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the controller to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Starts the controller again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let addr = self.addr.to_string();
+        self.launch(&addr);
+    }
+
+    /// A `berth` command aimed at this controller, not yet run.
+    pub fn berth_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("berth"));
+        self.env(&mut cmd);
+        cmd.arg("--host")
+            .arg(self.addr.to_string())
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `berth` with `args` against this controller.
+    pub fn berth(&self, args: &[&str]) -> Run {
+        Run(self.berth_cmd(args).output().expect("run berth"))
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A finished `berth` run.
+#[derive(Debug)]
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.0.status.success()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn success(&self) -> String {
+        assert!(
+            self.ok(),
+            "berth failed: {}\n{}",
+            self.stderr(),
+            self.stdout()
+        );
+        self.stdout()
+    }
+
+    /// Asserts failure and returns stderr.
+    #[track_caller]
+    pub fn failure(&self) -> String {
+        assert!(
+            !self.ok(),
+            "berth should have failed but printed: {}",
+            self.stdout()
+        );
+        self.stderr()
+    }
+
+    /// Asserts success and parses stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.success()).expect("berth printed JSON")
+    }
+}
+
+/// Names of the entries of a directory, sorted (hidden ones included).
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
