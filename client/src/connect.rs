@@ -1,22 +1,66 @@
-//! Connection set-up, in one place: resolve, connect, (secure,) and hand the
-//! stream to tonic.
+//! Connection set-up, in one place: resolve, connect, secure, and hand the
+//! stream to tonic. Every trust decision is an explicit [`ServerTrust`].
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::pinning::{Fingerprint, Observed, PinSource, PinVerifier};
+
 /// How long to wait for the controller to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the client decides whether the controller is the right one.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// The root of the presented chain must have this fingerprint.
+    Pinned {
+        fingerprint: Fingerprint,
+        source: PinSource,
+    },
+    /// Standard WebPKI verification (chain and host name) against these CAs.
+    Ca { roots: PathBuf },
+    /// Nothing known yet: connect only to see what is presented, then refuse
+    /// with [`ConnectError::Unknown`] so a person can decide.
+    FirstContact,
+    /// No TLS at all (`--plaintext`), for an `--insecure-plaintext`
+    /// controller. Never chosen by the client on its own.
+    DangerousPlaintext,
+}
+
+/// A client certificate and its key, presented for mutual TLS.
+pub struct ClientIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
 
 /// Why the client could not talk to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot reach the controller at {host}: {reason}")]
     Unreachable { host: String, reason: String },
+    #[error("the controller at {host} is not trusted yet (fingerprint {observed})")]
+    Unknown { host: String, observed: Fingerprint },
+    #[error("the controller at {host} presented fingerprint {presented}, but {pin_source} pins {pinned}")]
+    Changed {
+        host: String,
+        pinned: Fingerprint,
+        presented: Fingerprint,
+        pin_source: PinSource,
+    },
+    #[error("TLS with the controller at {host} failed: {reason}")]
+    Tls { host: String, reason: String },
+    #[error("{0}")]
+    Setup(String),
     #[error("cannot set up the gRPC channel to {host}: {source}")]
     Channel {
         host: String,
@@ -57,6 +101,166 @@ pub async fn dial(host: &str) -> Result<TcpStream, ConnectError> {
     Err(unreachable(last.unwrap_or_else(|| {
         "the name resolves to no address".into()
     })))
+}
+
+/// The host part of `HOST:PORT` as a TLS server name.
+fn server_name(host: &str) -> Result<ServerName<'static>, ConnectError> {
+    let name = match host.rsplit_once(':') {
+        Some((name, _port)) => name.trim_start_matches('[').trim_end_matches(']'),
+        None => host,
+    };
+    ServerName::try_from(name.to_owned())
+        .map_err(|_| ConnectError::Setup(format!("{name:?} is not a valid host name")))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Connects and secures a channel to `host`.
+pub async fn connect(
+    host: &str,
+    trust: &ServerTrust,
+    identity: Option<ClientIdentity>,
+) -> Result<Channel, ConnectError> {
+    let tcp = dial(host).await?;
+    if let ServerTrust::DangerousPlaintext = trust {
+        return channel_over(host, tcp).await;
+    }
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::Setup(e.to_string()))?;
+    let mut pin_verifier = None;
+    let builder = match trust {
+        ServerTrust::Ca { roots } => {
+            let mut store = rustls::RootCertStore::empty();
+            let certs = read_pem_certs(roots)?;
+            let (added, _) = store.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(ConnectError::Setup(format!(
+                    "{} holds no usable CA certificate",
+                    roots.display()
+                )));
+            }
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(store),
+                Arc::clone(&provider),
+            )
+            .build()
+            .map_err(|e| ConnectError::Setup(format!("CA {}: {e}", roots.display())))?;
+            builder.with_webpki_verifier(verifier)
+        }
+        ServerTrust::Pinned { fingerprint, .. } => {
+            let v = Arc::new(PinVerifier::pinned(*fingerprint, Arc::clone(&provider)));
+            pin_verifier = Some(Arc::clone(&v));
+            builder.dangerous().with_custom_certificate_verifier(v)
+        }
+        ServerTrust::FirstContact => {
+            let v = Arc::new(PinVerifier::observe_only(Arc::clone(&provider)));
+            pin_verifier = Some(Arc::clone(&v));
+            builder.dangerous().with_custom_certificate_verifier(v)
+        }
+        ServerTrust::DangerousPlaintext => unreachable!("handled above"),
+    };
+    let mut config = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain, id.key)
+            .map_err(|e| {
+                ConnectError::Setup(format!("the client certificate is not usable: {e}"))
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        connector.connect(server_name(host)?, tcp),
+    )
+    .await;
+    let tls_error = |reason: String| ConnectError::Tls {
+        host: host.to_owned(),
+        reason,
+    };
+    match handshake {
+        Ok(Ok(stream)) => channel_over(host, stream).await,
+        Err(_) => Err(tls_error(format!(
+            "no handshake within {}s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => {
+            let observed = pin_verifier.as_ref().and_then(|v| v.observed());
+            Err(match (trust, observed) {
+                (ServerTrust::FirstContact, Some(Observed { root, .. })) => ConnectError::Unknown {
+                    host: host.to_owned(),
+                    observed: root,
+                },
+                (
+                    ServerTrust::Pinned {
+                        fingerprint,
+                        source,
+                    },
+                    Some(Observed { root, .. }),
+                ) if root != *fingerprint => ConnectError::Changed {
+                    host: host.to_owned(),
+                    pinned: *fingerprint,
+                    presented: root,
+                    pin_source: source.clone(),
+                },
+                _ => tls_error(explain_tls(&e)),
+            })
+        }
+    }
+}
+
+fn explain_tls(e: &io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("CorruptMessage")
+        || text.contains("InvalidContentType")
+        || text.contains("received corrupt message")
+    {
+        format!("{text} (is the controller serving plaintext? then use --plaintext)")
+    } else {
+        text
+    }
+}
+
+/// Reads a PEM file of certificates.
+pub fn read_pem_certs(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ConnectError::Setup(format!(
+                "cannot read certificates from {}: {e}",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(ConnectError::Setup(format!(
+            "{} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// Reads a client certificate chain and key.
+pub fn read_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<ClientIdentity, ConnectError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = read_pem_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        ConnectError::Setup(format!(
+            "cannot read a private key from {}: {e}",
+            key.display()
+        ))
+    })?;
+    Ok(ClientIdentity { chain, key })
 }
 
 /// Builds a tonic channel over an already-established stream. The channel

@@ -5,12 +5,16 @@
 //!
 //! | module | what it is |
 //! | --- | --- |
-//! | [`connect`] | connection set-up, in one place |
+//! | [`config`] | the client configuration file |
+//! | [`connect`] | connection set-up and trust decisions, in one place |
+//! | [`pinning`] | fingerprints, the sled trust store, the pin verifier |
 //! | [`size`] | human sizes (`10GiB`) |
 //! | [`output`] | tables and JSON for people and scripts |
 
+pub mod config;
 pub mod connect;
 pub mod output;
+pub mod pinning;
 pub mod size;
 
 pub use berth_proto::v1 as pb;

@@ -1,25 +1,40 @@
 //! `berth`: the Berth command-line client.
 
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
+use berth_client::config::Loaded;
+use berth_client::connect::{self, ConnectError, ServerTrust};
 use berth_client::output::{self, Format};
-use berth_client::{connect, pb, size};
+use berth_client::pinning::{Fingerprint, PinSource, TrustStore};
+use berth_client::{pb, size};
 use clap::{Args, Parser, Subcommand};
 use tonic::transport::Channel;
+
+/// The controller used when nothing else names one.
+const DEFAULT_HOST: &str = "127.0.0.1:7979";
 
 /// Talk to a Berth controller.
 #[derive(Parser, Debug)]
 #[command(name = "berth", version, about)]
 struct Cli {
-    /// The controller, as HOST:PORT.
-    #[arg(
-        long,
-        global = true,
-        env = "BERTH_HOST",
-        default_value = "127.0.0.1:7979"
-    )]
-    host: String,
+    /// The controller, as HOST:PORT [default: `host` in the config, else 127.0.0.1:7979].
+    #[arg(long, global = true, env = "BERTH_HOST")]
+    host: Option<String>,
+    /// Client config file [default: $XDG_CONFIG_HOME/berth/config.toml].
+    #[arg(long, global = true, env = "BERTH_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Trust the controller only if its CA has this SHA-256 fingerprint (no prompt).
+    #[arg(long, global = true, value_name = "FP", conflicts_with_all = ["ca", "plaintext"])]
+    fingerprint: Option<Fingerprint>,
+    /// Verify the controller against this CA bundle and its host name (WebPKI) instead of pinning.
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "plaintext")]
+    ca: Option<PathBuf>,
+    /// Talk plaintext to a controller started with --insecure-plaintext.
+    #[arg(long, global = true)]
+    plaintext: bool,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value = "table")]
     output: Format,
@@ -35,6 +50,33 @@ enum Command {
     /// Volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Pinned controllers (the client's known_hosts).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// List pinned controllers (trust store and config file).
+    #[command(alias = "ls")]
+    List,
+    /// Pin a controller's fingerprint (get it with `berthd fingerprint`).
+    Add {
+        /// HOST:PORT
+        host: String,
+        fingerprint: Fingerprint,
+    },
+    /// Remove a controller's pin from the trust store.
+    #[command(alias = "rm")]
+    Remove {
+        /// HOST:PORT
+        host: String,
+    },
+    /// Connect and show what the controller presents, trusting nothing.
+    Show {
+        /// HOST:PORT [default: the controller in use]
+        host: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,14 +199,110 @@ fn status_line(status: &tonic::Status) -> String {
     format!("{word}: {}", status.message())
 }
 
+/// Everything the command line and the config file say about the target.
+struct Target {
+    host: String,
+    loaded: Loaded,
+}
+
+impl Target {
+    fn resolve(cli: &Cli) -> anyhow::Result<Self> {
+        let loaded = Loaded::load(cli.config.as_deref())?;
+        let host = cli
+            .host
+            .clone()
+            .or_else(|| loaded.config.host.clone())
+            .unwrap_or_else(|| DEFAULT_HOST.to_owned());
+        Ok(Self { host, loaded })
+    }
+
+    /// The trust decision: flags first, then the config file (preseeded,
+    /// never prompts), then the trust store (opened only if needed).
+    fn trust(&self, cli: &Cli) -> anyhow::Result<ServerTrust> {
+        if cli.plaintext {
+            return Ok(ServerTrust::DangerousPlaintext);
+        }
+        if let Some(roots) = &cli.ca {
+            return Ok(ServerTrust::Ca {
+                roots: roots.clone(),
+            });
+        }
+        if let Some(fingerprint) = cli.fingerprint {
+            return Ok(ServerTrust::Pinned {
+                fingerprint,
+                source: PinSource::Flag,
+            });
+        }
+        if let Some(entry) = self.loaded.controller(&self.host) {
+            if entry.plaintext {
+                return Ok(ServerTrust::DangerousPlaintext);
+            }
+            if let Some(roots) = entry.ca {
+                return Ok(ServerTrust::Ca { roots });
+            }
+            if let Some(fp) = entry.fingerprint {
+                let path = self.loaded.path.clone().unwrap_or_default();
+                let fingerprint = fp.parse().with_context(|| {
+                    format!("client config {}, controller {}", path.display(), self.host)
+                })?;
+                return Ok(ServerTrust::Pinned {
+                    fingerprint,
+                    source: PinSource::Config(path),
+                });
+            }
+        }
+        let store = TrustStore::open_default()?;
+        Ok(match store.get(&self.host)? {
+            Some(fingerprint) => ServerTrust::Pinned {
+                fingerprint,
+                source: PinSource::Store(store.path().to_owned()),
+            },
+            None => ServerTrust::FirstContact,
+        })
+    }
+}
+
 struct Session {
     channel: Channel,
 }
 
 impl Session {
     async fn open(cli: &Cli) -> anyhow::Result<Self> {
-        let stream = connect::dial(&cli.host).await?;
-        let channel = connect::channel_over(&cli.host, stream).await?;
+        let target = Target::resolve(cli)?;
+        let host = target.host.as_str();
+        let trust = target.trust(cli)?;
+        let channel = match connect::connect(host, &trust, None).await {
+            Ok(channel) => channel,
+            Err(ConnectError::Unknown { host, observed }) => {
+                if !ask_to_trust(&host, observed)? {
+                    bail!("the controller at {host} was not trusted; nothing was saved");
+                }
+                let store = TrustStore::open_default()?;
+                store.add(&host, observed)?;
+                let source = PinSource::Store(store.path().to_owned());
+                drop(store);
+                eprintln!("Saved the fingerprint of {host} in {source}.");
+                connect::connect(
+                    &host,
+                    &ServerTrust::Pinned {
+                        fingerprint: observed,
+                        source,
+                    },
+                    None,
+                )
+                .await?
+            }
+            Err(ConnectError::Changed {
+                host,
+                pinned,
+                presented,
+                pin_source,
+            }) => {
+                eprintln!("{}", changed_banner(&host, pinned, presented, &pin_source));
+                bail!("refusing to talk to {host}: its fingerprint changed from {pinned} to {presented}");
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Self { channel })
     }
 
@@ -206,12 +344,154 @@ impl Session {
     }
 }
 
+/// First contact. On a terminal, asks; anywhere else, refuses with how to
+/// trust it. Never trusts silently.
+fn ask_to_trust(host: &str, fp: Fingerprint) -> anyhow::Result<bool> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !interactive {
+        bail!(
+            "the controller at {host} is not trusted yet; it presents fingerprint {fp}. \
+             Check it on the controller with `berthd fingerprint`, then trust it with \
+             `berth trust add {host} {fp}` or preseed it with `fingerprint = \"{fp}\"` under \
+             [controllers.\"{host}\"] in the client config (or pass --fingerprint for one command)"
+        );
+    }
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "The controller at {host} is not known to this client.")?;
+    writeln!(
+        err,
+        "Its certificate authority has the SHA-256 fingerprint:"
+    )?;
+    writeln!(err, "  {fp}")?;
+    writeln!(
+        err,
+        "Check it on the controller's machine: `berthd fingerprint` prints the same value."
+    )?;
+    write!(err, "Trust this controller? [y/N] ")?;
+    err.flush()?;
+    drop(err);
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+fn changed_banner(
+    host: &str,
+    pinned: Fingerprint,
+    presented: Fingerprint,
+    source: &PinSource,
+) -> String {
+    let fix = match source {
+        PinSource::Flag => "drop or correct the --fingerprint option".to_owned(),
+        PinSource::Config(p) => format!(
+            "correct the `fingerprint` of [controllers.\"{host}\"] in {}",
+            p.display()
+        ),
+        PinSource::Store(_) => {
+            format!("remove the old pin with `berth trust remove {host}`, then connect again")
+        }
+    };
+    format!(
+        "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+         @   WARNING: CONTROLLER IDENTIFICATION HAS CHANGED!          @\n\
+         @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+         IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\n\
+         Someone could be intercepting your connection to {host} (a man-in-the-middle attack),\n\
+         or the controller's certificate authority was replaced.\n\
+         \x20 controller:  {host}\n\
+         \x20 pinned:      {pinned}\n\
+         \x20              (from {source})\n\
+         \x20 presented:   {presented}\n\
+         If the change is legitimate (compare with `berthd fingerprint` on the controller),\n\
+         {fix}.\n\
+         Nothing was sent to the controller."
+    )
+}
+
+async fn trust_command(cli: &Cli, command: &TrustCommand) -> anyhow::Result<()> {
+    match command {
+        TrustCommand::List => {
+            let target = Target::resolve(cli)?;
+            let mut rows: Vec<(String, String, String)> = Vec::new();
+            if let Some(path) = &target.loaded.path {
+                for (host, entry) in &target.loaded.config.controllers {
+                    let how = match (&entry.fingerprint, &entry.ca, entry.plaintext) {
+                        (Some(fp), _, _) => fp.clone(),
+                        (None, Some(ca), _) => format!("CA {}", ca.display()),
+                        (None, None, true) => "plaintext".into(),
+                        _ => continue,
+                    };
+                    rows.push((host.clone(), how, format!("config {}", path.display())));
+                }
+            }
+            let store = TrustStore::open_default()?;
+            for (host, fp) in store.list()? {
+                rows.push((host, fp.to_string(), "trust store".into()));
+            }
+            match cli.output {
+                Format::Json => print_json(
+                    &rows
+                        .iter()
+                        .map(|(h, f, s)| serde_json::json!({"host": h, "fingerprint": f, "source": s}))
+                        .collect(),
+                )?,
+                Format::Table => {
+                    let mut t = output::table(&["HOST", "FINGERPRINT", "SOURCE"]);
+                    for (h, f, s) in rows {
+                        t.add_row(vec![h, f, s]);
+                    }
+                    println!("{}", output::render(&t));
+                }
+            }
+        }
+        TrustCommand::Add { host, fingerprint } => {
+            let store = TrustStore::open_default()?;
+            store.add(host, *fingerprint)?;
+            println!(
+                "pinned {host} to {fingerprint} in {}",
+                store.path().display()
+            );
+        }
+        TrustCommand::Remove { host } => {
+            let store = TrustStore::open_default()?;
+            if !store.remove(host)? {
+                bail!(
+                    "no pin for {host} in the trust store {}",
+                    store.path().display()
+                );
+            }
+            println!("removed the pin for {host}");
+        }
+        TrustCommand::Show { host } => {
+            let host = match host {
+                Some(h) => h.clone(),
+                None => Target::resolve(cli)?.host,
+            };
+            match connect::connect(&host, &ServerTrust::FirstContact, None).await {
+                Err(ConnectError::Unknown { observed, .. }) => match cli.output {
+                    Format::Json => print_json(&serde_json::json!({"host": host, "fingerprint": observed.to_string()}))?,
+                    Format::Table => println!("{host} presents a certificate authority with SHA-256 fingerprint\n  {observed}"),
+                },
+                Err(e) => return Err(e.into()),
+                Ok(_) => bail!("unexpectedly connected without trusting anything"),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Trust(command) = &cli.command {
+        return trust_command(&cli, command).await;
+    }
     let session = Session::open(&cli).await?;
     match &cli.command {
         Command::Service(ServiceCommand::List) => {
@@ -292,6 +572,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Trust(_) => unreachable!("handled above"),
     }
     Ok(())
 }

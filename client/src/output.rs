@@ -62,7 +62,8 @@ pub fn table(header: &[&str]) -> Table {
     t
 }
 
-fn trim(table: &Table) -> String {
+/// A table as text, without the padding at line ends.
+pub fn render(table: &Table) -> String {
     table
         .lines()
         .map(|l| l.trim_end().trim_start_matches(' ').to_owned())
@@ -83,7 +84,7 @@ pub fn volume_table(volumes: &[pb::Volume]) -> String {
             time(v.created_at.as_ref()),
         ]);
     }
-    trim(&t)
+    render(&t)
 }
 
 /// One volume as key/value lines.
@@ -107,7 +108,7 @@ pub fn volume_detail(v: &pb::Volume) -> String {
     for (k, value) in fields {
         t.add_row(vec![k.clone(), value.clone()]);
     }
-    trim(&t)
+    render(&t)
 }
 
 /// `berth service list` as a table.
@@ -120,7 +121,7 @@ pub fn service_table(services: &[pb::Service]) -> String {
             capabilities(s.capabilities.as_ref()).join(","),
         ]);
     }
-    trim(&t)
+    render(&t)
 }
 
 /// The capability names a service declares.

@@ -16,6 +16,9 @@
 //! | [`api`] | the gRPC services and error codes |
 //! | [`pipeline`] | the layer every request passes (logging, authentication) |
 //! | [`server`] | serving the router on a listener until shutdown |
+//! | [`pki`] | the controller's CA, certificates, key files |
+//! | [`tls`] | the live TLS configuration: reload, renewal |
+//! | [`profile`] | the ready-made client profile written at start |
 //! | [`paths`] | the data directory and what lives in it |
 
 pub mod api;
@@ -24,8 +27,11 @@ pub mod config;
 pub mod locks;
 pub mod paths;
 pub mod pipeline;
+pub mod pki;
+pub mod profile;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod volumes;
 
 use std::future::Future;
@@ -51,6 +57,32 @@ pub struct Options {
     /// A configuration file declaring services; `None` for the default
     /// `local` service of driver `vfs` under `<data-dir>/volumes`.
     pub config: Option<PathBuf>,
+    /// How connections are secured.
+    pub security: Security,
+}
+
+/// The transport security the operator chose.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// TLS (the default): the identity source, version floor and extra
+    /// client CAs. The TLS directory is always `<data-dir>/tls`.
+    Tls {
+        source: tls::IdentitySource,
+        min_version: tls::MinVersion,
+        client_cas: Vec<PathBuf>,
+    },
+    /// `--insecure-plaintext`: no encryption and no server identity.
+    DangerousPlaintext,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self::Tls {
+            source: tls::IdentitySource::Generated { sans: vec![] },
+            min_version: tls::MinVersion::Tls12,
+            client_cas: vec![],
+        }
+    }
 }
 
 /// A controller ready to serve: store open, drivers built, interrupted
@@ -58,6 +90,9 @@ pub struct Options {
 pub struct Controller {
     volumes: Arc<Volumes>,
     config: Option<ConfigFile>,
+    layout: paths::DataDir,
+    ca: Arc<pki::Ca>,
+    transport: server::Transport,
 }
 
 impl Controller {
@@ -86,16 +121,52 @@ impl Controller {
                 PathBuf::from("<built-in defaults>"),
             ),
         };
+        let ca = Arc::new(pki::Ca::load_or_create(&layout.tls())?);
+        let transport = match &options.security {
+            Security::Tls {
+                source,
+                min_version,
+                client_cas,
+            } => server::Transport::Tls(Arc::new(tls::Tls::load(
+                tls::TlsOptions {
+                    dir: layout.tls(),
+                    source: source.clone(),
+                    min_version: *min_version,
+                    client_cas: client_cas.clone(),
+                },
+                &ca,
+            )?)),
+            Security::DangerousPlaintext => server::Transport::DangerousPlaintext,
+        };
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
         let store = Store::open(&layout.db())?;
         let volumes = Arc::new(Volumes::new(catalog, store));
         volumes.reconcile().await?;
-        Ok(Self { volumes, config })
+        Ok(Self {
+            volumes,
+            config,
+            layout,
+            ca,
+            transport,
+        })
     }
 
     /// The listen address the configuration file asks for, if any.
     pub fn configured_listen(&self) -> Option<&str> {
         self.config.as_ref().and_then(|c| c.listen.as_deref())
+    }
+
+    /// The fingerprint clients pin, or `None` when serving plaintext.
+    pub fn fingerprint(&self) -> Option<String> {
+        match &self.transport {
+            server::Transport::Tls(tls) => Some(tls.presented().root_fingerprint.clone()),
+            server::Transport::DangerousPlaintext => None,
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &paths::DataDir {
+        &self.layout
     }
 
     /// Serves on `listener` until `shutdown`, then flushes the store.
@@ -104,7 +175,36 @@ impl Controller {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        server::run(listener, Arc::clone(&self.volumes), shutdown).await?;
+        let local = listener.local_addr()?;
+        let maintenance = match &self.transport {
+            server::Transport::Tls(tls) => {
+                tracing::info!(fingerprint = %tls.presented().root_fingerprint,
+                    "serving TLS; clients pin this fingerprint (also: berthd fingerprint)");
+                Some(tls::spawn_maintenance(
+                    Arc::clone(tls),
+                    Arc::clone(&self.ca),
+                ))
+            }
+            server::Transport::DangerousPlaintext => {
+                if local.ip().is_loopback() {
+                    tracing::warn!(address = %local, "--insecure-plaintext: serving WITHOUT TLS; traffic is readable and the controller cannot be authenticated");
+                } else {
+                    tracing::error!(address = %local, "--insecure-plaintext on a NON-LOOPBACK address: anyone on the network can read and alter this traffic; use TLS");
+                }
+                None
+            }
+        };
+        let result = server::run(
+            listener,
+            self.transport.clone(),
+            Arc::clone(&self.volumes),
+            shutdown,
+        )
+        .await;
+        if let Some(task) = maintenance {
+            task.abort();
+        }
+        result?;
         self.volumes.flush().await?;
         Ok(())
     }

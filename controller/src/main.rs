@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use berth_controller::{paths, Controller, Options, DEFAULT_LISTEN};
+use berth_controller::tls::{IdentitySource, MinVersion};
+use berth_controller::{paths, profile, tls, Controller, Options, Security, DEFAULT_LISTEN};
 use berth_drivers::DriverRegistry;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -23,14 +24,36 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log level or filter (also RUST_LOG).
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
+    /// Serve this PEM certificate chain instead of the generated identity.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PKCS#8, SEC1 or PKCS#1 PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// An extra DNS name or IP address for the generated certificate (repeatable).
+    #[arg(long = "san", value_name = "NAME_OR_IP", conflicts_with = "tls_cert")]
+    sans: Vec<String>,
+    /// The lowest TLS version accepted.
+    #[arg(long, value_enum, default_value = "1.2")]
+    tls_min_version: MinVersion,
+    /// An extra CA bundle (PEM) trusted for client certificates (repeatable).
+    #[arg(long = "client-ca", value_name = "FILE")]
+    client_cas: Vec<PathBuf>,
+    /// Serve WITHOUT TLS. Traffic can be read and altered by anyone on the path.
+    #[arg(long, conflicts_with_all = ["tls_cert", "sans", "client_cas"])]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Print the fingerprint clients pin (SHA-256 of the root of the
+    /// presented chain, as `openssl x509 -fingerprint -sha256` prints it).
+    Fingerprint,
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -44,13 +67,45 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(cli, data_dir))
+        .block_on(async {
+            match cli.command {
+                Some(Command::Fingerprint) => {
+                    let fp = tls::pinned_fingerprint(&paths::DataDir::existing(&data_dir).tls())
+                        .with_context(|| {
+                            format!(
+                                "no TLS identity in {}: has berthd run with this --data-dir?",
+                                data_dir.display()
+                            )
+                        })?;
+                    println!("{fp}");
+                    Ok(())
+                }
+                None => serve(cli, data_dir).await,
+            }
+        })
 }
 
 async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     let options = Options {
         data_dir,
         config: cli.config.clone(),
+        security: if cli.insecure_plaintext {
+            Security::DangerousPlaintext
+        } else {
+            Security::Tls {
+                source: match (&cli.tls_cert, &cli.tls_key) {
+                    (Some(cert), Some(key)) => IdentitySource::Files {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    },
+                    _ => IdentitySource::Generated {
+                        sans: cli.sans.clone(),
+                    },
+                },
+                min_version: cli.tls_min_version,
+                client_cas: cli.client_cas.clone(),
+            }
+        },
     };
     let controller = Controller::open(&options, &DriverRegistry::with_builtin()).await?;
     let listen: SocketAddr = match (cli.listen, controller.configured_listen()) {
@@ -65,6 +120,18 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, data_dir = %options.data_dir.display(), "berthd serving");
+    let written = profile::write(
+        controller.data_dir().root(),
+        &profile::Profile {
+            host: local.to_string(),
+            fingerprint: controller.fingerprint(),
+            token_file: None,
+        },
+    )
+    .context("cannot write the client profile")?;
+    if let Some(path) = written {
+        tracing::info!(path = %path.display(), "installed a client configuration for this controller (you had none)");
+    }
     // A line scripts and tests can wait for.
     println!("berthd listening on {local}");
     controller.run(listener, shutdown_signal()).await?;

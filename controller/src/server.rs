@@ -1,15 +1,32 @@
-//! Serving: the gRPC router over a listener until shutdown.
+//! Serving: the gRPC router over a listener until shutdown, through TLS
+//! (always, unless the operator chose `--insecure-plaintext`).
 
 use std::future::Future;
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_proto::v1 as pb;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::api::Api;
 use crate::pipeline::PipelineLayer;
+use crate::tls::Tls;
 use crate::volumes::Volumes;
+
+/// A handshake that does not finish in this time is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How connections are secured.
+#[derive(Clone)]
+pub enum Transport {
+    /// TLS with the live configuration.
+    Tls(Arc<Tls>),
+    /// No encryption, no server identity: only with `--insecure-plaintext`.
+    DangerousPlaintext,
+}
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +41,7 @@ pub enum ServeError {
 /// `shutdown` completes, then finishes in-flight calls and returns.
 pub async fn run(
     listener: TcpListener,
+    transport: Transport,
     volumes: Arc<Volumes>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -37,15 +55,64 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(PipelineLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(pb::service_catalog_server::ServiceCatalogServer::new(
             api.clone(),
         ))
-        .add_service(pb::volumes_server::VolumesServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(pb::volumes_server::VolumesServer::new(api));
+
+    match transport {
+        Transport::Tls(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls_incoming(listener, tls), shutdown)
+                .await?
+        }
+        Transport::DangerousPlaintext => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?
+        }
+    }
     Ok(())
+}
+
+/// Accepts TCP connections and completes each TLS handshake in its own task
+/// (a slow client never holds up the others), yielding finished streams.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = tx.closed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }

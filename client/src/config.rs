@@ -1,0 +1,121 @@
+//! The client configuration file (`--config FILE`, `BERTH_CONFIG`, or
+//! `$XDG_CONFIG_HOME/berth/config.toml`).
+//!
+//! ```toml
+//! host = "ctl.example:7979"          # default controller
+//!
+//! [controllers."ctl.example:7979"]
+//! fingerprint = "AB:CD:..."          # preseeded pin: never prompts
+//! # ca = "/etc/berth/ca.pem"         # or: verify with WebPKI rules against this CA
+//! # plaintext = true                 # only for an --insecure-plaintext controller
+//! token_file = "/home/me/.berth/token"
+//! # token = "eyJ..."                 # or the token itself
+//! # cert = "me.crt"                  # client certificate and key
+//! # key = "me.key"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The parsed file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The controller used when `--host`/`BERTH_HOST` are not given.
+    pub host: Option<String>,
+    /// Per-controller settings, keyed by `HOST:PORT`.
+    #[serde(default)]
+    pub controllers: BTreeMap<String, ControllerEntry>,
+}
+
+/// What the client knows about one controller.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerEntry {
+    pub fingerprint: Option<String>,
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub plaintext: bool,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Problems with the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read client config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("client config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// The default location, `$XDG_CONFIG_HOME/berth/config.toml` or
+/// `~/.config/berth/config.toml`.
+pub fn default_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("berth").join("config.toml"))
+}
+
+/// A loaded configuration and where it came from.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    pub config: ClientConfig,
+    pub path: Option<PathBuf>,
+}
+
+impl Loaded {
+    /// Loads `explicit` (which must exist), else the default file if present.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_owned(),
+            None => match default_path() {
+                Some(p) if p.exists() => p,
+                _ => return Ok(Self::default()),
+            },
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Ok(Self {
+            config,
+            path: Some(path),
+        })
+    }
+
+    /// The entry for `host`, if any. Relative paths in it are resolved
+    /// against the file's directory.
+    pub fn controller(&self, host: &str) -> Option<ControllerEntry> {
+        let mut entry = self.config.controllers.get(host)?.clone();
+        if let Some(dir) = self.path.as_deref().and_then(Path::parent) {
+            for p in [
+                &mut entry.ca,
+                &mut entry.token_file,
+                &mut entry.cert,
+                &mut entry.key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Some(entry)
+    }
+}

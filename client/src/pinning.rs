@@ -1,0 +1,414 @@
+//! Trust on first use: fingerprints, the sled trust store (the client's
+//! `known_hosts`), and the certificate verifier that enforces a pin.
+//!
+//! A pin is the SHA-256 of the DER of the *root* of the chain the controller
+//! presents (its CA), so certificate renewal under the same CA never disturbs
+//! it. A pin replaces host-name checking, never cryptography: the handshake
+//! signature and the chain up to the pinned certificate (signatures,
+//! validity dates, serverAuth) are still verified.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 certificate fingerprint.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+/// A string that is not a fingerprint.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{input:?} is not a SHA-256 fingerprint: expected 64 hex digits, with or without colons and an optional `sha256:` prefix")]
+pub struct BadFingerprint {
+    input: String,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a DER certificate.
+    pub fn of(der: &[u8]) -> Self {
+        Self(Sha256::digest(der).into())
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = BadFingerprint;
+
+    /// Accepts any case, with or without colons, with or without `sha256:`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadFingerprint {
+            input: s.chars().take(120).collect(),
+        };
+        let t = s.trim();
+        let t = if t.len() >= 7 && t[..7].eq_ignore_ascii_case("sha256:") {
+            &t[7..]
+        } else {
+            t
+        };
+        let hex: String = t.chars().filter(|c| *c != ':').collect();
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    /// Uppercase colon-separated hex, as `openssl x509 -fingerprint -sha256`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{b:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// Where a pin came from (shown when it does not match).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinSource {
+    /// `--fingerprint` on the command line.
+    Flag,
+    /// A `fingerprint =` line in this client config file.
+    Config(PathBuf),
+    /// The trust store at this path (saved after a prompt or `berth trust add`).
+    Store(PathBuf),
+}
+
+impl fmt::Display for PinSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Flag => f.write_str("the --fingerprint option"),
+            Self::Config(p) => write!(f, "the client config {}", p.display()),
+            Self::Store(p) => write!(f, "the trust store {}", p.display()),
+        }
+    }
+}
+
+/// What the handshake showed: the root the controller presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub root: Fingerprint,
+    pub leaf: Fingerprint,
+}
+
+/// Enforces a pin (or, with none, only observes what is presented and
+/// refuses: first contact is decided by a person, not here).
+#[derive(Debug)]
+pub struct PinVerifier {
+    expected: Option<Fingerprint>,
+    provider: Arc<CryptoProvider>,
+    observed: Mutex<Option<Observed>>,
+}
+
+impl PinVerifier {
+    /// A verifier accepting only a chain whose root has `expected`.
+    pub fn pinned(expected: Fingerprint, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            expected: Some(expected),
+            provider,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// A verifier that accepts nothing and records what was presented.
+    pub fn observe_only(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            expected: None,
+            provider,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// What the last handshake presented.
+    pub fn observed(&self) -> Option<Observed> {
+        self.observed.lock().ok().and_then(|o| *o)
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let root = intermediates.last().unwrap_or(end_entity);
+        let observed = Observed {
+            root: Fingerprint::of(root),
+            leaf: Fingerprint::of(end_entity),
+        };
+        if let Ok(mut slot) = self.observed.lock() {
+            *slot = Some(observed);
+        }
+        match self.expected {
+            Some(expected) if expected == observed.root => {}
+            // Unknown or changed: refuse; the caller reads `observed`.
+            _ => {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        }
+        // The pin names the trust anchor; the chain below it must still be
+        // cryptographically valid and current, for serverAuth.
+        let anchor = webpki::anchor_from_trusted_cert(root)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let leaf = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        leaf.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &[anchor],
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| rustls::Error::InvalidCertificate(webpki_error(e)))?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn webpki_error(e: webpki::Error) -> CertificateError {
+    use webpki::Error as E;
+    match e {
+        E::CertExpired { .. } => CertificateError::Expired,
+        E::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        E::UnknownIssuer => CertificateError::UnknownIssuer,
+        E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    }
+}
+
+/// Errors of the trust store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the trust store {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("trust store {path}: {source}")]
+    Db { path: PathBuf, source: sled::Error },
+    #[error("trust store {path} holds a corrupt entry for {host}")]
+    Corrupt { path: PathBuf, host: String },
+    #[error("cannot find the trust store: set XDG_DATA_HOME or HOME")]
+    NoLocation,
+}
+
+/// The default trust store location: `$XDG_DATA_HOME/berth/trust` or
+/// `~/.local/share/berth/trust`.
+pub fn default_store_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    Some(base.join("berth").join("trust"))
+}
+
+/// The client's pinned controllers, `HOST:PORT` -> fingerprint, in sled.
+///
+/// sled holds an exclusive lock on an open database, and scripts run many
+/// `berth` commands at once: the store is opened only when needed, retried
+/// with a short backoff while another process holds it, and closed at once.
+pub struct TrustStore {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+/// How long to keep retrying a locked store.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+impl TrustStore {
+    /// Opens (creating) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(256 * 1024)
+                .flush_every_ms(None)
+                .mode(sled::Mode::LowSpace)
+                .open();
+            match opened {
+                Ok(db) => {
+                    return Ok(Self {
+                        db,
+                        path: path.to_owned(),
+                    })
+                }
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Opens the store at its default location.
+    pub fn open_default() -> Result<Self, StoreError> {
+        Self::open(&default_store_path().ok_or(StoreError::NoLocation)?)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self) -> impl FnOnce(sled::Error) -> StoreError + '_ {
+        move |source| StoreError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The pin for `host`, if any.
+    pub fn get(&self, host: &str) -> Result<Option<Fingerprint>, StoreError> {
+        match self.db.get(host.as_bytes()).map_err(self.db_err())? {
+            None => Ok(None),
+            Some(raw) => std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    host: host.to_owned(),
+                }),
+        }
+    }
+
+    /// Pins `host` and makes it durable before returning.
+    pub fn add(&self, host: &str, fingerprint: Fingerprint) -> Result<(), StoreError> {
+        self.db
+            .insert(host.as_bytes(), fingerprint.to_string().as_bytes())
+            .map_err(self.db_err())?;
+        self.db.flush().map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// Removes the pin for `host`; returns whether there was one.
+    pub fn remove(&self, host: &str) -> Result<bool, StoreError> {
+        let had = self
+            .db
+            .remove(host.as_bytes())
+            .map_err(self.db_err())?
+            .is_some();
+        self.db.flush().map_err(self.db_err())?;
+        Ok(had)
+    }
+
+    /// Every pin, sorted by host.
+    pub fn list(&self) -> Result<Vec<(String, Fingerprint)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.iter() {
+            let (k, _) = entry.map_err(self.db_err())?;
+            let host = String::from_utf8_lossy(&k).into_owned();
+            if let Some(fp) = self.get(&host)? {
+                out.push((host, fp));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_in_every_spelling() {
+        let canonical = Fingerprint::of(b"x").to_string();
+        let bare = canonical.replace(':', "");
+        for spelling in [
+            canonical.clone(),
+            canonical.to_lowercase(),
+            bare.clone(),
+            format!("sha256:{bare}"),
+            format!("SHA256:{}", canonical.to_lowercase()),
+        ] {
+            assert_eq!(
+                spelling
+                    .parse::<Fingerprint>()
+                    .expect(&spelling)
+                    .to_string(),
+                canonical
+            );
+        }
+        for bad in ["", "zz", &bare[..62], &format!("{bare}00"), "sha1:abcd"] {
+            assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn store_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = TrustStore::open(&dir.path().join("trust")).expect("open");
+        let fp = Fingerprint::of(b"ca");
+        store.add("h:1", fp).expect("add");
+        assert_eq!(store.get("h:1").expect("get"), Some(fp));
+        assert_eq!(store.list().expect("list").len(), 1);
+        assert!(store.remove("h:1").expect("remove"));
+        assert_eq!(store.get("h:1").expect("get"), None);
+    }
+}

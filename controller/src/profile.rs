@@ -1,0 +1,78 @@
+//! The ready-made client profile: `<data-dir>/client.toml`, written at every
+//! start with the address, the fingerprint and the admin credential, and
+//! installed as the user's default client configuration when they have none.
+
+use std::path::{Path, PathBuf};
+
+use crate::pki::{self, PkiError};
+
+/// What goes into the profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub host: String,
+    /// `None` when serving plaintext.
+    pub fingerprint: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl Profile {
+    /// The profile as TOML, in the client's configuration format.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(
+            "# Written by berthd at start: a client profile for this controller.\n\
+             # Use it with `berth --config <this file>`, or copy it to ~/.config/berth/config.toml.\n",
+        );
+        out.push_str(&format!("host = {}\n\n", quote(&self.host)));
+        out.push_str(&format!("[controllers.{}]\n", quote(&self.host)));
+        match &self.fingerprint {
+            Some(fp) => out.push_str(&format!("fingerprint = {}\n", quote(fp))),
+            None => out.push_str("plaintext = true\n"),
+        }
+        if let Some(token) = &self.token_file {
+            out.push_str(&format!(
+                "token_file = {}\n",
+                quote(&token.display().to_string())
+            ));
+        }
+        out
+    }
+}
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The user's default client configuration path:
+/// `$XDG_CONFIG_HOME/berth/config.toml` or `~/.config/berth/config.toml`.
+pub fn default_client_config() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("berth").join("config.toml"))
+}
+
+/// Writes `<data-dir>/client.toml` (0600) and, if the invoking user has no
+/// client configuration yet, installs it there (never overwriting). Returns
+/// the installed path, if any.
+pub fn write(data_dir: &Path, profile: &Profile) -> Result<Option<PathBuf>, PkiError> {
+    let text = profile.to_toml();
+    pki::replace_file(&data_dir.join("client.toml"), text.as_bytes(), 0o600)?;
+    let Some(target) = default_client_config() else {
+        return Ok(None);
+    };
+    if target.exists() {
+        return Ok(None);
+    }
+    if let Some(dir) = target.parent() {
+        crate::paths::create_private_dir(dir)?;
+    }
+    match pki::write_private_new(&target, text.as_bytes()) {
+        Ok(()) => Ok(Some(target)),
+        // Someone else created it meanwhile: theirs stays.
+        Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,329 @@
+//! The controller's TLS configuration: built in one place, swapped
+//! atomically on reload, renewal or SIGHUP, so new handshakes use the new
+//! identity while open connections keep theirs.
+//!
+//! Policy: TLS 1.2 and 1.3 only (1.3 only with `--tls-min-version 1.3`),
+//! rustls's default suites (AEAD, forward secrecy), ALPN `h2`. A client may
+//! present a certificate chaining to the controller's CA or to a
+//! `--client-ca` bundle; presenting none is allowed at this layer (tokens
+//! authenticate too) and decided by [`crate::auth`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+
+use crate::pki::{self, Ca, PkiError};
+
+/// Where the server's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// Issued by the controller's own CA into `<data-dir>/tls/`, renewed
+    /// automatically. `sans` are the extra names it carries.
+    Generated { sans: Vec<String> },
+    /// Operator-provided PEM files (`--tls-cert`, `--tls-key`), reloaded when
+    /// they change and on SIGHUP.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// The lowest protocol version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MinVersion {
+    #[value(name = "1.2")]
+    Tls12,
+    #[value(name = "1.3")]
+    Tls13,
+}
+
+/// Everything the TLS configuration is built from.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// `<data-dir>/tls`.
+    pub dir: PathBuf,
+    pub source: IdentitySource,
+    pub min_version: MinVersion,
+    /// Extra CA bundles trusted for client certificates.
+    pub client_cas: Vec<PathBuf>,
+}
+
+/// What a built configuration presents.
+#[derive(Debug, Clone)]
+pub struct Presented {
+    /// Fingerprint of the root of the presented chain (what clients pin).
+    pub root_fingerprint: String,
+    /// When the leaf should be renewed (generated identities only).
+    pub renew_at: Option<SystemTime>,
+}
+
+/// The live TLS configuration.
+pub struct Tls {
+    options: TlsOptions,
+    ca_der: CertificateDer<'static>,
+    config: ArcSwap<ServerConfig>,
+    presented: ArcSwap<Presented>,
+}
+
+impl Tls {
+    /// Builds the first configuration; any problem stops start-up.
+    pub fn load(options: TlsOptions, ca: &Ca) -> Result<Self, PkiError> {
+        if let IdentitySource::Generated { sans } = &options.source {
+            ensure_server_cert(ca, &options.dir, sans, SystemTime::now())?;
+        }
+        let (config, presented) = build(&options, &ca.cert_der)?;
+        write_pinned_root(&options, &presented)?;
+        Ok(Self {
+            options,
+            ca_der: ca.cert_der.clone(),
+            config: ArcSwap::from_pointee(config),
+            presented: ArcSwap::from_pointee(presented),
+        })
+    }
+
+    /// The configuration for the next handshake.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.load_full())
+    }
+
+    pub fn presented(&self) -> Arc<Presented> {
+        self.presented.load_full()
+    }
+
+    pub fn options(&self) -> &TlsOptions {
+        &self.options
+    }
+
+    /// Rebuilds from the files and swaps it in; on any error the old
+    /// configuration stays and the error is returned.
+    pub fn reload(&self) -> Result<(), PkiError> {
+        let (config, presented) = build(&self.options, &self.ca_der)?;
+        write_pinned_root(&self.options, &presented)?;
+        self.config.store(Arc::new(config));
+        self.presented.store(Arc::new(presented));
+        Ok(())
+    }
+
+    /// Renews a generated server certificate if it is due, then reloads.
+    /// Returns whether it renewed.
+    pub fn renew_if_due(&self, ca: &Ca, now: SystemTime) -> Result<bool, PkiError> {
+        let IdentitySource::Generated { sans } = &self.options.source else {
+            return Ok(false);
+        };
+        let renewed = ensure_server_cert(ca, &self.options.dir, sans, now)?;
+        if renewed {
+            self.reload()?;
+        }
+        Ok(renewed)
+    }
+}
+
+/// Issues `<dir>/server.crt` and `server.key` if missing, due for renewal or
+/// not carrying `sans`. Returns whether it issued.
+fn ensure_server_cert(
+    ca: &Ca,
+    dir: &Path,
+    extra_sans: &[String],
+    now: SystemTime,
+) -> Result<bool, PkiError> {
+    let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
+    let wanted = pki::server_sans(extra_sans);
+    let current = pki::read_chain(&cert_path)
+        .ok()
+        .and_then(|chain| chain.into_iter().next());
+    let fresh = current.as_ref().is_some_and(|leaf| {
+        let due = pki::validity(leaf)
+            .map(|(nb, na)| pki::renew_at(nb, na) <= now)
+            .unwrap_or(true);
+        let mut have = pki::sans_of(leaf);
+        let mut want = wanted.clone();
+        have.sort();
+        want.sort();
+        !due && have == want && key_path.exists()
+    });
+    if fresh {
+        return Ok(false);
+    }
+    let (chain, key) = ca.issue_server(&wanted)?;
+    pki::replace_file(&key_path, key.as_bytes(), 0o600)?;
+    pki::replace_file(&cert_path, chain.as_bytes(), 0o644)?;
+    tracing::info!(path = %cert_path.display(), sans = ?wanted, "issued a server certificate");
+    Ok(true)
+}
+
+/// Records the root clients pin, so `berthd fingerprint` can read it while
+/// the controller runs.
+fn write_pinned_root(options: &TlsOptions, presented: &Presented) -> Result<(), PkiError> {
+    pki::replace_file(
+        &options.dir.join(FINGERPRINT_FILE),
+        format!("{}\n", presented.root_fingerprint).as_bytes(),
+        0o644,
+    )
+}
+
+fn build(
+    options: &TlsOptions,
+    ca_der: &CertificateDer<'static>,
+) -> Result<(ServerConfig, Presented), PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (cert_path, key_path) = match &options.source {
+        IdentitySource::Generated { .. } => (
+            options.dir.join("server.crt"),
+            options.dir.join("server.key"),
+        ),
+        IdentitySource::Files { cert, key } => (cert.clone(), key.clone()),
+    };
+    pki::check_private(&key_path)?;
+    let chain = pki::read_chain(&cert_path)?;
+    let key = pki::read_key(&key_path)?;
+    let certified =
+        CertifiedKey::from_der(chain.clone(), key, &provider).map_err(|e| PkiError::Invalid {
+            path: key_path.clone(),
+            problem: format!(
+                "does not match the certificate in {} ({e})",
+                cert_path.display()
+            ),
+        })?;
+    let root = chain.last().unwrap_or(&chain[0]);
+    let renew_at = match &options.source {
+        IdentitySource::Generated { .. } => {
+            pki::validity(&chain[0]).map(|(nb, na)| pki::renew_at(nb, na))
+        }
+        IdentitySource::Files { .. } => None,
+    };
+
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_der.clone()).map_err(|e| PkiError::Invalid {
+        path: PathBuf::from("tls/ca.crt"),
+        problem: format!("the controller's CA is not usable as a trust anchor: {e}"),
+    })?;
+    for bundle in &options.client_cas {
+        for cert in pki::read_chain(bundle)? {
+            roots.add(cert).map_err(|e| PkiError::Invalid {
+                path: bundle.clone(),
+                problem: format!("holds a certificate that is not a usable CA: {e}"),
+            })?;
+        }
+    }
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Invalid {
+                path: PathBuf::from("--client-ca"),
+                problem: format!("cannot build the client-certificate verifier: {e}"),
+            })?;
+
+    let versions: &[&rustls::SupportedProtocolVersion] = match options.min_version {
+        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        MinVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| PkiError::Invalid {
+            path: PathBuf::from("--tls-min-version"),
+            problem: e.to_string(),
+        })?
+        .with_client_cert_verifier(client_verifier)
+        .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let presented = Presented {
+        root_fingerprint: pki::fingerprint(root),
+        renew_at,
+    };
+    Ok((config, presented))
+}
+
+/// Presents one certificate; the whole [`ServerConfig`] is swapped to
+/// change it.
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// The file in `<data-dir>/tls/` holding the fingerprint clients pin.
+pub const FINGERPRINT_FILE: &str = "fingerprint";
+
+/// The fingerprint clients pin, for `berthd fingerprint`: what the running
+/// (or last) controller recorded, else the CA's. Reads files only, so it
+/// works while the controller runs.
+pub fn pinned_fingerprint(tls_dir: &Path) -> Result<String, PkiError> {
+    let recorded = tls_dir.join(FINGERPRINT_FILE);
+    if let Ok(text) = std::fs::read_to_string(&recorded) {
+        let fp = text.trim();
+        if !fp.is_empty() {
+            return Ok(fp.to_owned());
+        }
+    }
+    let ca = tls_dir.join("ca.crt");
+    let chain = pki::read_chain(&ca)?;
+    Ok(pki::fingerprint(&chain[0]))
+}
+
+/// How often operator-provided files are checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps the configuration current until the returned task is aborted:
+/// reloads on SIGHUP and when operator-provided files change, and renews a
+/// generated certificate when due. Failures are logged and the old identity
+/// keeps serving.
+pub fn spawn_maintenance(tls: Arc<Tls>, ca: Arc<Ca>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let files: Vec<PathBuf> = match &tls.options().source {
+            IdentitySource::Files { cert, key } => vec![cert.clone(), key.clone()],
+            IdentitySource::Generated { .. } => vec![],
+        }
+        .into_iter()
+        .chain(tls.options().client_cas.iter().cloned())
+        .collect();
+        let mut stamps = stamps_of(&files);
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reason = tokio::select! {
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => "SIGHUP",
+                _ = tick.tick() => {
+                    let now = stamps_of(&files);
+                    if now != stamps {
+                        stamps = now;
+                        "changed files"
+                    } else {
+                        if let Err(e) = tls.renew_if_due(&ca, SystemTime::now()) {
+                            tracing::error!(error = %e, "renewing the server certificate failed; the current one keeps serving");
+                        }
+                        continue;
+                    }
+                }
+            };
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(reason, fingerprint = %tls.presented().root_fingerprint, "reloaded the TLS identity")
+                }
+                Err(e) => {
+                    tracing::error!(reason, error = %e, "refused the new TLS identity; the old one keeps serving")
+                }
+            }
+        }
+    })
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamps_of(files: &[PathBuf]) -> Vec<Stamp> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
