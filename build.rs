@@ -6,7 +6,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
 
-    let protos = ["proto/berth/v1/volumes.proto"];
+    let protos = ["proto/berth/v1/volumes.proto", "proto/berth/v1/admin.proto"];
     let fds = protox::compile(protos, ["proto"])?;
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

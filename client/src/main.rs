@@ -35,6 +35,25 @@ struct Cli {
     /// Talk plaintext to a controller started with --insecure-plaintext.
     #[arg(long, global = true)]
     plaintext: bool,
+    /// Authenticate with this token.
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        conflicts_with = "token_file",
+        hide_env_values = true,
+        env = "BERTH_TOKEN"
+    )]
+    token: Option<String>,
+    /// Authenticate with the token in this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key of --cert (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value = "table")]
     output: Format,
@@ -53,6 +72,117 @@ enum Command {
     /// Pinned controllers (the client's known_hosts).
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Client certificates (admin).
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// The controller's certificate authority (admin).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Args, Debug)]
+struct ScopeArgs {
+    /// Role of the credential.
+    #[arg(long, value_enum, default_value = "user")]
+    role: RoleArg,
+    /// Services it may use: a,b or * (default: * for admins).
+    #[arg(long, value_delimiter = ',')]
+    services: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RoleArg {
+    User,
+    Admin,
+}
+
+impl ScopeArgs {
+    fn to_proto(&self) -> pb::Scope {
+        let (role, default): (pb::Role, &[&str]) = match self.role {
+            RoleArg::User => (pb::Role::User, &[]),
+            RoleArg::Admin => (pb::Role::Admin, &["*"]),
+        };
+        let services = if self.services.is_empty() {
+            default.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.services.iter().map(|s| s.trim().to_owned()).collect()
+        };
+        pb::Scope {
+            role: role as i32,
+            services,
+        }
+    }
+}
+
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{text:?} is not a duration such as 1h, 24h, 30d ({e})"))
+        .and_then(|s| {
+            if s == 0 {
+                Err("the lifetime must be at least one second".into())
+            } else {
+                Ok(s)
+            }
+        })
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Issue a token and print it.
+    Issue {
+        subject: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Lifetime, e.g. 1h, 24h, 30d.
+        #[arg(long, value_parser = parse_ttl, default_value = "24h")]
+        ttl: u64,
+    },
+    /// List issued tokens.
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a token by its id (jti).
+    Revoke { jti: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Sign a PEM certificate request (e.g. from `openssl req`) and print the certificate.
+    Sign {
+        /// The CSR file.
+        #[arg(long, value_name = "FILE")]
+        csr: PathBuf,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Lifetime, e.g. 30d.
+        #[arg(long, value_parser = parse_ttl, default_value = "30d")]
+        ttl: u64,
+    },
+    /// Make a key here, have the controller sign it, and write SUBJECT.key, SUBJECT.crt, ca.crt to DIR.
+    Issue {
+        subject: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long, value_parser = parse_ttl, default_value = "30d")]
+        ttl: u64,
+        /// Directory for the files (never overwritten).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// List signed client certificates.
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a client certificate by serial.
+    Revoke { serial: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Print the CA certificate (PEM).
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,8 +392,29 @@ impl Target {
     }
 }
 
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
 struct Session {
     channel: Channel,
+    bearer: Bearer,
 }
 
 impl Session {
@@ -271,7 +422,45 @@ impl Session {
         let target = Target::resolve(cli)?;
         let host = target.host.as_str();
         let trust = target.trust(cli)?;
-        let channel = match connect::connect(host, &trust, None).await {
+        let entry = target.loaded.controller(host).unwrap_or_default();
+        // Credentials on the command line replace the config's entirely: a
+        // --cert alone authenticates with the certificate alone.
+        let from_flags = cli.token.is_some() || cli.token_file.is_some() || cli.cert.is_some();
+        let token = match (&cli.token, &cli.token_file) {
+            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            (Some(_), _) => bail!("--token (or BERTH_TOKEN) is empty"),
+            (None, Some(f)) => Some(read_token(f)?),
+            (None, None) if from_flags => None,
+            (None, None) => match (&entry.token, &entry.token_file) {
+                (Some(t), _) => Some(t.trim().to_owned()),
+                (None, Some(f)) => Some(read_token(f)?),
+                (None, None) => None,
+            },
+        };
+        let bearer = match token {
+            Some(t) => Bearer(Some(format!("Bearer {t}").parse().map_err(|_| {
+                anyhow::anyhow!("the token holds characters that cannot be sent")
+            })?)),
+            None => Bearer(None),
+        };
+        let (cert, key) = if from_flags {
+            (cli.cert.as_ref(), cli.key.as_ref())
+        } else {
+            (entry.cert.as_ref(), entry.key.as_ref())
+        };
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => bail!("a client certificate needs both cert and key"),
+        };
+        let id = || -> anyhow::Result<Option<connect::ClientIdentity>> {
+            identity
+                .as_ref()
+                .map(|(c, k)| connect::read_identity(c, k))
+                .transpose()
+                .map_err(Into::into)
+        };
+        let channel = match connect::connect(host, &trust, id()?).await {
             Ok(channel) => channel,
             Err(ConnectError::Unknown { host, observed }) => {
                 if !ask_to_trust(&host, observed)? {
@@ -303,15 +492,25 @@ impl Session {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Self { channel })
+        Ok(Self { channel, bearer })
     }
 
-    fn catalog(&self) -> pb::service_catalog_client::ServiceCatalogClient<Channel> {
-        pb::service_catalog_client::ServiceCatalogClient::new(self.channel.clone())
+    fn catalog(&self) -> pb::service_catalog_client::ServiceCatalogClient<Authed> {
+        pb::service_catalog_client::ServiceCatalogClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
     }
 
-    fn volumes(&self) -> pb::volumes_client::VolumesClient<Channel> {
-        pb::volumes_client::VolumesClient::new(self.channel.clone())
+    fn volumes(&self) -> pb::volumes_client::VolumesClient<Authed> {
+        pb::volumes_client::VolumesClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
+
+    fn admin(&self) -> pb::admin_client::AdminClient<Authed> {
+        pb::admin_client::AdminClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 
     async fn services(&self) -> anyhow::Result<Vec<pb::Service>> {
@@ -342,6 +541,16 @@ impl Session {
             ),
         }
     }
+}
+
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token.to_owned())
 }
 
 /// First contact. On a terminal, asks; anywhere else, refuses with how to
@@ -573,9 +782,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Trust(_) => unreachable!("handled above"),
+        Command::Token(command) => admin::token(&session.admin(), cli.output, command).await?,
+        Command::Cert(command) => admin::cert(&session.admin(), cli.output, command).await?,
+        Command::Ca(CaCommand::Show) => {
+            let ca = session
+                .admin()
+                .get_ca(pb::GetCaRequest {})
+                .await?
+                .into_inner();
+            match cli.output {
+                Format::Table => print!("{}", ca.ca_pem),
+                Format::Json => print_json(
+                    &serde_json::json!({"ca_pem": ca.ca_pem, "fingerprint": ca.fingerprint}),
+                )?,
+            }
+        }
     }
     Ok(())
 }
+
+mod admin;
 
 fn print_volume(format: Format, volume: &pb::Volume) -> anyhow::Result<()> {
     match format {

@@ -7,6 +7,7 @@ use base64::Engine as _;
 use berth_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{identity, Authorizer};
 use crate::store::{VolumeKey, VolumeRecord};
 use crate::volumes::{NewVolume, VolumeError, Volumes};
 
@@ -19,11 +20,12 @@ const TOKEN_PREFIX: &str = "v1.";
 #[derive(Clone)]
 pub struct Api {
     volumes: Arc<Volumes>,
+    authz: Authorizer,
 }
 
 impl Api {
-    pub fn new(volumes: Arc<Volumes>) -> Self {
-        Self { volumes }
+    pub fn new(volumes: Arc<Volumes>, authz: Authorizer) -> Self {
+        Self { volumes, authz }
     }
 }
 
@@ -98,12 +100,14 @@ fn decode_token(token: &str) -> Result<VolumeKey, Status> {
 impl pb::service_catalog_server::ServiceCatalog for Api {
     async fn list_services(
         &self,
-        _request: Request<pb::ListServicesRequest>,
+        request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let who = identity(&request)?;
         let services = self
             .volumes
             .catalog()
             .iter()
+            .filter(|s| self.authz.visible(&who, &s.name))
             .map(|s| pb::Service {
                 name: s.name.clone(),
                 driver: s.driver_name.clone(),
@@ -126,8 +130,13 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let who = identity(&request)?;
         let req = request.into_inner();
         let service = (!req.service.is_empty()).then_some(req.service);
+        if let Some(service) = &service {
+            self.volumes.service(service)?;
+            self.authz.check(&who, "ListVolumes", service)?;
+        }
         let after = match req.page_token.as_str() {
             "" => None,
             token => {
@@ -145,8 +154,18 @@ impl pb::volumes_server::Volumes for Api {
             n => n.min(MAX_PAGE),
         };
         let volumes = Arc::clone(&self.volumes);
+        let authz = self.authz.clone();
         let (page, more) = tokio::task::spawn_blocking(move || {
-            volumes.page(service.as_deref(), after.as_ref(), limit, |_| true)
+            // Unfiltered listings show only what the caller may see.
+            let visible: std::collections::HashSet<String> = volumes
+                .catalog()
+                .names()
+                .filter(|s| authz.visible(&who, s))
+                .map(str::to_owned)
+                .collect();
+            volumes.page(service.as_deref(), after.as_ref(), limit, |r| {
+                visible.contains(&r.service)
+            })
         })
         .await
         .map_err(|e| Status::internal(format!("listing failed: {e}")))??;
@@ -164,7 +183,10 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        let who = identity(&request)?;
         let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "GetVolume", &req.service)?;
         let record = self.volumes.get(&req.service, &req.name)?;
         Ok(Response::new(to_proto(record)))
     }
@@ -173,7 +195,10 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        let who = identity(&request)?;
         let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "CreateVolume", &req.service)?;
         let record = self
             .volumes
             .create(NewVolume {
@@ -190,7 +215,10 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let who = identity(&request)?;
         let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "DeleteVolume", &req.service)?;
         self.volumes.delete(&req.service, &req.name).await?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
     }

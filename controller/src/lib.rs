@@ -13,7 +13,10 @@
 //! | [`store`] | durable volume records and operation intents (sled) |
 //! | [`locks`] | per-volume serialisation |
 //! | [`volumes`] | volume operations: idempotency, crash safety |
-//! | [`api`] | the gRPC services and error codes |
+//! | [`api`] | the gRPC volume and catalogue services, error codes |
+//! | [`admin`] | the gRPC admin service: credentials and the CA |
+//! | [`auth`] | identities, authentication, per-service authorisation |
+//! | [`credentials`] | tokens and client certificates: issue, verify, revoke |
 //! | [`pipeline`] | the layer every request passes (logging, authentication) |
 //! | [`server`] | serving the router on a listener until shutdown |
 //! | [`pki`] | the controller's CA, certificates, key files |
@@ -21,9 +24,12 @@
 //! | [`profile`] | the ready-made client profile written at start |
 //! | [`paths`] | the data directory and what lives in it |
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod credentials;
 pub mod locks;
 pub mod paths;
 pub mod pipeline;
@@ -93,6 +99,9 @@ pub struct Controller {
     layout: paths::DataDir,
     ca: Arc<pki::Ca>,
     transport: server::Transport,
+    credentials: Arc<credentials::Credentials>,
+    store: Store,
+    admin_token: PathBuf,
 }
 
 impl Controller {
@@ -140,7 +149,14 @@ impl Controller {
         };
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
         let store = Store::open(&layout.db())?;
-        let volumes = Arc::new(Volumes::new(catalog, store));
+        let credentials = Arc::new(credentials::Credentials::open(
+            &layout.auth(),
+            store.db(),
+            Arc::clone(&ca),
+        )?);
+        let admin_token = credentials.ensure_admin_token()?;
+        store.flush().await?;
+        let volumes = Arc::new(Volumes::new(catalog, store.clone()));
         volumes.reconcile().await?;
         Ok(Self {
             volumes,
@@ -148,6 +164,9 @@ impl Controller {
             layout,
             ca,
             transport,
+            credentials,
+            store,
+            admin_token,
         })
     }
 
@@ -162,6 +181,11 @@ impl Controller {
             server::Transport::Tls(tls) => Some(tls.presented().root_fingerprint.clone()),
             server::Transport::DangerousPlaintext => None,
         }
+    }
+
+    /// The bootstrap admin token file.
+    pub fn admin_token_file(&self) -> &std::path::Path {
+        &self.admin_token
     }
 
     /// The data directory.
@@ -194,13 +218,13 @@ impl Controller {
                 None
             }
         };
-        let result = server::run(
-            listener,
-            self.transport.clone(),
-            Arc::clone(&self.volumes),
-            shutdown,
-        )
-        .await;
+        let authz = auth::Authorizer::new(Arc::clone(self.volumes.catalog_arc()));
+        let services = server::Services {
+            api: api::Api::new(Arc::clone(&self.volumes), authz.clone()),
+            admin: admin::AdminApi::new(Arc::clone(&self.credentials), authz, self.store.clone()),
+            auth: Arc::new(auth::Authenticator::new(Arc::clone(&self.credentials))),
+        };
+        let result = server::run(listener, self.transport.clone(), services, shutdown).await;
         if let Some(task) = maintenance {
             task.abort();
         }

@@ -125,7 +125,7 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         &profile::Profile {
             host: local.to_string(),
             fingerprint: controller.fingerprint(),
-            token_file: None,
+            token_file: Some(controller.admin_token_file().to_owned()),
         },
     )
     .context("cannot write the client profile")?;

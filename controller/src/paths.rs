@@ -4,6 +4,8 @@
 //! <data-dir>/db/        sled database of volume records      (0700)
 //! <data-dir>/volumes/   root of the default `local` service
 //! <data-dir>/tls/       the controller's TLS identity         (0700)
+//! <data-dir>/auth/      token signing key, admin token        (0700)
+//! <data-dir>/client.toml  a ready client profile              (0600)
 //! ```
 
 use std::fs;
@@ -82,5 +84,9 @@ impl DataDir {
 
     pub fn tls(&self) -> PathBuf {
         self.root.join("tls")
+    }
+
+    pub fn auth(&self) -> PathBuf {
+        self.root.join("auth")
     }
 }

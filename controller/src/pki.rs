@@ -230,6 +230,15 @@ impl Ca {
         Ok(Issuer::from_ca_cert_der(&self.cert_der, &self.key)?)
     }
 
+    /// Signs `params` for `public_key`, returning the certificate PEM.
+    pub fn sign(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<String, PkiError> {
+        Ok(params.signed_by(public_key, &self.issuer()?)?.pem())
+    }
+
     /// Issues a server certificate for `sans`; returns (chain PEM, key PEM).
     pub fn issue_server(&self, sans: &[String]) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;

@@ -11,10 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
+use crate::admin::AdminApi;
 use crate::api::Api;
+use crate::auth::Authenticator;
 use crate::pipeline::PipelineLayer;
 use crate::tls::Tls;
-use crate::volumes::Volumes;
 
 /// A handshake that does not finish in this time is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,6 +27,13 @@ pub enum Transport {
     Tls(Arc<Tls>),
     /// No encryption, no server identity: only with `--insecure-plaintext`.
     DangerousPlaintext,
+}
+
+/// What the server serves.
+pub struct Services {
+    pub api: Api,
+    pub admin: AdminApi,
+    pub auth: Arc<Authenticator>,
 }
 
 /// Errors that stop the server.
@@ -42,10 +50,10 @@ pub enum ServeError {
 pub async fn run(
     listener: TcpListener,
     transport: Transport,
-    volumes: Arc<Volumes>,
+    services: Services,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let api = Api::new(volumes);
+    let Services { api, admin, auth } = services;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::volumes_server::VolumesServer<Api>>()
@@ -56,13 +64,14 @@ pub async fn run(
         .build_v1()?;
 
     let router = tonic::transport::Server::builder()
-        .layer(PipelineLayer)
+        .layer(PipelineLayer::new(auth))
         .add_service(health)
         .add_service(reflection)
         .add_service(pb::service_catalog_server::ServiceCatalogServer::new(
             api.clone(),
         ))
-        .add_service(pb::volumes_server::VolumesServer::new(api));
+        .add_service(pb::volumes_server::VolumesServer::new(api))
+        .add_service(pb::admin_server::AdminServer::new(admin));
 
     match transport {
         Transport::Tls(tls) => {

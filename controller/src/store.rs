@@ -135,6 +135,11 @@ impl Store {
         Ok(Self { db, tree })
     }
 
+    /// The underlying database, for other trees (credentials).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;

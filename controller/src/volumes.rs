@@ -60,6 +60,10 @@ impl Volumes {
         &self.catalog
     }
 
+    pub fn catalog_arc(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
     /// The service named `name`, or NotFound listing the configured ones.
     pub fn service(&self, name: &str) -> Result<&Arc<Service>, VolumeError> {
         if name.is_empty() {

@@ -1,0 +1,224 @@
+//! `berth.v1.Admin`: issuing and revoking credentials, and the CA. Every
+//! call needs the admin role.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use berth_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{identity, Authorizer, Role, Scope, AUDIT};
+use crate::credentials::{self, CertRecord, CredentialError, Credentials, TokenRecord};
+use crate::store::Store;
+
+/// Implements `berth.v1.Admin`.
+#[derive(Clone)]
+pub struct AdminApi {
+    credentials: Arc<Credentials>,
+    authz: Authorizer,
+    store: Store,
+}
+
+impl AdminApi {
+    pub fn new(credentials: Arc<Credentials>, authz: Authorizer, store: Store) -> Self {
+        Self {
+            credentials,
+            authz,
+            store,
+        }
+    }
+
+    async fn durable(&self) -> Result<(), Status> {
+        self.store
+            .flush()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl From<CredentialError> for Status {
+    fn from(e: CredentialError) -> Self {
+        match e {
+            CredentialError::Invalid(m) => Status::invalid_argument(m),
+            CredentialError::NotFound(_) => Status::not_found(e.to_string()),
+            other => Status::internal(other.to_string()),
+        }
+    }
+}
+
+fn scope_from(proto: Option<pb::Scope>) -> Result<Scope, Status> {
+    let proto = proto.unwrap_or_default();
+    let role = match pb::Role::try_from(proto.role) {
+        Ok(pb::Role::Admin) => Role::Admin,
+        Ok(pb::Role::User) | Ok(pb::Role::Unspecified) => Role::User,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown role {}",
+                proto.role
+            )))
+        }
+    };
+    Ok(Scope {
+        role,
+        services: proto.services.into_iter().collect(),
+    })
+}
+
+fn scope_to(scope: &Scope) -> pb::Scope {
+    pb::Scope {
+        role: match scope.role {
+            Role::Admin => pb::Role::Admin,
+            Role::User => pb::Role::User,
+        } as i32,
+        services: scope.services.iter().cloned().collect(),
+    }
+}
+
+fn ts(secs: u64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp::from(
+        UNIX_EPOCH + Duration::from_secs(secs),
+    ))
+}
+
+fn token_info(r: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        jti: r.jti.clone(),
+        subject: r.subject.clone(),
+        scope: Some(scope_to(&r.scope)),
+        issued_at: ts(r.issued_at),
+        expires_at: ts(r.expires_at),
+        revoked: r.revoked,
+    }
+}
+
+fn cert_info(r: &CertRecord) -> pb::CertificateInfo {
+    pb::CertificateInfo {
+        serial: r.serial.clone(),
+        subject: r.subject.clone(),
+        scope: Some(scope_to(&r.scope)),
+        not_before: ts(r.not_before),
+        not_after: ts(r.not_after),
+        revoked: r.revoked,
+    }
+}
+
+fn ttl(seconds: u64, default: Duration) -> Duration {
+    if seconds == 0 {
+        default
+    } else {
+        Duration::from_secs(seconds)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminApi {
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "IssueToken")?;
+        let req = request.into_inner();
+        let scope = scope_from(req.scope)?;
+        let (token, record) = self.credentials.issue_token(
+            &req.subject,
+            scope,
+            ttl(req.ttl_seconds, credentials::DEFAULT_TOKEN_TTL),
+        )?;
+        self.durable().await?;
+        tracing::info!(target: AUDIT, subject = %who.subject, issued_to = %record.subject, jti = %record.jti, "issued a token");
+        Ok(Response::new(pb::IssueTokenResponse {
+            token,
+            info: Some(token_info(&record)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "ListTokens")?;
+        let tokens = self
+            .credentials
+            .list_tokens()?
+            .iter()
+            .map(token_info)
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "RevokeToken")?;
+        let record = self.credentials.revoke_token(&request.into_inner().jti)?;
+        self.durable().await?;
+        tracing::info!(target: AUDIT, subject = %who.subject, jti = %record.jti, "revoked a token");
+        Ok(Response::new(token_info(&record)))
+    }
+
+    async fn sign_certificate(
+        &self,
+        request: Request<pb::SignCertificateRequest>,
+    ) -> Result<Response<pb::SignCertificateResponse>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "SignCertificate")?;
+        let req = request.into_inner();
+        let scope = scope_from(req.scope)?;
+        let (certificate_pem, record) = self.credentials.sign_csr(
+            &req.csr_pem,
+            scope,
+            ttl(req.ttl_seconds, credentials::DEFAULT_CERT_TTL),
+        )?;
+        self.durable().await?;
+        tracing::info!(target: AUDIT, subject = %who.subject, issued_to = %record.subject, serial = %record.serial, "signed a client certificate");
+        Ok(Response::new(pb::SignCertificateResponse {
+            certificate_pem,
+            ca_pem: self.credentials.ca().cert_pem.clone(),
+            info: Some(cert_info(&record)),
+        }))
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "ListCertificates")?;
+        let certificates = self
+            .credentials
+            .list_certs()?
+            .iter()
+            .map(cert_info)
+            .collect();
+        Ok(Response::new(pb::ListCertificatesResponse { certificates }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::CertificateInfo>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "RevokeCertificate")?;
+        let record = self.credentials.revoke_cert(&request.into_inner().serial)?;
+        self.durable().await?;
+        tracing::info!(target: AUDIT, subject = %who.subject, serial = %record.serial, "revoked a client certificate");
+        Ok(Response::new(cert_info(&record)))
+    }
+
+    async fn get_ca(
+        &self,
+        request: Request<pb::GetCaRequest>,
+    ) -> Result<Response<pb::GetCaResponse>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "GetCa")?;
+        let ca = self.credentials.ca();
+        Ok(Response::new(pb::GetCaResponse {
+            ca_pem: ca.cert_pem.clone(),
+            fingerprint: ca.fingerprint(),
+        }))
+    }
+}

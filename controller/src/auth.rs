@@ -1,0 +1,249 @@
+//! Who is calling, and what they may do.
+//!
+//! Authentication happens once per request in the [`crate::pipeline`]
+//! layer: a bearer token, a client certificate, or both (then both must be
+//! valid and name the same subject). The resulting [`Identity`] travels in
+//! the request's extensions; handlers authorise each service they touch with
+//! [`Authorizer`]. Every decision is logged on the `berthd::audit` target.
+//! Token strings and keys never reach a log.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use crate::catalog::Catalog;
+use crate::credentials::Credentials;
+
+/// The audit log target.
+pub const AUDIT: &str = "berthd::audit";
+
+/// What a credential may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May use the volumes of the services in scope.
+    User,
+    /// May do everything, including admin calls.
+    Admin,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// A credential's scope, fixed by the admin who issued it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    pub role: Role,
+    /// Services a user may use; `*` for all.
+    pub services: BTreeSet<String>,
+}
+
+impl Scope {
+    /// Whether the scope names `service` (or `*`).
+    pub fn covers(&self, service: &str) -> bool {
+        self.role == Role::Admin || self.services.contains("*") || self.services.contains(service)
+    }
+
+    /// The narrower of two scopes (token and certificate presented together).
+    pub fn intersect(&self, other: &Scope) -> Scope {
+        let role = self.role.min(other.role);
+        let services = match (
+            self.services.contains("*") || self.role == Role::Admin,
+            other.services.contains("*") || other.role == Role::Admin,
+        ) {
+            (true, true) => ["*".to_owned()].into(),
+            (true, false) => other.services.clone(),
+            (false, true) => self.services.clone(),
+            (false, false) => self
+                .services
+                .intersection(&other.services)
+                .cloned()
+                .collect(),
+        };
+        Scope { role, services }
+    }
+}
+
+/// How the caller proved who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Token,
+    Certificate,
+    Both,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub subject: String,
+    pub scope: Scope,
+    pub via: Via,
+}
+
+/// Authenticates requests from their metadata and TLS peer certificates.
+pub struct Authenticator {
+    credentials: Arc<Credentials>,
+}
+
+impl Authenticator {
+    pub fn new(credentials: Arc<Credentials>) -> Self {
+        Self { credentials }
+    }
+
+    /// The identity behind a request, or why there is none (as the status to
+    /// answer with).
+    pub fn authenticate<B>(&self, request: &http::Request<B>) -> Result<Identity, Status> {
+        let token = match request.headers().get(http::header::AUTHORIZATION) {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().ok().and_then(|v| {
+                    let (scheme, rest) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                });
+                match text {
+                    Some(t) if !t.is_empty() => Some(t),
+                    _ => {
+                        return Err(Status::unauthenticated(
+                            "the authorization header is not `Bearer <token>`",
+                        ))
+                    }
+                }
+            }
+        };
+        let leaf = request
+            .extensions()
+            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+            .and_then(|certs| certs.first().cloned());
+
+        let from_token = token.map(|t| self.credentials.verify_token(t)).transpose();
+        let from_cert = leaf
+            .map(|c| self.credentials.verify_certificate(&c))
+            .transpose();
+        let (from_token, from_cert) = (
+            from_token.map_err(|e| Status::unauthenticated(format!("token refused: {e}")))?,
+            from_cert
+                .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?,
+        );
+        match (from_token, from_cert) {
+            (None, None) => Err(Status::unauthenticated(
+                "no credential: send a token (--token, --token-file, BERTH_TOKEN) or a client certificate (--cert/--key)",
+            )),
+            (Some(id), None) | (None, Some(id)) => Ok(id),
+            (Some(t), Some(c)) if t.subject == c.subject => Ok(Identity {
+                subject: t.subject,
+                scope: t.scope.intersect(&c.scope),
+                via: Via::Both,
+            }),
+            (Some(t), Some(c)) => Err(Status::unauthenticated(format!(
+                "the token names {:?} but the client certificate names {:?}; present credentials of one subject",
+                t.subject, c.subject
+            ))),
+        }
+    }
+}
+
+/// Decides what an identity may do, with the operator's per-service lists.
+#[derive(Clone)]
+pub struct Authorizer {
+    catalog: Arc<Catalog>,
+}
+
+impl Authorizer {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self { catalog }
+    }
+
+    /// Whether `who` may use `service`, and if not, why. Deny lists win over
+    /// everything; allow lists grant a subject a service its credentials do
+    /// not name.
+    pub fn decide(&self, who: &Identity, service: &str) -> Result<(), String> {
+        let Some(svc) = self.catalog.get(service) else {
+            // Unknown services are the handler's NotFound; nothing to grant.
+            return Ok(());
+        };
+        if svc.deny.iter().any(|s| s == &who.subject) {
+            return Err("the service's deny list names this subject".into());
+        }
+        if who.scope.covers(service) || svc.allow.iter().any(|s| s == &who.subject) {
+            return Ok(());
+        }
+        Err("the credential's scope does not include this service".into())
+    }
+
+    /// Authorises one call on one service, logging the decision.
+    pub fn check(&self, who: &Identity, method: &str, service: &str) -> Result<(), Status> {
+        match self.decide(who, service) {
+            Ok(()) => {
+                tracing::info!(target: AUDIT, subject = %who.subject, method, service, decision = "allowed");
+                Ok(())
+            }
+            Err(why) => {
+                tracing::info!(target: AUDIT, subject = %who.subject, method, service, decision = "denied", reason = %why);
+                Err(Status::permission_denied(format!(
+                    "{} may not use service {service}: {why}",
+                    who.subject
+                )))
+            }
+        }
+    }
+
+    /// Whether a listing may show `service` to `who` (filtered, not refused).
+    pub fn visible(&self, who: &Identity, service: &str) -> bool {
+        self.decide(who, service).is_ok()
+    }
+
+    /// Admin calls need the admin role.
+    pub fn admin(&self, who: &Identity, method: &str) -> Result<(), Status> {
+        if who.scope.role == Role::Admin {
+            tracing::info!(target: AUDIT, subject = %who.subject, method, decision = "allowed");
+            return Ok(());
+        }
+        tracing::info!(target: AUDIT, subject = %who.subject, method, decision = "denied", reason = "not an admin");
+        Err(Status::permission_denied(format!(
+            "{} may not call {method}: it needs the admin role",
+            who.subject
+        )))
+    }
+}
+
+/// The identity the pipeline attached to a request.
+pub fn identity<T>(request: &tonic::Request<T>) -> Result<Identity, Status> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no identity: the request bypassed authentication"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(role: Role, services: &[&str]) -> Scope {
+        Scope {
+            role,
+            services: services.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn scopes_cover_and_intersect() {
+        assert!(scope(Role::User, &["*"]).covers("x"));
+        assert!(scope(Role::User, &["a"]).covers("a"));
+        assert!(!scope(Role::User, &["a"]).covers("b"));
+        assert!(scope(Role::Admin, &[]).covers("b"));
+        let both = scope(Role::Admin, &["*"]).intersect(&scope(Role::User, &["a", "b"]));
+        assert_eq!(both, scope(Role::User, &["a", "b"]));
+        let narrow = scope(Role::User, &["a", "b"]).intersect(&scope(Role::User, &["b", "c"]));
+        assert_eq!(narrow, scope(Role::User, &["b"]));
+    }
+}
