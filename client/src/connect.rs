@@ -77,8 +77,21 @@ fn describe(e: &io::Error) -> String {
 }
 
 /// Opens a TCP connection to `host` (`HOST:PORT`), trying each address it
-/// resolves to.
-pub async fn dial(host: &str) -> Result<TcpStream, ConnectError> {
+/// resolves to. While the controller refuses connections (it is still
+/// starting), retries until `wait` has passed.
+pub async fn dial(host: &str, wait: Duration) -> Result<TcpStream, ConnectError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match dial_once(host).await {
+            Err(ConnectError::Unreachable { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn dial_once(host: &str) -> Result<TcpStream, ConnectError> {
     let unreachable = |reason: String| ConnectError::Unreachable {
         host: host.to_owned(),
         reason,
@@ -122,8 +135,9 @@ pub async fn connect(
     host: &str,
     trust: &ServerTrust,
     identity: Option<ClientIdentity>,
+    wait: Duration,
 ) -> Result<Channel, ConnectError> {
-    let tcp = dial(host).await?;
+    let tcp = dial(host, wait).await?;
     if let ServerTrust::DangerousPlaintext = trust {
         return channel_over(host, tcp).await;
     }

@@ -3,6 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use berth_client::config::Loaded;
@@ -35,6 +36,9 @@ struct Cli {
     /// Talk plaintext to a controller started with --insecure-plaintext.
     #[arg(long, global = true)]
     plaintext: bool,
+    /// Keep retrying while the controller is not up yet, this long (e.g. 10s).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
+    wait: std::time::Duration,
     /// Authenticate with this token.
     #[arg(
         long,
@@ -418,7 +422,27 @@ struct Session {
 }
 
 impl Session {
+    /// Opens a session; with `--wait`, keeps trying (re-reading the config,
+    /// which a starting controller may be writing) while it is unreachable.
     async fn open(cli: &Cli) -> anyhow::Result<Self> {
+        let deadline = std::time::Instant::now() + cli.wait;
+        loop {
+            match Self::open_once(cli).await {
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && matches!(
+                            e.downcast_ref::<ConnectError>(),
+                            Some(ConnectError::Unreachable { .. })
+                        ) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(cli: &Cli) -> anyhow::Result<Self> {
         let target = Target::resolve(cli)?;
         let host = target.host.as_str();
         let trust = target.trust(cli)?;
@@ -460,7 +484,7 @@ impl Session {
                 .transpose()
                 .map_err(Into::into)
         };
-        let channel = match connect::connect(host, &trust, id()?).await {
+        let channel = match connect::connect(host, &trust, id()?, Duration::ZERO).await {
             Ok(channel) => channel,
             Err(ConnectError::Unknown { host, observed }) => {
                 if !ask_to_trust(&host, observed)? {
@@ -477,7 +501,8 @@ impl Session {
                         fingerprint: observed,
                         source,
                     },
-                    None,
+                    id()?,
+                    Duration::ZERO,
                 )
                 .await?
             }
@@ -679,7 +704,7 @@ async fn trust_command(cli: &Cli, command: &TrustCommand) -> anyhow::Result<()> 
                 Some(h) => h.clone(),
                 None => Target::resolve(cli)?.host,
             };
-            match connect::connect(&host, &ServerTrust::FirstContact, None).await {
+            match connect::connect(&host, &ServerTrust::FirstContact, None, cli.wait).await {
                 Err(ConnectError::Unknown { observed, .. }) => match cli.output {
                     Format::Json => print_json(&serde_json::json!({"host": host, "fingerprint": observed.to_string()}))?,
                     Format::Table => println!("{host} presents a certificate authority with SHA-256 fingerprint\n  {observed}"),

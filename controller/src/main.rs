@@ -115,11 +115,20 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         })?,
         (None, None) => DEFAULT_LISTEN.parse()?,
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    // Bind first, write the client profile, and only then listen: a client
+    // that can connect always finds the profile in place.
+    let socket = match listen {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .context("cannot create a socket")?;
+    socket
+        .set_reuseaddr(true)
+        .context("cannot set SO_REUSEADDR")?;
+    socket
+        .bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener.local_addr()?;
-    tracing::info!(address = %local, data_dir = %options.data_dir.display(), "berthd serving");
+    let local = socket.local_addr()?;
     let written = profile::write(
         controller.data_dir().root(),
         &profile::Profile {
@@ -132,6 +141,10 @@ async fn serve(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
     if let Some(path) = written {
         tracing::info!(path = %path.display(), "installed a client configuration for this controller (you had none)");
     }
+    let listener = socket
+        .listen(1024)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(address = %local, data_dir = %options.data_dir.display(), "berthd serving");
     // A line scripts and tests can wait for.
     println!("berthd listening on {local}");
     controller.run(listener, shutdown_signal()).await?;
