@@ -11,7 +11,9 @@
 //! concurrency rules every driver keeps.
 
 mod driver;
+pub mod durable;
 mod error;
+pub mod image;
 mod name;
 mod registry;
 pub mod vfs;

@@ -69,11 +69,15 @@ impl DriverRegistry {
         Self::default()
     }
 
-    /// A registry holding the built-in drivers (`vfs`).
+    /// A registry holding the built-in drivers (`vfs`, `image`).
     pub fn with_builtin() -> Self {
         let mut registry = Self::new();
         registry.register(crate::vfs::DRIVER_NAME, |options| {
             Ok(Arc::new(crate::vfs::VfsDriver::from_options(options)?) as Arc<dyn VolumeDriver>)
+        });
+        registry.register(crate::image::DRIVER_NAME, |options| {
+            Ok(Arc::new(crate::image::ImageDriver::from_options(options)?)
+                as Arc<dyn VolumeDriver>)
         });
         registry
     }

@@ -1,23 +1,28 @@
 //! The `vfs` driver: each volume is a real directory under a root.
 //!
-//! Options: `root` (required), the directory holding the volumes. Per-volume
-//! option: `mode`, the octal permissions of the volume directory (default
-//! `0755`). The size is recorded as a quota hint; it is not enforced.
+//! Service option: `root` (required), the directory holding the volumes.
+//! Volume option: `mode`, the octal permissions of the volume directory
+//! (default `0755`). The size is recorded as a quota hint; it is not
+//! enforced. Attaching returns the directory's path; a volume is attached to
+//! one instance at a time. A snapshot is a point-in-time copy of the
+//! directory tree (sharing extents where the filesystem supports reflinks).
 //!
 //! Layout under `root`:
 //!
 //! ```text
-//! <root>/<name>/                   the volume's data
-//! <root>/.berth/volumes/<name>     its metadata (`size_bytes=N`); a volume
-//!                                  exists exactly when this file does
-//! <root>/.berth/trash/             volumes being deleted
+//! <root>/<name>/                       the volume's data
+//! <root>/.berth/volumes/<name>         its metadata; the volume exists exactly when this file does
+//! <root>/.berth/snapshots/<snap>/      a snapshot's data
+//! <root>/.berth/snapshot-meta/<snap>   its metadata (volume, size)
+//! <root>/.berth/staging/               copies being made
+//! <root>/.berth/trash/                 data being deleted
 //! ```
 //!
 //! Volume names never start with `.`, so `.berth` cannot collide with one.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -25,9 +30,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use crate::durable::{copy_tree, sync_dir, write_atomic};
 use crate::{
-    Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult, DriverVolume,
-    VolumeDriver, VolumeName,
+    Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
+    DriverSnapshot, DriverVolume, VolumeDriver, VolumeName,
 };
 
 /// The name the `vfs` driver is registered under.
@@ -45,27 +51,56 @@ pub struct VfsDriver {
 struct Layout {
     root: PathBuf,
     meta: PathBuf,
+    snapshots: PathBuf,
+    snapshot_meta: PathBuf,
+    staging: PathBuf,
     trash: PathBuf,
 }
 
+/// A unique suffix for staging and trash entries.
+pub(crate) fn stamp() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos}.{}", std::process::id())
+}
+
+/// Parses `key=value` lines.
+pub(crate) fn parse_meta(text: &str) -> BTreeMap<&str, &str> {
+    text.lines().filter_map(|l| l.split_once('=')).collect()
+}
+
 impl VfsDriver {
-    /// Opens (creating if needed) a `vfs` store rooted at `root`, and finishes
-    /// any delete a crash interrupted.
+    /// Opens (creating if needed) a `vfs` store rooted at `root`, and clears
+    /// what a crash left half done.
     pub fn open(root: impl Into<PathBuf>) -> DriverResult<Self> {
         let root = root.into();
+        let hidden = root.join(".berth");
         let layout = Layout {
-            meta: root.join(".berth").join("volumes"),
-            trash: root.join(".berth").join("trash"),
+            meta: hidden.join("volumes"),
+            snapshots: hidden.join("snapshots"),
+            snapshot_meta: hidden.join("snapshot-meta"),
+            staging: hidden.join("staging"),
+            trash: hidden.join("trash"),
             root,
         };
-        for dir in [&layout.root, &layout.meta, &layout.trash] {
+        for dir in [
+            &layout.root,
+            &layout.meta,
+            &layout.snapshots,
+            &layout.snapshot_meta,
+            &layout.staging,
+            &layout.trash,
+        ] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| DriverError::io(format!("creating {}", dir.display()), e))?;
         }
-        layout.empty_trash();
+        layout.empty(&layout.staging);
+        layout.empty(&layout.trash);
         Ok(Self {
             inner: Arc::new(layout),
         })
@@ -111,41 +146,56 @@ impl Layout {
                 Ok(dir.join(name))
             }
             _ => Err(DriverError::InvalidArgument(format!(
-                "refusing volume name {name:?}: it would leave {}",
+                "refusing name {name:?}: it would leave {}",
                 dir.display()
             ))),
         }
     }
 
-    fn data_path(&self, name: &VolumeName) -> DriverResult<PathBuf> {
-        Self::child(&self.root, name.as_str())
+    fn read_meta(path: &Path) -> DriverResult<Option<String>> {
+        match fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DriverError::io(format!("reading {}", path.display()), e)),
+        }
     }
 
-    fn meta_path(&self, name: &VolumeName) -> DriverResult<PathBuf> {
-        Self::child(&self.meta, name.as_str())
+    fn corrupt(path: &Path) -> DriverError {
+        DriverError::Internal(format!("metadata {} is corrupt", path.display()))
     }
 
-    fn read_meta(&self, name: &VolumeName) -> DriverResult<Option<u64>> {
-        let path = self.meta_path(name)?;
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(DriverError::io(format!("reading {}", path.display()), e)),
+    fn volume_size(&self, name: &VolumeName) -> DriverResult<Option<u64>> {
+        let path = Self::child(&self.meta, name.as_str())?;
+        let Some(text) = Self::read_meta(&path)? else {
+            return Ok(None);
         };
-        text.trim()
-            .strip_prefix("size_bytes=")
+        parse_meta(&text)
+            .get("size_bytes")
             .and_then(|n| n.parse().ok())
             .map(Some)
-            .ok_or_else(|| {
-                DriverError::Internal(format!(
-                    "volume metadata {} is corrupt (expected `size_bytes=N`)",
-                    path.display()
-                ))
-            })
+            .ok_or_else(|| Self::corrupt(&path))
+    }
+
+    fn snapshot(&self, snapshot: &VolumeName) -> DriverResult<Option<DriverSnapshot>> {
+        let path = Self::child(&self.snapshot_meta, snapshot.as_str())?;
+        let Some(text) = Self::read_meta(&path)? else {
+            return Ok(None);
+        };
+        let meta = parse_meta(&text);
+        let volume = meta.get("volume").and_then(|v| VolumeName::parse(v).ok());
+        let size = meta.get("size_bytes").and_then(|n| n.parse().ok());
+        match (volume, size) {
+            (Some(volume), Some(size_bytes)) => Ok(Some(DriverSnapshot {
+                name: snapshot.clone(),
+                volume,
+                size_bytes,
+            })),
+            _ => Err(Self::corrupt(&path)),
+        }
     }
 
     fn volume(&self, name: &VolumeName, size_bytes: u64) -> DriverResult<DriverVolume> {
-        let path = self.data_path(name)?;
+        let path = Self::child(&self.root, name.as_str())?;
         Ok(DriverVolume {
             name: name.clone(),
             size_bytes,
@@ -153,18 +203,33 @@ impl Layout {
         })
     }
 
-    fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
-        let mode = parse_mode(&request.options)?;
-        if let Some(size) = self.read_meta(&request.name)? {
-            if size == request.size_bytes {
-                return self.volume(&request.name, size);
-            }
-            return Err(DriverError::AlreadyExists(format!(
+    /// The existing volume if it matches `request`, AlreadyExists if it
+    /// differs, `None` if there is none.
+    fn existing(&self, request: &CreateRequest) -> DriverResult<Option<DriverVolume>> {
+        match self.volume_size(&request.name)? {
+            None => Ok(None),
+            Some(size) if size == request.size_bytes => self.volume(&request.name, size).map(Some),
+            Some(size) => Err(DriverError::AlreadyExists(format!(
                 "volume {} already exists with size {size} bytes, not {}",
                 request.name, request.size_bytes
-            )));
+            ))),
         }
-        let data = self.data_path(&request.name)?;
+    }
+
+    fn record(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        write_atomic(
+            &Self::child(&self.meta, request.name.as_str())?,
+            format!("size_bytes={}\n", request.size_bytes).as_bytes(),
+        )?;
+        self.volume(&request.name, request.size_bytes)
+    }
+
+    fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        let mode = parse_mode(&request.options)?;
+        if let Some(existing) = self.existing(request)? {
+            return Ok(existing);
+        }
+        let data = Self::child(&self.root, request.name.as_str())?;
         // A directory without metadata is a create that a crash interrupted
         // before it was acknowledged: adopt it.
         match fs::DirBuilder::new().mode(mode).create(&data) {
@@ -175,74 +240,182 @@ impl Layout {
         fs::set_permissions(&data, fs::Permissions::from_mode(mode))
             .map_err(|e| DriverError::io(format!("setting the mode of {}", data.display()), e))?;
         sync_dir(&self.root)?;
-        write_atomic(
-            &self.meta_path(&request.name)?,
-            format!("size_bytes={}\n", request.size_bytes).as_bytes(),
-        )?;
-        self.volume(&request.name, request.size_bytes)
+        self.record(request)
     }
 
-    fn delete(&self, name: &VolumeName) -> DriverResult<()> {
-        let data = self.data_path(name)?;
+    /// Creates `request.name` holding a copy of `source` (a directory).
+    fn create_copy(&self, source: &Path, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        if !request.options.is_empty() {
+            parse_mode(&request.options)?;
+        }
+        if let Some(existing) = self.existing(request)? {
+            return Ok(existing);
+        }
+        let data = Self::child(&self.root, request.name.as_str())?;
         if data.exists() {
-            // Move the data out of sight first, so a crash never leaves a
-            // half-deleted directory that a later create would adopt.
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default();
-            let doomed = self.trash.join(format!("{name}.{nanos}"));
-            fs::rename(&data, &doomed).map_err(|e| {
-                DriverError::io(
-                    format!("moving {} to {}", data.display(), doomed.display()),
-                    e,
-                )
+            // Left by an interrupted create: it was never acknowledged.
+            self.discard(&data)?;
+        }
+        let staged = self.staging.join(format!("{}.{}", request.name, stamp()));
+        copy_tree(source, &staged)?;
+        if let Some(mode) = request
+            .options
+            .get("mode")
+            .map(|_| parse_mode(&request.options))
+            .transpose()?
+        {
+            fs::set_permissions(&staged, fs::Permissions::from_mode(mode)).map_err(|e| {
+                DriverError::io(format!("setting the mode of {}", staged.display()), e)
             })?;
-            sync_dir(&self.root)?;
-            sync_dir(&self.trash)?;
         }
-        let meta = self.meta_path(name)?;
-        match fs::remove_file(&meta) {
-            Ok(()) => sync_dir(&self.meta)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DriverError::io(format!("removing {}", meta.display()), e)),
+        fs::rename(&staged, &data)
+            .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
+        sync_dir(&self.root)?;
+        sync_dir(&self.staging)?;
+        self.record(request)
+    }
+
+    /// Moves `path` to the trash (atomically out of sight), then deletes it.
+    fn discard(&self, path: &Path) -> DriverResult<()> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let doomed = self.trash.join(format!("{name}.{}", stamp()));
+        fs::rename(path, &doomed).map_err(|e| {
+            DriverError::io(
+                format!("moving {} to {}", path.display(), doomed.display()),
+                e,
+            )
+        })?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
         }
-        self.empty_trash();
+        sync_dir(&self.trash)?;
+        self.empty(&self.trash);
         Ok(())
     }
 
+    fn remove_meta(&self, dir: &Path, name: &VolumeName) -> DriverResult<()> {
+        let meta = Self::child(dir, name.as_str())?;
+        match fs::remove_file(&meta) {
+            Ok(()) => sync_dir(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::io(format!("removing {}", meta.display()), e)),
+        }
+    }
+
+    fn delete(&self, name: &VolumeName) -> DriverResult<()> {
+        let data = Self::child(&self.root, name.as_str())?;
+        if data.exists() {
+            self.discard(&data)?;
+        }
+        self.remove_meta(&self.meta, name)
+    }
+
     fn list(&self) -> DriverResult<Vec<DriverVolume>> {
-        let entries = fs::read_dir(&self.meta)
-            .map_err(|e| DriverError::io(format!("listing {}", self.meta.display()), e))?;
         let mut volumes = Vec::new();
-        for entry in entries {
-            let entry = entry
-                .map_err(|e| DriverError::io(format!("listing {}", self.meta.display()), e))?;
-            let Some(name) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| VolumeName::parse(n).ok())
-            else {
-                continue; // temporary files and strays
-            };
-            if let Some(size) = self.read_meta(&name)? {
+        for name in names_in(&self.meta)? {
+            if let Some(size) = self.volume_size(&name)? {
                 volumes.push(self.volume(&name, size)?);
             }
         }
         Ok(volumes)
     }
 
+    fn create_snapshot(
+        &self,
+        volume: &VolumeName,
+        snapshot: &VolumeName,
+    ) -> DriverResult<DriverSnapshot> {
+        if let Some(existing) = self.snapshot(snapshot)? {
+            if &existing.volume == volume {
+                return Ok(existing);
+            }
+            return Err(DriverError::AlreadyExists(format!(
+                "snapshot {snapshot} already exists, of volume {}",
+                existing.volume
+            )));
+        }
+        let Some(size_bytes) = self.volume_size(volume)? else {
+            return Err(DriverError::NotFound(format!("volume {volume}")));
+        };
+        let data = Self::child(&self.snapshots, snapshot.as_str())?;
+        if data.exists() {
+            self.discard(&data)?;
+        }
+        let staged = self.staging.join(format!("{snapshot}.{}", stamp()));
+        copy_tree(&Self::child(&self.root, volume.as_str())?, &staged)?;
+        fs::rename(&staged, &data)
+            .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
+        sync_dir(&self.snapshots)?;
+        write_atomic(
+            &Self::child(&self.snapshot_meta, snapshot.as_str())?,
+            format!("volume={volume}\nsize_bytes={size_bytes}\n").as_bytes(),
+        )?;
+        Ok(DriverSnapshot {
+            name: snapshot.clone(),
+            volume: volume.clone(),
+            size_bytes,
+        })
+    }
+
+    fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
+        let data = Self::child(&self.snapshots, snapshot.as_str())?;
+        if data.exists() {
+            self.discard(&data)?;
+        }
+        self.remove_meta(&self.snapshot_meta, snapshot)
+    }
+
+    fn list_snapshots(&self) -> DriverResult<Vec<DriverSnapshot>> {
+        let mut out = Vec::new();
+        for name in names_in(&self.snapshot_meta)? {
+            if let Some(s) = self.snapshot(&name)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
     /// Best effort: what fails to go now goes at the next delete or start.
-    fn empty_trash(&self) {
-        let Ok(entries) = fs::read_dir(&self.trash) else {
+    fn empty(&self, dir: &Path) {
+        let Ok(entries) = fs::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
-            if let Err(e) = fs::remove_dir_all(entry.path()) {
-                tracing::warn!(path = %entry.path().display(), error = %e, "could not empty vfs trash");
+            let path = entry.path();
+            let gone = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(e) = gone {
+                tracing::warn!(path = %path.display(), error = %e, "could not clear a leftover");
             }
         }
     }
+}
+
+/// Valid names of the entries of a metadata directory (temporary files and
+/// strays skipped).
+pub(crate) fn names_in(dir: &Path) -> DriverResult<Vec<VolumeName>> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| DriverError::io(format!("listing {}", dir.display()), e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| DriverError::io(format!("listing {}", dir.display()), e))?;
+        if let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| VolumeName::parse(n).ok())
+        {
+            if !name.as_str().ends_with(".tmp") {
+                names.push(name);
+            }
+        }
+    }
+    Ok(names)
 }
 
 fn parse_mode(options: &BTreeMap<String, String>) -> DriverResult<u32> {
@@ -264,29 +437,6 @@ fn parse_mode(options: &BTreeMap<String, String>) -> DriverResult<u32> {
     }
 }
 
-/// Writes `bytes` to `path` so that after a crash the file holds either its
-/// old contents or all of the new ones.
-fn write_atomic(path: &Path, bytes: &[u8]) -> DriverResult<()> {
-    let tmp = path.with_extension("tmp");
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| DriverError::io(format!("writing {}", path.display()), e))?;
-    match path.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
-    }
-}
-
-fn sync_dir(dir: &Path) -> DriverResult<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| DriverError::io(format!("syncing directory {}", dir.display()), e))
-}
-
 #[async_trait]
 impl VolumeDriver for VfsDriver {
     fn name(&self) -> &str {
@@ -294,7 +444,13 @@ impl VolumeDriver for VfsDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            attach: true,
+            multi_attach: false,
+            snapshot: true,
+            copy: true,
+            create_from_snapshot: true,
+        }
     }
 
     async fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
@@ -309,7 +465,7 @@ impl VolumeDriver for VfsDriver {
 
     async fn get(&self, name: &VolumeName) -> DriverResult<Option<DriverVolume>> {
         let name = name.clone();
-        self.blocking(move |l| match l.read_meta(&name)? {
+        self.blocking(move |l| match l.volume_size(&name)? {
             Some(size) => l.volume(&name, size).map(Some),
             None => Ok(None),
         })
@@ -318,6 +474,78 @@ impl VolumeDriver for VfsDriver {
 
     async fn list(&self) -> DriverResult<Vec<DriverVolume>> {
         self.blocking(|l| l.list()).await
+    }
+
+    async fn attach(&self, name: &VolumeName, instance: &str) -> DriverResult<Attachment> {
+        let (name, instance) = (name.clone(), instance.to_owned());
+        self.blocking(move |l| {
+            if l.volume_size(&name)?.is_none() {
+                return Err(DriverError::NotFound(format!("volume {name}")));
+            }
+            let path = Layout::child(&l.root, name.as_str())?;
+            Ok(Attachment {
+                instance,
+                device: path.display().to_string(),
+                fields: BTreeMap::new(),
+            })
+        })
+        .await
+    }
+
+    async fn detach(&self, _name: &VolumeName, _instance: &str) -> DriverResult<()> {
+        // A directory needs nothing undone.
+        Ok(())
+    }
+
+    async fn create_snapshot(
+        &self,
+        volume: &VolumeName,
+        snapshot: &VolumeName,
+    ) -> DriverResult<DriverSnapshot> {
+        let (volume, snapshot) = (volume.clone(), snapshot.clone());
+        self.blocking(move |l| l.create_snapshot(&volume, &snapshot))
+            .await
+    }
+
+    async fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
+        let snapshot = snapshot.clone();
+        self.blocking(move |l| l.delete_snapshot(&snapshot)).await
+    }
+
+    async fn list_snapshots(&self) -> DriverResult<Vec<DriverSnapshot>> {
+        self.blocking(|l| l.list_snapshots()).await
+    }
+
+    async fn create_from_snapshot(
+        &self,
+        snapshot: &VolumeName,
+        request: &CreateRequest,
+    ) -> DriverResult<DriverVolume> {
+        let (snapshot, request) = (snapshot.clone(), request.clone());
+        self.blocking(move |l| {
+            if l.snapshot(&snapshot)?.is_none() {
+                return Err(DriverError::NotFound(format!("snapshot {snapshot}")));
+            }
+            let source = Layout::child(&l.snapshots, snapshot.as_str())?;
+            l.create_copy(&source, &request)
+        })
+        .await
+    }
+
+    async fn copy(
+        &self,
+        source: &VolumeName,
+        request: &CreateRequest,
+    ) -> DriverResult<DriverVolume> {
+        let (source, request) = (source.clone(), request.clone());
+        self.blocking(move |l| {
+            if l.volume_size(&source)?.is_none() {
+                return Err(DriverError::NotFound(format!("volume {source}")));
+            }
+            let from = Layout::child(&l.root, source.as_str())?;
+            l.create_copy(&from, &request)
+        })
+        .await
     }
 }
 
@@ -345,7 +573,6 @@ mod tests {
         assert!(dir.path().join("data").is_dir());
         fs::write(dir.path().join("data/file"), b"x").expect("write");
 
-        // Same parameters: the same volume; different: AlreadyExists.
         assert_eq!(driver.create(&request("data", 10)).await.expect("again"), v);
         assert!(matches!(
             driver.create(&request("data", 11)).await,
@@ -359,6 +586,30 @@ mod tests {
             .delete(&v.name)
             .await
             .expect("delete of a missing volume is ok");
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_point_in_time_copies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = VfsDriver::open(dir.path()).expect("open");
+        driver.create(&request("v", 1)).await.expect("create");
+        fs::write(dir.path().join("v/f"), b"before").expect("write");
+        let snap = VolumeName::parse("s1").expect("name");
+        driver
+            .create_snapshot(&request("v", 1).name, &snap)
+            .await
+            .expect("snapshot");
+        fs::write(dir.path().join("v/f"), b"after").expect("write");
+        driver
+            .create_from_snapshot(&snap, &request("r", 1))
+            .await
+            .expect("restore");
+        assert_eq!(fs::read(dir.path().join("r/f")).expect("read"), b"before");
+        driver
+            .copy(&request("v", 1).name, &request("c", 1))
+            .await
+            .expect("copy");
+        assert_eq!(fs::read(dir.path().join("c/f")).expect("read"), b"after");
     }
 
     #[test]

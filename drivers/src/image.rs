@@ -1,0 +1,543 @@
+//! The `image` driver: each volume is a disk-image file of the requested
+//! size, usable as a loop device or a VM disk.
+//!
+//! Service options: `root` (required), the directory holding the images;
+//! `format`, `raw` (default: sparse raw files) or `qcow2` (made with
+//! `qemu-img`, which must be installed). Volumes need a size and take no
+//! volume options. Snapshots and copies are sparse-aware copies of the
+//! image. Attaching returns the image's path; one instance at a time.
+//!
+//! ```text
+//! <root>/<name>.img|.qcow2              the image
+//! <root>/.berth/volumes/<name>          metadata; the volume exists exactly when this file does
+//! <root>/.berth/snapshots/<snap>.<ext>  a snapshot's image
+//! <root>/.berth/snapshot-meta/<snap>    its metadata
+//! <root>/.berth/staging/, trash/        work in progress
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::durable::{copy_sparse, sync_dir, write_atomic};
+use crate::vfs::{names_in, parse_meta, stamp};
+use crate::{
+    Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
+    DriverSnapshot, DriverVolume, VolumeDriver, VolumeName,
+};
+
+/// The name the `image` driver is registered under.
+pub const DRIVER_NAME: &str = "image";
+
+/// The on-disk format of the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Sparse raw files.
+    Raw,
+    /// qcow2, through `qemu-img`.
+    Qcow2,
+}
+
+impl Format {
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Raw => "img",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Volumes as image files under a root.
+#[derive(Debug, Clone)]
+pub struct ImageDriver {
+    inner: Arc<Layout>,
+}
+
+#[derive(Debug)]
+struct Layout {
+    root: PathBuf,
+    format: Format,
+    meta: PathBuf,
+    snapshots: PathBuf,
+    snapshot_meta: PathBuf,
+    staging: PathBuf,
+    trash: PathBuf,
+}
+
+/// Whether `qemu-img` can be run.
+pub fn qemu_img_available() -> bool {
+    Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+impl ImageDriver {
+    /// Opens (creating) an image store at `root`.
+    pub fn open(root: impl Into<PathBuf>, format: Format) -> DriverResult<Self> {
+        if format == Format::Qcow2 && !qemu_img_available() {
+            return Err(DriverError::InvalidOption {
+                option: "format".into(),
+                reason: "qcow2 needs `qemu-img`, which is not installed (Debian: apt-get install qemu-utils); use format = \"raw\" or install it".into(),
+            });
+        }
+        let root = root.into();
+        let hidden = root.join(".berth");
+        let layout = Layout {
+            meta: hidden.join("volumes"),
+            snapshots: hidden.join("snapshots"),
+            snapshot_meta: hidden.join("snapshot-meta"),
+            staging: hidden.join("staging"),
+            trash: hidden.join("trash"),
+            root,
+            format,
+        };
+        for dir in [
+            &layout.root,
+            &layout.meta,
+            &layout.snapshots,
+            &layout.snapshot_meta,
+            &layout.staging,
+            &layout.trash,
+        ] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| DriverError::io(format!("creating {}", dir.display()), e))?;
+        }
+        for dir in [&layout.staging, &layout.trash] {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(layout),
+        })
+    }
+
+    /// Builds the driver from a service's options (`root`, `format`).
+    pub fn from_options(options: &DriverOptions) -> DriverResult<Self> {
+        options.only(&["root", "format"])?;
+        let root = options.require("root")?;
+        let format = match options.get("format").unwrap_or("raw") {
+            "raw" => Format::Raw,
+            "qcow2" => Format::Qcow2,
+            other => {
+                return Err(DriverError::InvalidOption {
+                    option: "format".into(),
+                    reason: format!("{other:?} is not a format (raw or qcow2)"),
+                })
+            }
+        };
+        Self::open(root, format)
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> DriverResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Layout) -> DriverResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| DriverError::Internal(format!("image worker failed: {e}")))?
+    }
+}
+
+impl Layout {
+    fn file(&self, dir: &Path, name: &VolumeName) -> DriverResult<PathBuf> {
+        // VolumeName holds no separator and never starts with '.'; check anyway.
+        let n = name.as_str();
+        if n.is_empty() || n.starts_with('.') || n.contains('/') || n.contains('\0') {
+            return Err(DriverError::InvalidArgument(format!(
+                "refusing name {n:?}: it would leave {}",
+                dir.display()
+            )));
+        }
+        Ok(dir.join(format!("{n}.{}", self.format.extension())))
+    }
+
+    fn meta_file(dir: &Path, name: &VolumeName) -> DriverResult<PathBuf> {
+        let n = name.as_str();
+        if n.is_empty() || n.starts_with('.') || n.contains('/') || n.contains('\0') {
+            return Err(DriverError::InvalidArgument(format!(
+                "refusing name {n:?}: it would leave {}",
+                dir.display()
+            )));
+        }
+        Ok(dir.join(n))
+    }
+
+    fn read(path: &Path) -> DriverResult<Option<String>> {
+        match fs::read_to_string(path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DriverError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn size_of(&self, name: &VolumeName) -> DriverResult<Option<u64>> {
+        let path = Self::meta_file(&self.meta, name)?;
+        let Some(text) = Self::read(&path)? else {
+            return Ok(None);
+        };
+        parse_meta(&text)
+            .get("size_bytes")
+            .and_then(|n| n.parse().ok())
+            .map(Some)
+            .ok_or_else(|| DriverError::Internal(format!("metadata {} is corrupt", path.display())))
+    }
+
+    fn volume(&self, name: &VolumeName, size_bytes: u64) -> DriverResult<DriverVolume> {
+        Ok(DriverVolume {
+            name: name.clone(),
+            size_bytes,
+            fields: BTreeMap::from([
+                (
+                    "path".to_owned(),
+                    self.file(&self.root, name)?.display().to_string(),
+                ),
+                ("format".to_owned(), self.format.name().to_owned()),
+            ]),
+        })
+    }
+
+    fn existing(&self, request: &CreateRequest) -> DriverResult<Option<DriverVolume>> {
+        match self.size_of(&request.name)? {
+            None => Ok(None),
+            Some(size) if size == request.size_bytes => self.volume(&request.name, size).map(Some),
+            Some(size) => Err(DriverError::AlreadyExists(format!(
+                "volume {} already exists with size {size} bytes, not {}",
+                request.name, request.size_bytes
+            ))),
+        }
+    }
+
+    fn check(request: &CreateRequest) -> DriverResult<()> {
+        if let Some(k) = request.options.keys().next() {
+            return Err(DriverError::InvalidArgument(format!(
+                "the image driver has no volume option {k:?}; set the format on the service"
+            )));
+        }
+        if request.size_bytes == 0 {
+            return Err(DriverError::InvalidArgument(
+                "an image volume needs a size (--size), e.g. 10GiB".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Puts a finished staged image in place and records it.
+    fn install(&self, staged: &Path, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        let target = self.file(&self.root, &request.name)?;
+        fs::rename(staged, &target)
+            .map_err(|e| DriverError::io(format!("moving {} into place", target.display()), e))?;
+        sync_dir(&self.root)?;
+        sync_dir(&self.staging)?;
+        write_atomic(
+            &Self::meta_file(&self.meta, &request.name)?,
+            format!("size_bytes={}\n", request.size_bytes).as_bytes(),
+        )?;
+        self.volume(&request.name, request.size_bytes)
+    }
+
+    fn staged(&self, name: &VolumeName) -> PathBuf {
+        self.staging.join(format!("{name}.{}", stamp()))
+    }
+
+    fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        Self::check(request)?;
+        if let Some(v) = self.existing(request)? {
+            return Ok(v);
+        }
+        let staged = self.staged(&request.name);
+        match self.format {
+            Format::Raw => {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&staged)
+                    .map_err(|e| DriverError::io(format!("creating {}", staged.display()), e))?;
+                file.set_len(request.size_bytes)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| DriverError::io(format!("sizing {}", staged.display()), e))?;
+            }
+            Format::Qcow2 => {
+                let out = Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&staged)
+                    .arg(request.size_bytes.to_string())
+                    .output()
+                    .map_err(|e| DriverError::io("running qemu-img", e))?;
+                if !out.status.success() {
+                    return Err(DriverError::Internal(format!(
+                        "qemu-img create failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                fs::File::open(&staged)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| DriverError::io(format!("syncing {}", staged.display()), e))?;
+            }
+        }
+        self.install(&staged, request)
+    }
+
+    fn copy_into(&self, source: &Path, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        if let Some(k) = request.options.keys().next() {
+            return Err(DriverError::InvalidArgument(format!(
+                "the image driver has no volume option {k:?}"
+            )));
+        }
+        if let Some(v) = self.existing(request)? {
+            return Ok(v);
+        }
+        let staged = self.staged(&request.name);
+        copy_sparse(source, &staged)?;
+        self.install(&staged, request)
+    }
+
+    fn discard(&self, path: &Path) -> DriverResult<()> {
+        match fs::remove_file(path) {
+            Ok(()) => path.parent().map(sync_dir).unwrap_or(Ok(())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::io(format!("removing {}", path.display()), e)),
+        }
+    }
+
+    fn delete(&self, name: &VolumeName) -> DriverResult<()> {
+        // Metadata first: once it is gone the volume no longer exists, and a
+        // leftover image file is replaced by the next create.
+        self.discard(&Self::meta_file(&self.meta, name)?)?;
+        self.discard(&self.file(&self.root, name)?)
+    }
+
+    fn snapshot(&self, snap: &VolumeName) -> DriverResult<Option<DriverSnapshot>> {
+        let path = Self::meta_file(&self.snapshot_meta, snap)?;
+        let Some(text) = Self::read(&path)? else {
+            return Ok(None);
+        };
+        let meta = parse_meta(&text);
+        match (
+            meta.get("volume").and_then(|v| VolumeName::parse(v).ok()),
+            meta.get("size_bytes").and_then(|n| n.parse().ok()),
+        ) {
+            (Some(volume), Some(size_bytes)) => Ok(Some(DriverSnapshot {
+                name: snap.clone(),
+                volume,
+                size_bytes,
+            })),
+            _ => Err(DriverError::Internal(format!(
+                "metadata {} is corrupt",
+                path.display()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl VolumeDriver for ImageDriver {
+    fn name(&self) -> &str {
+        DRIVER_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            attach: true,
+            multi_attach: false,
+            snapshot: true,
+            copy: true,
+            create_from_snapshot: true,
+        }
+    }
+
+    async fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        let request = request.clone();
+        self.blocking(move |l| l.create(&request)).await
+    }
+
+    async fn delete(&self, name: &VolumeName) -> DriverResult<()> {
+        let name = name.clone();
+        self.blocking(move |l| l.delete(&name)).await
+    }
+
+    async fn get(&self, name: &VolumeName) -> DriverResult<Option<DriverVolume>> {
+        let name = name.clone();
+        self.blocking(move |l| match l.size_of(&name)? {
+            Some(size) => l.volume(&name, size).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn list(&self) -> DriverResult<Vec<DriverVolume>> {
+        self.blocking(|l| {
+            let mut out = Vec::new();
+            for name in names_in(&l.meta)? {
+                if let Some(size) = l.size_of(&name)? {
+                    out.push(l.volume(&name, size)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn attach(&self, name: &VolumeName, instance: &str) -> DriverResult<Attachment> {
+        let (name, instance) = (name.clone(), instance.to_owned());
+        self.blocking(move |l| {
+            if l.size_of(&name)?.is_none() {
+                return Err(DriverError::NotFound(format!("volume {name}")));
+            }
+            Ok(Attachment {
+                instance,
+                device: l.file(&l.root, &name)?.display().to_string(),
+                fields: BTreeMap::from([("format".to_owned(), l.format.name().to_owned())]),
+            })
+        })
+        .await
+    }
+
+    async fn detach(&self, _name: &VolumeName, _instance: &str) -> DriverResult<()> {
+        Ok(())
+    }
+
+    async fn create_snapshot(
+        &self,
+        volume: &VolumeName,
+        snapshot: &VolumeName,
+    ) -> DriverResult<DriverSnapshot> {
+        let (volume, snapshot) = (volume.clone(), snapshot.clone());
+        self.blocking(move |l| {
+            if let Some(existing) = l.snapshot(&snapshot)? {
+                if existing.volume == volume {
+                    return Ok(existing);
+                }
+                return Err(DriverError::AlreadyExists(format!(
+                    "snapshot {snapshot} already exists, of volume {}",
+                    existing.volume
+                )));
+            }
+            let Some(size_bytes) = l.size_of(&volume)? else {
+                return Err(DriverError::NotFound(format!("volume {volume}")));
+            };
+            let target = l.file(&l.snapshots, &snapshot)?;
+            l.discard(&target)?;
+            let staged = l.staged(&snapshot);
+            copy_sparse(&l.file(&l.root, &volume)?, &staged)?;
+            fs::rename(&staged, &target).map_err(|e| {
+                DriverError::io(format!("moving {} into place", target.display()), e)
+            })?;
+            sync_dir(&l.snapshots)?;
+            write_atomic(
+                &Layout::meta_file(&l.snapshot_meta, &snapshot)?,
+                format!("volume={volume}\nsize_bytes={size_bytes}\n").as_bytes(),
+            )?;
+            Ok(DriverSnapshot {
+                name: snapshot,
+                volume,
+                size_bytes,
+            })
+        })
+        .await
+    }
+
+    async fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
+        let snapshot = snapshot.clone();
+        self.blocking(move |l| {
+            l.discard(&Layout::meta_file(&l.snapshot_meta, &snapshot)?)?;
+            l.discard(&l.file(&l.snapshots, &snapshot)?)
+        })
+        .await
+    }
+
+    async fn list_snapshots(&self) -> DriverResult<Vec<DriverSnapshot>> {
+        self.blocking(|l| {
+            let mut out = Vec::new();
+            for name in names_in(&l.snapshot_meta)? {
+                if let Some(s) = l.snapshot(&name)? {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create_from_snapshot(
+        &self,
+        snapshot: &VolumeName,
+        request: &CreateRequest,
+    ) -> DriverResult<DriverVolume> {
+        let (snapshot, request) = (snapshot.clone(), request.clone());
+        self.blocking(move |l| {
+            if l.snapshot(&snapshot)?.is_none() {
+                return Err(DriverError::NotFound(format!("snapshot {snapshot}")));
+            }
+            let source = l.file(&l.snapshots, &snapshot)?;
+            l.copy_into(&source, &request)
+        })
+        .await
+    }
+
+    async fn copy(
+        &self,
+        source: &VolumeName,
+        request: &CreateRequest,
+    ) -> DriverResult<DriverVolume> {
+        let (source, request) = (source.clone(), request.clone());
+        self.blocking(move |l| {
+            if l.size_of(&source)?.is_none() {
+                return Err(DriverError::NotFound(format!("volume {source}")));
+            }
+            let from = l.file(&l.root, &source)?;
+            l.copy_into(&from, &request)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn raw_images_are_sparse_and_copies_stay_sparse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = ImageDriver::open(dir.path(), Format::Raw).expect("open");
+        let name = VolumeName::parse("disk").expect("name");
+        let req = CreateRequest {
+            name: name.clone(),
+            size_bytes: 64 << 20,
+            options: BTreeMap::new(),
+        };
+        let v = driver.create(&req).await.expect("create");
+        let meta = fs::metadata(&v.fields["path"]).expect("image");
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(meta.blocks() * 512 < 1 << 20, "a new image must be sparse");
+        let copy = CreateRequest {
+            name: VolumeName::parse("copy").expect("name"),
+            ..req
+        };
+        let c = driver.copy(&name, &copy).await.expect("copy");
+        let meta = fs::metadata(&c.fields["path"]).expect("copy");
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(meta.blocks() * 512 < 1 << 20, "a copy must stay sparse");
+    }
+}
