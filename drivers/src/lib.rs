@@ -10,6 +10,8 @@
 //! Read [`VolumeDriver`]'s contract first: idempotency, durability and
 //! concurrency rules every driver keeps.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod driver;
 pub mod durable;
 mod error;
