@@ -73,6 +73,9 @@ enum Command {
     /// Volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Snapshots of volumes.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Pinned controllers (the client's known_hosts).
     #[command(subcommand)]
     Trust(TrustCommand),
@@ -235,6 +238,12 @@ enum VolumeCommand {
         /// Only this service's volumes.
         #[arg(long, short)]
         service: Option<String>,
+        /// Only volumes attached to some instance.
+        #[arg(long, conflicts_with = "available")]
+        attached: bool,
+        /// Only volumes attached nowhere.
+        #[arg(long)]
+        available: bool,
     },
     /// Create a volume (again with the same parameters: returns it).
     Create {
@@ -247,6 +256,9 @@ enum VolumeCommand {
         /// Driver option, KEY=VALUE (repeatable).
         #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_option)]
         options: Vec<(String, String)>,
+        /// Restore this snapshot into the new volume.
+        #[arg(long, value_name = "SNAPSHOT")]
+        from_snapshot: Option<String>,
     },
     /// Show one volume.
     Inspect {
@@ -255,6 +267,69 @@ enum VolumeCommand {
         service: ServiceArg,
     },
     /// Remove a volume and its data.
+    #[command(alias = "rm")]
+    Remove {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Detach it from every instance first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Attach a volume to an instance and print how to reach it.
+    Attach {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+        /// The instance [default: this machine's host name].
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Detach a volume from an instance.
+    Detach {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+        /// The instance [default: this machine's host name].
+        #[arg(long)]
+        instance: Option<String>,
+        /// Detach it from whichever instances hold it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create DST as a copy of SRC.
+    Copy {
+        source: String,
+        destination: String,
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Take a point-in-time snapshot NAME of VOLUME.
+    Create {
+        volume: String,
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+    /// List snapshots (of VOLUME, if given).
+    #[command(alias = "ls")]
+    List {
+        volume: Option<String>,
+        /// Only this service's snapshots.
+        #[arg(long, short)]
+        service: Option<String>,
+    },
+    /// Show one snapshot.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+    /// Remove a snapshot.
     #[command(alias = "rm")]
     Remove {
         name: String,
@@ -534,6 +609,13 @@ impl Session {
         )
     }
 
+    fn snapshots(&self) -> pb::snapshots_client::SnapshotsClient<Authed> {
+        pb::snapshots_client::SnapshotsClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
+
     fn admin(&self) -> pb::admin_client::AdminClient<Authed> {
         pb::admin_client::AdminClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
@@ -735,7 +817,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Format::Json => print_json(&services.iter().map(output::service_json).collect())?,
             }
         }
-        Command::Volume(VolumeCommand::List { service }) => {
+        Command::Volume(VolumeCommand::List {
+            service,
+            attached,
+            available,
+        }) => {
+            let attachment = match (attached, available) {
+                (true, _) => pb::AttachmentFilter::Attached,
+                (_, true) => pb::AttachmentFilter::Available,
+                _ => pb::AttachmentFilter::Any,
+            } as i32;
             let mut volumes = Vec::new();
             let mut page_token = String::new();
             loop {
@@ -745,6 +836,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         service: service.clone().unwrap_or_default(),
                         max_entries: 0,
                         page_token,
+                        attachment,
                     })
                     .await?
                     .into_inner();
@@ -764,6 +856,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             size,
             options,
+            from_snapshot,
         }) => {
             let service = session.service(service).await?;
             let volume = session
@@ -773,6 +866,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     name: name.clone(),
                     size_bytes: *size,
                     options: options.iter().cloned().collect(),
+                    from_snapshot: from_snapshot.clone().unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -790,13 +884,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             print_volume(cli.output, &volume)?;
         }
-        Command::Volume(VolumeCommand::Remove { name, service }) => {
+        Command::Volume(VolumeCommand::Remove {
+            name,
+            service,
+            force,
+        }) => {
             let service = session.service(service).await?;
             session
                 .volumes()
                 .delete_volume(pb::DeleteVolumeRequest {
                     service: service.clone(),
                     name: name.clone(),
+                    force: *force,
                 })
                 .await?;
             match cli.output {
@@ -806,6 +905,86 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Volume(VolumeCommand::Attach {
+            name,
+            service,
+            instance,
+        }) => {
+            let service = session.service(service).await?;
+            let attached = session
+                .volumes()
+                .attach_volume(pb::AttachVolumeRequest {
+                    service,
+                    name: name.clone(),
+                    instance: instance.clone().unwrap_or_else(this_host),
+                })
+                .await?
+                .into_inner();
+            let attachment = attached.attachment.unwrap_or_default();
+            match cli.output {
+                Format::Table => println!(
+                    "attached volume {name} to {}: {}",
+                    attachment.instance, attachment.device
+                ),
+                Format::Json => print_json(&serde_json::json!({
+                    "volume": attached.volume.as_ref().map(output::volume_json),
+                    "instance": attachment.instance,
+                    "device": attachment.device,
+                    "fields": attachment.fields,
+                }))?,
+            }
+        }
+        Command::Volume(VolumeCommand::Detach {
+            name,
+            service,
+            instance,
+            force,
+        }) => {
+            let service = session.service(service).await?;
+            let volume = session
+                .volumes()
+                .detach_volume(pb::DetachVolumeRequest {
+                    service,
+                    name: name.clone(),
+                    instance: instance.clone().unwrap_or_else(this_host),
+                    force: *force,
+                })
+                .await?
+                .into_inner();
+            match cli.output {
+                Format::Table => {
+                    if volume.attachments.is_empty() {
+                        println!("volume {name} is attached to nothing");
+                    } else {
+                        let holders: Vec<_> = volume
+                            .attachments
+                            .iter()
+                            .map(|a| a.instance.as_str())
+                            .collect();
+                        println!("volume {name} is still attached to {}", holders.join(", "));
+                    }
+                }
+                Format::Json => print_json(&output::volume_json(&volume))?,
+            }
+        }
+        Command::Volume(VolumeCommand::Copy {
+            source,
+            destination,
+            service,
+        }) => {
+            let service = session.service(service).await?;
+            let volume = session
+                .volumes()
+                .copy_volume(pb::CopyVolumeRequest {
+                    service,
+                    source: source.clone(),
+                    name: destination.clone(),
+                })
+                .await?
+                .into_inner();
+            print_volume(cli.output, &volume)?;
+        }
+        Command::Snapshot(command) => snapshot_command(&session, cli.output, command).await?,
         Command::Trust(_) => unreachable!("handled above"),
         Command::Token(command) => admin::token(&session.admin(), cli.output, command).await?,
         Command::Cert(command) => admin::cert(&session.admin(), cli.output, command).await?,
@@ -827,6 +1006,94 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 mod admin;
+
+/// This machine's host name: the default instance ID.
+fn this_host() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn snapshot_command(
+    session: &Session,
+    format: Format,
+    command: &SnapshotCommand,
+) -> anyhow::Result<()> {
+    let mut client = session.snapshots();
+    match command {
+        SnapshotCommand::Create {
+            volume,
+            name,
+            service,
+        } => {
+            let service = session.service(service).await?;
+            let snap = client
+                .create_snapshot(pb::CreateSnapshotRequest {
+                    service,
+                    volume: volume.clone(),
+                    name: name.clone(),
+                })
+                .await?
+                .into_inner();
+            print_snapshot(format, &snap)?;
+        }
+        SnapshotCommand::List { volume, service } => {
+            let service = match (volume, service) {
+                (Some(_), None) => session.service(&ServiceArg { service: None }).await?,
+                (_, s) => s.clone().unwrap_or_default(),
+            };
+            let snaps = client
+                .list_snapshots(pb::ListSnapshotsRequest {
+                    service,
+                    volume: volume.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .snapshots;
+            match format {
+                Format::Table => println!("{}", output::snapshot_table(&snaps)),
+                Format::Json => print_json(&snaps.iter().map(output::snapshot_json).collect())?,
+            }
+        }
+        SnapshotCommand::Inspect { name, service } => {
+            let service = session.service(service).await?;
+            let snap = client
+                .get_snapshot(pb::GetSnapshotRequest {
+                    service,
+                    name: name.clone(),
+                })
+                .await?
+                .into_inner();
+            print_snapshot(format, &snap)?;
+        }
+        SnapshotCommand::Remove { name, service } => {
+            let service = session.service(service).await?;
+            client
+                .delete_snapshot(pb::DeleteSnapshotRequest {
+                    service: service.clone(),
+                    name: name.clone(),
+                })
+                .await?;
+            match format {
+                Format::Table => println!("removed snapshot {name} from service {service}"),
+                Format::Json => {
+                    print_json(&serde_json::json!({"removed": name, "service": service}))?
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_snapshot(format: Format, snap: &pb::Snapshot) -> anyhow::Result<()> {
+    match format {
+        Format::Table => println!("{}", output::snapshot_table(std::slice::from_ref(snap))),
+        Format::Json => print_json(&output::snapshot_json(snap))?,
+    }
+    Ok(())
+}
 
 fn print_volume(format: Format, volume: &pb::Volume) -> anyhow::Result<()> {
     match format {

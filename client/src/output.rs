@@ -52,7 +52,40 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "options": sorted(&v.options),
         "status": status(v),
         "fields": sorted(&v.fields),
+        "attachments": v.attachments.iter().map(|a| json!({
+            "instance": a.instance,
+            "device": a.device,
+            "fields": sorted(&a.fields),
+        })).collect::<Vec<_>>(),
+        "source": v.source,
     })
+}
+
+/// A snapshot as a JSON object.
+pub fn snapshot_json(s: &pb::Snapshot) -> Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "service": s.service,
+        "volume": s.volume,
+        "size_bytes": s.size_bytes,
+        "created_at": time(s.created_at.as_ref()),
+    })
+}
+
+/// Snapshots as a table.
+pub fn snapshot_table(snaps: &[pb::Snapshot]) -> String {
+    let mut t = table(&["NAME", "SERVICE", "VOLUME", "SIZE", "CREATED"]);
+    for s in snaps {
+        t.add_row(vec![
+            s.name.clone(),
+            s.service.clone(),
+            s.volume.clone(),
+            format_size(s.size_bytes),
+            time(s.created_at.as_ref()),
+        ]);
+    }
+    render(&t)
 }
 
 /// A borderless table with a header row.
@@ -103,6 +136,15 @@ pub fn volume_detail(v: &pb::Volume) -> String {
     t.add_row(vec!["status".into(), status(v).to_owned()]);
     t.add_row(vec!["created".into(), time(v.created_at.as_ref())]);
     t.add_row(vec!["options".into(), options.join(", ")]);
+    for a in &v.attachments {
+        t.add_row(vec![
+            "attached".into(),
+            format!("{} at {}", a.instance, a.device),
+        ]);
+    }
+    if !v.source.is_empty() {
+        t.add_row(vec!["source".into(), v.source.clone()]);
+    }
     let mut fields: Vec<_> = v.fields.iter().collect();
     fields.sort();
     for (k, value) in fields {

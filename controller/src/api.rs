@@ -8,8 +8,8 @@ use berth_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{identity, Authorizer};
-use crate::store::{VolumeKey, VolumeRecord};
-use crate::volumes::{NewVolume, VolumeError, Volumes};
+use crate::store::{AttachmentRecord, SnapshotRecord, VolumeKey, VolumeRecord};
+use crate::volumes::{self, AttachmentFilter, NewVolume, VolumeError, Volumes};
 
 /// Page size when the request gives none, and the most one page may hold.
 pub const DEFAULT_PAGE: usize = 1000;
@@ -38,6 +38,7 @@ impl From<VolumeError> for Status {
             VolumeError::NotFound(_) => Status::not_found(message),
             VolumeError::AlreadyExists(_) => Status::already_exists(message),
             VolumeError::FailedPrecondition(_) => Status::failed_precondition(message),
+            VolumeError::Unimplemented(_) => Status::unimplemented(message),
             VolumeError::Store(_) => Status::internal(message),
             VolumeError::Driver { source, .. } => match source {
                 D::InvalidArgument(_) | D::InvalidOption { .. } => {
@@ -72,6 +73,32 @@ pub fn to_proto(record: VolumeRecord) -> pb::Volume {
         options: record.options.into_iter().collect(),
         status: status as i32,
         fields: record.fields.into_iter().collect(),
+        attachments: record
+            .attachments
+            .into_iter()
+            .map(attachment_to_proto)
+            .collect(),
+        source: record.source.unwrap_or_default(),
+    }
+}
+
+fn attachment_to_proto(a: AttachmentRecord) -> pb::Attachment {
+    pb::Attachment {
+        instance: a.instance,
+        device: a.device,
+        fields: a.fields.into_iter().collect(),
+    }
+}
+
+/// Converts a snapshot record to its wire form.
+pub fn snapshot_to_proto(record: SnapshotRecord) -> pb::Snapshot {
+    pb::Snapshot {
+        created_at: Some(prost_types::Timestamp::from(record.created_at())),
+        id: record.id,
+        name: record.name,
+        service: record.service,
+        volume: record.volume,
+        size_bytes: record.size_bytes,
     }
 }
 
@@ -149,6 +176,17 @@ impl pb::volumes_server::Volumes for Api {
                 Some(key)
             }
         };
+        let filter = match pb::AttachmentFilter::try_from(req.attachment) {
+            Ok(pb::AttachmentFilter::Any) => AttachmentFilter::Any,
+            Ok(pb::AttachmentFilter::Attached) => AttachmentFilter::Attached,
+            Ok(pb::AttachmentFilter::Available) => AttachmentFilter::Available,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown attachment filter {}",
+                    req.attachment
+                )))
+            }
+        };
         let limit = match req.max_entries as usize {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
@@ -164,7 +202,7 @@ impl pb::volumes_server::Volumes for Api {
                 .map(str::to_owned)
                 .collect();
             volumes.page(service.as_deref(), after.as_ref(), limit, |r| {
-                visible.contains(&r.service)
+                visible.contains(&r.service) && volumes::passes(filter, r)
             })
         })
         .await
@@ -206,6 +244,7 @@ impl pb::volumes_server::Volumes for Api {
                 name: req.name,
                 size_bytes: req.size_bytes,
                 options: req.options.into_iter().collect(),
+                from_snapshot: (!req.from_snapshot.is_empty()).then_some(req.from_snapshot),
             })
             .await?;
         Ok(Response::new(to_proto(record)))
@@ -219,8 +258,129 @@ impl pb::volumes_server::Volumes for Api {
         let req = request.into_inner();
         self.volumes.service(&req.service)?;
         self.authz.check(&who, "DeleteVolume", &req.service)?;
-        self.volumes.delete(&req.service, &req.name).await?;
+        self.volumes
+            .delete(&req.service, &req.name, req.force)
+            .await?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
+    }
+
+    async fn attach_volume(
+        &self,
+        request: Request<pb::AttachVolumeRequest>,
+    ) -> Result<Response<pb::AttachVolumeResponse>, Status> {
+        let who = identity(&request)?;
+        let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "AttachVolume", &req.service)?;
+        let (record, attachment) = self
+            .volumes
+            .attach(&req.service, &req.name, &req.instance)
+            .await?;
+        Ok(Response::new(pb::AttachVolumeResponse {
+            volume: Some(to_proto(record)),
+            attachment: Some(attachment_to_proto(attachment)),
+        }))
+    }
+
+    async fn detach_volume(
+        &self,
+        request: Request<pb::DetachVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let who = identity(&request)?;
+        let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "DetachVolume", &req.service)?;
+        let record = self
+            .volumes
+            .detach(&req.service, &req.name, &req.instance, req.force)
+            .await?;
+        Ok(Response::new(to_proto(record)))
+    }
+
+    async fn copy_volume(
+        &self,
+        request: Request<pb::CopyVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let who = identity(&request)?;
+        let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "CopyVolume", &req.service)?;
+        let record = self
+            .volumes
+            .copy(&req.service, &req.source, &req.name)
+            .await?;
+        Ok(Response::new(to_proto(record)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::snapshots_server::Snapshots for Api {
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let who = identity(&request)?;
+        let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "CreateSnapshot", &req.service)?;
+        let record = self
+            .volumes
+            .create_snapshot(&req.service, &req.volume, &req.name)
+            .await?;
+        Ok(Response::new(snapshot_to_proto(record)))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let who = identity(&request)?;
+        let req = request.into_inner();
+        let service = (!req.service.is_empty()).then_some(req.service.as_str());
+        let volume = (!req.volume.is_empty()).then_some(req.volume.as_str());
+        if volume.is_some() && service.is_none() {
+            return Err(Status::invalid_argument(
+                "a volume filter needs the service too",
+            ));
+        }
+        if let Some(service) = service {
+            self.volumes.service(service)?;
+            self.authz.check(&who, "ListSnapshots", service)?;
+        }
+        let snapshots = self
+            .volumes
+            .list_snapshots(service, volume, |s| self.authz.visible(&who, &s.service))?
+            .into_iter()
+            .map(snapshot_to_proto)
+            .collect();
+        Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let who = identity(&request)?;
+        let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "GetSnapshot", &req.service)?;
+        Ok(Response::new(snapshot_to_proto(
+            self.volumes.get_snapshot(&req.service, &req.name)?,
+        )))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let who = identity(&request)?;
+        let req = request.into_inner();
+        self.volumes.service(&req.service)?;
+        self.authz.check(&who, "DeleteSnapshot", &req.service)?;
+        self.volumes
+            .delete_snapshot(&req.service, &req.name)
+            .await?;
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 }
 

@@ -70,7 +70,8 @@ pub async fn run(
         .add_service(pb::service_catalog_server::ServiceCatalogServer::new(
             api.clone(),
         ))
-        .add_service(pb::volumes_server::VolumesServer::new(api))
+        .add_service(pb::volumes_server::VolumesServer::new(api.clone()))
+        .add_service(pb::snapshots_server::SnapshotsServer::new(api))
         .add_service(pb::admin_server::AdminServer::new(admin));
 
     match transport {

@@ -4,8 +4,10 @@
 //! that produced it change in one atomic batch:
 //!
 //! ```text
-//! v\0<service>\0<name>  -> VolumeRecord (JSON)   the volumes the controller acknowledged
-//! i\0<service>\0<name>  -> Intent (JSON)         an operation under way on that volume
+//! v\0<service>\0<name>  -> VolumeRecord (JSON)    the volumes the controller acknowledged
+//! i\0<service>\0<name>  -> Intent (JSON)          an operation under way on that volume
+//! s\0<service>\0<name>  -> SnapshotRecord (JSON)  the snapshots
+//! j\0<service>\0<name>  -> Intent (JSON)          an operation under way on that snapshot
 //! ```
 //!
 //! An intent is written and flushed before the driver is called; the record
@@ -35,7 +37,60 @@ pub struct VolumeRecord {
     pub fields: BTreeMap<String, String>,
     /// Instances the volume is attached to.
     #[serde(default)]
-    pub attachments: Vec<String>,
+    pub attachments: Vec<AttachmentRecord>,
+    /// Where its contents came from: `snapshot:NAME`, `volume:NAME`, or none.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// One instance a volume is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRecord {
+    pub instance: String,
+    pub device: String,
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+/// What the controller knows about one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub name: String,
+    pub service: String,
+    /// The volume it was taken from.
+    pub volume: String,
+    pub size_bytes: u64,
+    pub created_at_ms: u64,
+}
+
+impl SnapshotRecord {
+    pub fn created_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.created_at_ms)
+    }
+}
+
+/// Which kind of object a key names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Volume,
+    Snapshot,
+}
+
+impl Kind {
+    fn record(self) -> u8 {
+        match self {
+            Kind::Volume => b'v',
+            Kind::Snapshot => b's',
+        }
+    }
+
+    fn intent(self) -> u8 {
+        match self {
+            Kind::Volume => b'i',
+            Kind::Snapshot => b'j',
+        }
+    }
 }
 
 impl VolumeRecord {
@@ -48,8 +103,28 @@ impl VolumeRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Intent {
-    Create { record: VolumeRecord },
-    Delete { record: VolumeRecord },
+    /// Creating a volume (empty, from a snapshot, or as a copy).
+    Create {
+        record: VolumeRecord,
+    },
+    Delete {
+        record: VolumeRecord,
+    },
+    CreateSnapshot {
+        record: SnapshotRecord,
+    },
+    DeleteSnapshot {
+        record: SnapshotRecord,
+    },
+}
+
+impl Intent {
+    fn kind(&self) -> Kind {
+        match self {
+            Intent::Create { .. } | Intent::Delete { .. } => Kind::Volume,
+            Intent::CreateSnapshot { .. } | Intent::DeleteSnapshot { .. } => Kind::Snapshot,
+        }
+    }
 }
 
 /// Errors of the record store.
@@ -92,7 +167,7 @@ impl VolumeKey {
 
     /// The key's bytes without the kind prefix: `<service>\0<name>`.
     pub fn to_cursor(&self) -> Vec<u8> {
-        self.encode(b'v')[2..].to_vec()
+        self.encode(Kind::Volume.record())[2..].to_vec()
     }
 
     /// The inverse of [`to_cursor`](Self::to_cursor).
@@ -106,9 +181,6 @@ impl VolumeKey {
         Self::from_cursor(raw.get(2..)?)
     }
 }
-
-const VOLUME: u8 = b'v';
-const INTENT: u8 = b'i';
 
 /// The sled-backed store.
 #[derive(Clone)]
@@ -146,51 +218,105 @@ impl Store {
         Ok(())
     }
 
+    /// A volume record.
     pub fn get(&self, key: &VolumeKey) -> Result<Option<VolumeRecord>, StoreError> {
-        self.tree
-            .get(key.encode(VOLUME))?
-            .map(|raw| decode(key.encode(VOLUME).as_slice(), &raw))
-            .transpose()
+        self.get_kind(Kind::Volume, key)
+    }
+
+    /// A snapshot record.
+    pub fn snapshot(&self, key: &VolumeKey) -> Result<Option<SnapshotRecord>, StoreError> {
+        self.get_kind(Kind::Snapshot, key)
+    }
+
+    fn get_kind<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: Kind,
+        key: &VolumeKey,
+    ) -> Result<Option<T>, StoreError> {
+        let k = key.encode(kind.record());
+        self.tree.get(&k)?.map(|raw| decode(&k, &raw)).transpose()
     }
 
     /// Records an intent (not yet durable: call [`flush`](Self::flush)).
     pub fn begin(&self, key: &VolumeKey, intent: &Intent) -> Result<(), StoreError> {
-        self.tree.insert(key.encode(INTENT), encode(intent))?;
+        self.tree
+            .insert(key.encode(intent.kind().intent()), encode(intent))?;
         Ok(())
     }
 
     /// Drops an intent without changing the record.
-    pub fn abandon(&self, key: &VolumeKey) -> Result<(), StoreError> {
-        self.tree.remove(key.encode(INTENT))?;
+    pub fn abandon(&self, kind: Kind, key: &VolumeKey) -> Result<(), StoreError> {
+        self.tree.remove(key.encode(kind.intent()))?;
         Ok(())
     }
 
-    /// Atomically sets (or removes, with `None`) the record and drops the
-    /// intent (not yet durable: call [`flush`](Self::flush)).
+    /// Atomically sets (or removes, with `None`) a volume record and drops
+    /// its intent (not yet durable: call [`flush`](Self::flush)).
     pub fn commit(&self, key: &VolumeKey, record: Option<&VolumeRecord>) -> Result<(), StoreError> {
+        self.commit_kind(Kind::Volume, key, record)
+    }
+
+    /// Like [`commit`](Self::commit), for a snapshot.
+    pub fn commit_snapshot(
+        &self,
+        key: &VolumeKey,
+        record: Option<&SnapshotRecord>,
+    ) -> Result<(), StoreError> {
+        self.commit_kind(Kind::Snapshot, key, record)
+    }
+
+    fn commit_kind<T: Serialize>(
+        &self,
+        kind: Kind,
+        key: &VolumeKey,
+        record: Option<&T>,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         match record {
-            Some(record) => batch.insert(key.encode(VOLUME), encode(record)),
-            None => batch.remove(key.encode(VOLUME)),
+            Some(record) => batch.insert(key.encode(kind.record()), encode(record)),
+            None => batch.remove(key.encode(kind.record())),
         }
-        batch.remove(key.encode(INTENT));
+        batch.remove(key.encode(kind.intent()));
         self.tree.apply_batch(batch)?;
         Ok(())
     }
 
-    /// Every intent left over, in key order.
+    /// Every intent left over, volumes first, in key order.
     pub fn intents(&self) -> Result<Vec<(VolumeKey, Intent)>, StoreError> {
-        self.tree
-            .scan_prefix([INTENT, 0])
-            .map(|entry| {
+        let mut out = Vec::new();
+        for kind in [Kind::Volume, Kind::Snapshot] {
+            for entry in self.tree.scan_prefix([kind.intent(), 0]) {
                 let (k, v) = entry?;
                 let key = VolumeKey::decode(&k).ok_or_else(|| StoreError::Corrupt {
                     key: String::from_utf8_lossy(&k).into_owned(),
                     source: serde::de::Error::custom("bad key"),
                 })?;
-                Ok((key, decode(&k, &v)?))
-            })
-            .collect()
+                out.push((key, decode(&k, &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Snapshots, in key order, of `service` (or all), that `keep` accepts.
+    pub fn snapshots(
+        &self,
+        service: Option<&str>,
+        keep: impl Fn(&SnapshotRecord) -> bool,
+    ) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let mut prefix = vec![Kind::Snapshot.record(), 0];
+        if let Some(service) = service {
+            prefix.extend_from_slice(service.as_bytes());
+            prefix.push(0);
+        }
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            let record: SnapshotRecord = decode(&k, &v)?;
+            if keep(&record) {
+                out.push(record);
+            }
+        }
+        Ok(out)
     }
 
     /// Records in key order (service, then name), starting after `after`,
@@ -203,7 +329,7 @@ impl Store {
         limit: usize,
         keep: impl Fn(&VolumeRecord) -> bool,
     ) -> Result<(Vec<VolumeRecord>, bool), StoreError> {
-        let mut prefix = vec![VOLUME, 0];
+        let mut prefix = vec![Kind::Volume.record(), 0];
         if let Some(service) = service {
             prefix.extend_from_slice(service.as_bytes());
             prefix.push(0);
@@ -211,7 +337,7 @@ impl Store {
         let start = match after {
             // The smallest key greater than `after`.
             Some(after) => {
-                let mut k = after.encode(VOLUME);
+                let mut k = after.encode(Kind::Volume.record());
                 k.push(0);
                 k
             }
@@ -268,6 +394,7 @@ mod tests {
             options: BTreeMap::new(),
             fields: BTreeMap::new(),
             attachments: vec![],
+            source: None,
         }
     }
 

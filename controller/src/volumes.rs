@@ -1,7 +1,16 @@
-//! Volume operations: validation, idempotency, per-volume serialisation and
-//! crash safety around the drivers. Knows nothing of gRPC or identities.
+//! Volume and snapshot operations: validation, idempotency, per-volume
+//! serialisation and crash safety around the drivers. Knows nothing of gRPC
+//! or identities.
+//!
+//! Every operation that changes a driver's storage follows one pattern:
+//! take the object's lock, check the records, write and flush an intent,
+//! call the driver, then commit the record change and drop the intent in one
+//! atomic batch and flush before answering. [`Volumes::reconcile`] settles
+//! intents a crash left behind. Attachments are recorded after the driver
+//! attached; drivers make attach and detach idempotent, so a crash between
+//! the two is settled by the next attach or detach.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,7 +18,9 @@ use berth_drivers::{CreateRequest, DriverError, VolumeName};
 
 use crate::catalog::{Catalog, Service};
 use crate::locks::KeyedLocks;
-use crate::store::{Intent, Store, StoreError, VolumeKey, VolumeRecord};
+use crate::store::{
+    AttachmentRecord, Intent, Kind, SnapshotRecord, Store, StoreError, VolumeKey, VolumeRecord,
+};
 
 /// Why a volume operation failed. Each variant maps to one gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +33,8 @@ pub enum VolumeError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    Unimplemented(String),
     #[error("service {service}: {source}")]
     Driver {
         service: String,
@@ -32,12 +45,22 @@ pub enum VolumeError {
     Store(#[from] StoreError),
 }
 
-/// A validated create request.
+/// A create request, not yet validated.
 pub struct NewVolume {
     pub service: String,
     pub name: String,
     pub size_bytes: u64,
     pub options: BTreeMap<String, String>,
+    /// Restore this snapshot into the new volume.
+    pub from_snapshot: Option<String>,
+}
+
+/// Which volumes a listing keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachmentFilter {
+    Any,
+    Attached,
+    Available,
 }
 
 /// The volume manager.
@@ -45,6 +68,14 @@ pub struct Volumes {
     catalog: Arc<Catalog>,
     store: Store,
     locks: KeyedLocks<VolumeKey>,
+    snapshot_locks: KeyedLocks<VolumeKey>,
+}
+
+fn driver_error(service: &Service) -> impl FnOnce(DriverError) -> VolumeError + '_ {
+    move |source| VolumeError::Driver {
+        service: service.name.clone(),
+        source,
+    }
 }
 
 impl Volumes {
@@ -53,6 +84,7 @@ impl Volumes {
             catalog,
             store,
             locks: KeyedLocks::default(),
+            snapshot_locks: KeyedLocks::default(),
         }
     }
 
@@ -79,18 +111,36 @@ impl Volumes {
         })
     }
 
-    fn name(name: &str) -> Result<VolumeName, VolumeError> {
-        VolumeName::parse(name).map_err(|e| VolumeError::InvalidArgument(format!("volume {e}")))
+    fn name(what: &str, name: &str) -> Result<VolumeName, VolumeError> {
+        VolumeName::parse(name).map_err(|e| VolumeError::InvalidArgument(format!("{what} {e}")))
+    }
+
+    fn require(service: &Service, supported: bool, operation: &str) -> Result<(), VolumeError> {
+        if supported {
+            Ok(())
+        } else {
+            Err(VolumeError::Unimplemented(format!(
+                "service {} (driver {}) does not support {operation}",
+                service.name, service.driver_name
+            )))
+        }
+    }
+
+    fn record(&self, service: &Service, name: &VolumeName) -> Result<VolumeRecord, VolumeError> {
+        self.store
+            .get(&VolumeKey::new(&service.name, name.as_str()))?
+            .ok_or_else(|| {
+                VolumeError::NotFound(format!(
+                    "volume {name} does not exist in service {}",
+                    service.name
+                ))
+            })
     }
 
     pub fn get(&self, service: &str, name: &str) -> Result<VolumeRecord, VolumeError> {
-        self.service(service)?;
-        let name = Self::name(name)?;
-        self.store
-            .get(&VolumeKey::new(service, name.as_str()))?
-            .ok_or_else(|| {
-                VolumeError::NotFound(format!("volume {name} does not exist in service {service}"))
-            })
+        let service = self.service(service)?;
+        let name = Self::name("volume", name)?;
+        self.record(service, &name)
     }
 
     /// One page of records; see [`Store::page`].
@@ -107,105 +157,457 @@ impl Volumes {
         Ok(self.store.page(service, after, limit, keep)?)
     }
 
-    /// Creates a volume; idempotent on (service, name).
+    /// Creates a volume (empty, or from a snapshot); idempotent on
+    /// (service, name).
     pub async fn create(&self, new: NewVolume) -> Result<VolumeRecord, VolumeError> {
         let service = Arc::clone(self.service(&new.service)?);
-        let name = Self::name(&new.name)?;
-        for key in new.options.keys() {
-            if key.is_empty() {
-                return Err(VolumeError::InvalidArgument(
-                    "option keys must not be empty".into(),
-                ));
-            }
+        let name = Self::name("volume", &new.name)?;
+        if new.options.keys().any(String::is_empty) {
+            return Err(VolumeError::InvalidArgument(
+                "option keys must not be empty".into(),
+            ));
         }
+        let snapshot = match &new.from_snapshot {
+            Some(s) => {
+                Self::require(
+                    &service,
+                    service.capabilities.create_from_snapshot,
+                    "creating volumes from snapshots",
+                )?;
+                Some(Self::name("snapshot", s)?)
+            }
+            None => None,
+        };
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-
-        if let Some(existing) = self.store.get(&key)? {
-            if existing.size_bytes == new.size_bytes && existing.options == new.options {
-                return Ok(existing);
+        let _snap_guard = match &snapshot {
+            Some(s) => Some(
+                self.snapshot_locks
+                    .lock(VolumeKey::new(&service.name, s.as_str()))
+                    .await,
+            ),
+            None => None,
+        };
+        let mut size_bytes = new.size_bytes;
+        if let Some(s) = &snapshot {
+            let snap = self.snapshot_record(&service, s)?;
+            if size_bytes == 0 {
+                size_bytes = snap.size_bytes;
+            } else if size_bytes < snap.size_bytes {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "size {size_bytes} bytes is smaller than snapshot {s} ({} bytes)",
+                    snap.size_bytes
+                )));
             }
-            return Err(VolumeError::AlreadyExists(format!(
-                "volume {name} already exists in service {} with different parameters \
-                 (size {} bytes, options {:?}); remove it first or use another name",
-                service.name, existing.size_bytes, existing.options
+        }
+        let source = snapshot.as_ref().map(|s| format!("snapshot:{s}"));
+        if let Some(existing) = self.store.get(&key)? {
+            return Self::same(existing, &service, &name, size_bytes, &new.options, &source);
+        }
+        let record = self.new_record(&service, &name, size_bytes, new.options, source);
+        let request = CreateRequest {
+            name,
+            size_bytes,
+            options: record.options.clone(),
+        };
+        let driver = Arc::clone(&service.driver);
+        self.run_create(&service, &key, record, async move {
+            match &snapshot {
+                Some(s) => driver.create_from_snapshot(s, &request).await,
+                None => driver.create(&request).await,
+            }
+        })
+        .await
+    }
+
+    /// Creates `name` as a copy of `source` in the same service.
+    pub async fn copy(
+        &self,
+        service: &str,
+        source: &str,
+        name: &str,
+    ) -> Result<VolumeRecord, VolumeError> {
+        let service = Arc::clone(self.service(service)?);
+        let source = Self::name("source volume", source)?;
+        let name = Self::name("volume", name)?;
+        Self::require(&service, service.capabilities.copy, "copying volumes")?;
+        if source == name {
+            return Err(VolumeError::InvalidArgument(format!(
+                "cannot copy volume {name} onto itself"
             )));
         }
+        let (src_key, key) = (
+            VolumeKey::new(&service.name, source.as_str()),
+            VolumeKey::new(&service.name, name.as_str()),
+        );
+        // Two locks, always in key order, so opposite copies cannot deadlock.
+        let (first, second) = if src_key < key {
+            (src_key.clone(), key.clone())
+        } else {
+            (key.clone(), src_key.clone())
+        };
+        let _g1 = self.locks.lock(first).await;
+        let _g2 = self.locks.lock(second).await;
+        let src = self.record(&service, &source)?;
+        let origin = Some(format!("volume:{source}"));
+        if let Some(existing) = self.store.get(&key)? {
+            return Self::same(
+                existing,
+                &service,
+                &name,
+                src.size_bytes,
+                &src.options,
+                &origin,
+            );
+        }
+        let record = self.new_record(&service, &name, src.size_bytes, src.options.clone(), origin);
+        let request = CreateRequest {
+            name,
+            size_bytes: src.size_bytes,
+            options: BTreeMap::new(),
+        };
+        let driver = Arc::clone(&service.driver);
+        self.run_create(&service, &key, record, async move {
+            driver.copy(&source, &request).await
+        })
+        .await
+    }
 
-        let mut record = VolumeRecord {
+    fn same(
+        existing: VolumeRecord,
+        service: &Service,
+        name: &VolumeName,
+        size_bytes: u64,
+        options: &BTreeMap<String, String>,
+        source: &Option<String>,
+    ) -> Result<VolumeRecord, VolumeError> {
+        if existing.size_bytes == size_bytes
+            && &existing.options == options
+            && &existing.source == source
+        {
+            return Ok(existing);
+        }
+        Err(VolumeError::AlreadyExists(format!(
+            "volume {name} already exists in service {} with different parameters \
+             (size {} bytes, options {:?}{}); remove it first or use another name",
+            service.name,
+            existing.size_bytes,
+            existing.options,
+            existing
+                .source
+                .as_deref()
+                .map(|s| format!(", from {s}"))
+                .unwrap_or_default()
+        )))
+    }
+
+    fn new_record(
+        &self,
+        service: &Service,
+        name: &VolumeName,
+        size_bytes: u64,
+        options: BTreeMap<String, String>,
+        source: Option<String>,
+    ) -> VolumeRecord {
+        VolumeRecord {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_string(),
             service: service.name.clone(),
             driver: service.driver_name.clone(),
-            size_bytes: new.size_bytes,
+            size_bytes,
             created_at_ms: now_ms(),
-            options: new.options,
+            options,
             fields: BTreeMap::new(),
             attachments: Vec::new(),
-        };
+            source,
+        }
+    }
+
+    /// Intent, driver call, commit: the shape of every create.
+    async fn run_create(
+        &self,
+        service: &Service,
+        key: &VolumeKey,
+        mut record: VolumeRecord,
+        call: impl std::future::Future<Output = Result<berth_drivers::DriverVolume, DriverError>>,
+    ) -> Result<VolumeRecord, VolumeError> {
         self.store.begin(
-            &key,
+            key,
             &Intent::Create {
                 record: record.clone(),
             },
         )?;
         self.store.flush().await?;
-
-        let request = CreateRequest {
-            name,
-            size_bytes: record.size_bytes,
-            options: record.options.clone(),
-        };
-        match service.driver.create(&request).await {
+        match call.await {
             Ok(created) => {
                 record.size_bytes = created.size_bytes;
                 record.fields = created.fields;
-                self.store.commit(&key, Some(&record))?;
+                self.store.commit(key, Some(&record))?;
                 self.store.flush().await?;
                 Ok(record)
             }
             Err(source) => {
-                self.store.abandon(&key)?;
+                self.store.abandon(Kind::Volume, key)?;
                 self.store.flush().await?;
-                Err(VolumeError::Driver {
-                    service: service.name.clone(),
-                    source,
-                })
+                Err(driver_error(service)(source))
             }
         }
     }
 
-    /// Deletes a volume and its data.
-    pub async fn delete(&self, service: &str, name: &str) -> Result<(), VolumeError> {
+    /// Deletes a volume and its data. Attached volumes need `force` (they
+    /// are detached first); volumes with snapshots cannot be deleted.
+    pub async fn delete(&self, service: &str, name: &str, force: bool) -> Result<(), VolumeError> {
         let service = Arc::clone(self.service(service)?);
-        let name = Self::name(name)?;
+        let name = Self::name("volume", name)?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-
-        let Some(record) = self.store.get(&key)? else {
-            return Err(VolumeError::NotFound(format!(
-                "volume {name} does not exist in service {}",
-                service.name
-            )));
-        };
-        if !record.attachments.is_empty() {
+        let mut record = self.record(&service, &name)?;
+        let snapshots = self
+            .store
+            .snapshots(Some(&service.name), |s| s.volume == name.as_str())?;
+        if !snapshots.is_empty() {
             return Err(VolumeError::FailedPrecondition(format!(
-                "volume {name} is attached to {}; detach it first",
-                record.attachments.join(", ")
+                "volume {name} has snapshots ({}); remove them first",
+                snapshots
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
+        }
+        if !record.attachments.is_empty() {
+            if !force {
+                return Err(VolumeError::FailedPrecondition(format!(
+                    "volume {name} is attached to {}; detach it first or remove with --force",
+                    holders(&record)
+                )));
+            }
+            self.detach_all(&service, &name, &key, &mut record).await?;
         }
         self.store.begin(&key, &Intent::Delete { record })?;
         self.store.flush().await?;
         if let Err(source) = service.driver.delete(&name).await {
             // The volume is still there: forget the intent and report.
-            self.store.abandon(&key)?;
+            self.store.abandon(Kind::Volume, &key)?;
             self.store.flush().await?;
-            return Err(VolumeError::Driver {
-                service: service.name.clone(),
-                source,
-            });
+            return Err(driver_error(&service)(source));
         }
         self.store.commit(&key, None)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    async fn detach_all(
+        &self,
+        service: &Service,
+        name: &VolumeName,
+        key: &VolumeKey,
+        record: &mut VolumeRecord,
+    ) -> Result<(), VolumeError> {
+        while let Some(a) = record.attachments.first().cloned() {
+            service
+                .driver
+                .detach(name, &a.instance)
+                .await
+                .map_err(driver_error(service))?;
+            record.attachments.remove(0);
+            self.store.commit(key, Some(record))?;
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Attaches a volume to `instance`.
+    pub async fn attach(
+        &self,
+        service: &str,
+        name: &str,
+        instance: &str,
+    ) -> Result<(VolumeRecord, AttachmentRecord), VolumeError> {
+        let service = Arc::clone(self.service(service)?);
+        let name = Self::name("volume", name)?;
+        check_instance(instance)?;
+        Self::require(&service, service.capabilities.attach, "attaching volumes")?;
+        let key = VolumeKey::new(&service.name, name.as_str());
+        let _guard = self.locks.lock(key.clone()).await;
+        let mut record = self.record(&service, &name)?;
+        if let Some(existing) = record.attachments.iter().find(|a| a.instance == instance) {
+            let existing = existing.clone();
+            return Ok((record, existing));
+        }
+        if !record.attachments.is_empty() && !service.capabilities.multi_attach {
+            return Err(VolumeError::FailedPrecondition(format!(
+                "volume {name} is attached to {}; detach it there first (or detach --force)",
+                holders(&record)
+            )));
+        }
+        let attached = service
+            .driver
+            .attach(&name, instance)
+            .await
+            .map_err(driver_error(&service))?;
+        let attachment = AttachmentRecord {
+            instance: instance.to_owned(),
+            device: attached.device,
+            fields: attached.fields,
+        };
+        record.attachments.push(attachment.clone());
+        self.store.commit(&key, Some(&record))?;
+        self.store.flush().await?;
+        Ok((record, attachment))
+    }
+
+    /// Detaches a volume from `instance`; with `force`, from whichever
+    /// instances hold it. Not attached there: nothing to do.
+    pub async fn detach(
+        &self,
+        service: &str,
+        name: &str,
+        instance: &str,
+        force: bool,
+    ) -> Result<VolumeRecord, VolumeError> {
+        let service = Arc::clone(self.service(service)?);
+        let name = Self::name("volume", name)?;
+        if !force {
+            check_instance(instance)?;
+        }
+        Self::require(&service, service.capabilities.attach, "detaching volumes")?;
+        let key = VolumeKey::new(&service.name, name.as_str());
+        let _guard = self.locks.lock(key.clone()).await;
+        let mut record = self.record(&service, &name)?;
+        if record.attachments.is_empty() {
+            return Ok(record);
+        }
+        let here = record
+            .attachments
+            .iter()
+            .position(|a| a.instance == instance);
+        match (here, force) {
+            (Some(i), _) => {
+                service.driver.detach(&name, instance).await.map_err(driver_error(&service))?;
+                record.attachments.remove(i);
+                self.store.commit(&key, Some(&record))?;
+                self.store.flush().await?;
+            }
+            (None, true) => self.detach_all(&service, &name, &key, &mut record).await?,
+            (None, false) => {
+                return Err(VolumeError::FailedPrecondition(format!(
+                    "volume {name} is attached to {}, not to {instance:?}; name that instance or use --force",
+                    holders(&record)
+                )))
+            }
+        }
+        Ok(record)
+    }
+
+    fn snapshot_record(
+        &self,
+        service: &Service,
+        name: &VolumeName,
+    ) -> Result<SnapshotRecord, VolumeError> {
+        self.store
+            .snapshot(&VolumeKey::new(&service.name, name.as_str()))?
+            .ok_or_else(|| {
+                VolumeError::NotFound(format!(
+                    "snapshot {name} does not exist in service {}",
+                    service.name
+                ))
+            })
+    }
+
+    pub fn get_snapshot(&self, service: &str, name: &str) -> Result<SnapshotRecord, VolumeError> {
+        let service = self.service(service)?;
+        let name = Self::name("snapshot", name)?;
+        self.snapshot_record(service, &name)
+    }
+
+    /// Snapshots of `service` (or all), of `volume` if given, that `keep`
+    /// accepts.
+    pub fn list_snapshots(
+        &self,
+        service: Option<&str>,
+        volume: Option<&str>,
+        keep: impl Fn(&SnapshotRecord) -> bool,
+    ) -> Result<Vec<SnapshotRecord>, VolumeError> {
+        if let Some(s) = service {
+            self.service(s)?;
+        }
+        Ok(self
+            .store
+            .snapshots(service, |s| volume.is_none_or(|v| s.volume == v) && keep(s))?)
+    }
+
+    /// Takes a snapshot; idempotent on (service, name).
+    pub async fn create_snapshot(
+        &self,
+        service: &str,
+        volume: &str,
+        name: &str,
+    ) -> Result<SnapshotRecord, VolumeError> {
+        let service = Arc::clone(self.service(service)?);
+        let volume = Self::name("volume", volume)?;
+        let name = Self::name("snapshot", name)?;
+        Self::require(&service, service.capabilities.snapshot, "snapshots")?;
+        let _vol_guard = self
+            .locks
+            .lock(VolumeKey::new(&service.name, volume.as_str()))
+            .await;
+        let key = VolumeKey::new(&service.name, name.as_str());
+        let _guard = self.snapshot_locks.lock(key.clone()).await;
+        if let Some(existing) = self.store.snapshot(&key)? {
+            if existing.volume == volume.as_str() {
+                return Ok(existing);
+            }
+            return Err(VolumeError::AlreadyExists(format!(
+                "snapshot {name} already exists in service {}, of volume {}; use another name",
+                service.name, existing.volume
+            )));
+        }
+        let vol = self.record(&service, &volume)?;
+        let mut record = SnapshotRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.to_string(),
+            service: service.name.clone(),
+            volume: volume.to_string(),
+            size_bytes: vol.size_bytes,
+            created_at_ms: now_ms(),
+        };
+        self.store.begin(
+            &key,
+            &Intent::CreateSnapshot {
+                record: record.clone(),
+            },
+        )?;
+        self.store.flush().await?;
+        match service.driver.create_snapshot(&volume, &name).await {
+            Ok(taken) => {
+                record.size_bytes = taken.size_bytes;
+                self.store.commit_snapshot(&key, Some(&record))?;
+                self.store.flush().await?;
+                Ok(record)
+            }
+            Err(source) => {
+                self.store.abandon(Kind::Snapshot, &key)?;
+                self.store.flush().await?;
+                Err(driver_error(&service)(source))
+            }
+        }
+    }
+
+    pub async fn delete_snapshot(&self, service: &str, name: &str) -> Result<(), VolumeError> {
+        let service = Arc::clone(self.service(service)?);
+        let name = Self::name("snapshot", name)?;
+        let key = VolumeKey::new(&service.name, name.as_str());
+        let _guard = self.snapshot_locks.lock(key.clone()).await;
+        let record = self.snapshot_record(&service, &name)?;
+        self.store.begin(&key, &Intent::DeleteSnapshot { record })?;
+        self.store.flush().await?;
+        if let Err(source) = service.driver.delete_snapshot(&name).await {
+            self.store.abandon(Kind::Snapshot, &key)?;
+            self.store.flush().await?;
+            return Err(driver_error(&service)(source));
+        }
+        self.store.commit_snapshot(&key, None)?;
         self.store.flush().await?;
         Ok(())
     }
@@ -215,45 +617,42 @@ impl Volumes {
     pub async fn reconcile(&self) -> Result<(), VolumeError> {
         for (key, intent) in self.store.intents()? {
             let Some(service) = self.catalog.get(&key.service) else {
-                tracing::warn!(service = %key.service, volume = %key.name,
+                tracing::warn!(service = %key.service, name = %key.name,
                     "an interrupted operation names a service that is no longer configured; leaving it");
                 continue;
             };
-            let name = Self::name(&key.name)?;
+            let name = Self::name("name", &key.name)?;
+            let fail = driver_error(service);
             match intent {
                 // Never acknowledged: undo, so the driver holds nothing the
                 // store does not know.
                 Intent::Create { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "undoing an interrupted create");
-                    service
-                        .driver
-                        .delete(&name)
-                        .await
-                        .map_err(|source| VolumeError::Driver {
-                            service: key.service.clone(),
-                            source,
-                        })?;
-                    self.store.abandon(&key)?;
+                    service.driver.delete(&name).await.map_err(fail)?;
+                    self.store.abandon(Kind::Volume, &key)?;
                 }
                 // The client asked for it to go: finish.
                 Intent::Delete { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "finishing an interrupted delete");
-                    service
-                        .driver
-                        .delete(&name)
-                        .await
-                        .map_err(|source| VolumeError::Driver {
-                            service: key.service.clone(),
-                            source,
-                        })?;
+                    service.driver.delete(&name).await.map_err(fail)?;
                     self.store.commit(&key, None)?;
+                }
+                Intent::CreateSnapshot { .. } => {
+                    tracing::info!(service = %key.service, snapshot = %key.name, "undoing an interrupted snapshot");
+                    service.driver.delete_snapshot(&name).await.map_err(fail)?;
+                    self.store.abandon(Kind::Snapshot, &key)?;
+                }
+                Intent::DeleteSnapshot { .. } => {
+                    tracing::info!(service = %key.service, snapshot = %key.name, "finishing an interrupted snapshot delete");
+                    service.driver.delete_snapshot(&name).await.map_err(fail)?;
+                    self.store.commit_snapshot(&key, None)?;
                 }
             }
         }
         self.store.flush().await?;
 
         for service in self.catalog.iter() {
-            let known: std::collections::BTreeSet<String> = self
+            let known: BTreeSet<String> = self
                 .store
                 .page(Some(&service.name), None, usize::MAX, |_| true)?
                 .0
@@ -266,8 +665,7 @@ impl Volumes {
                         tracing::warn!(service = %service.name, volume = %volume.name,
                             "the driver holds a volume the controller has no record of; it is not listed");
                     }
-                    let held: std::collections::BTreeSet<&str> =
-                        held.iter().map(|v| v.name.as_str()).collect();
+                    let held: BTreeSet<&str> = held.iter().map(|v| v.name.as_str()).collect();
                     for name in known.iter().filter(|n| !held.contains(n.as_str())) {
                         tracing::warn!(service = %service.name, volume = %name,
                             "a recorded volume is missing from its driver");
@@ -284,6 +682,38 @@ impl Volumes {
     pub async fn flush(&self) -> Result<(), VolumeError> {
         Ok(self.store.flush().await?)
     }
+}
+
+/// Whether a record passes a listing's attachment filter.
+pub fn passes(filter: AttachmentFilter, record: &VolumeRecord) -> bool {
+    match filter {
+        AttachmentFilter::Any => true,
+        AttachmentFilter::Attached => !record.attachments.is_empty(),
+        AttachmentFilter::Available => record.attachments.is_empty(),
+    }
+}
+
+fn holders(record: &VolumeRecord) -> String {
+    record
+        .attachments
+        .iter()
+        .map(|a| a.instance.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_instance(instance: &str) -> Result<(), VolumeError> {
+    if instance.is_empty()
+        || instance.len() > 253
+        || instance
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(VolumeError::InvalidArgument(format!(
+            "instance {instance:?} must be 1 to 253 characters without spaces or control characters"
+        )));
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {

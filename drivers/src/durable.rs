@@ -30,10 +30,10 @@ pub fn sync_dir(dir: &Path) -> DriverResult<()> {
         .map_err(|e| DriverError::io(format!("syncing directory {}", dir.display()), e))
 }
 
-/// Copies one file, leaving holes where the source reads as zeros, so sparse
-/// images stay sparse. The copy is fsynced.
+/// Copies one file, leaving holes where the source has holes (found with
+/// `SEEK_DATA`/`SEEK_HOLE`) or reads as zeros, so sparse images stay sparse.
+/// The copy is fsynced.
 pub fn copy_sparse(from: &Path, to: &Path) -> DriverResult<()> {
-    const CHUNK: usize = 1 << 20;
     let fail = |e: io::Error| {
         DriverError::io(format!("copying {} to {}", from.display(), to.display()), e)
     };
@@ -44,19 +44,60 @@ pub fn copy_sparse(from: &Path, to: &Path) -> DriverResult<()> {
         .create_new(true)
         .open(to)
         .map_err(fail)?;
-    let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     while pos < len {
-        let want = CHUNK.min((len - pos) as usize);
-        src.read_exact(&mut buf[..want]).map_err(fail)?;
-        if buf[..want].iter().any(|b| *b != 0) {
-            dst.seek(SeekFrom::Start(pos)).map_err(fail)?;
-            dst.write_all(&buf[..want]).map_err(fail)?;
-        }
-        pos += want as u64;
+        let Some((start, end)) = next_data(&src, pos, len).map_err(fail)? else {
+            break;
+        };
+        copy_range(&mut src, &mut dst, start, end).map_err(fail)?;
+        pos = end;
     }
     dst.set_len(len).map_err(fail)?;
     dst.sync_all().map_err(fail)
+}
+
+/// The next data region at or after `pos`, as `(start, end)`; the whole rest
+/// of the file where the filesystem cannot tell holes apart.
+fn next_data(file: &fs::File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on a valid descriptor we own, with no memory access.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            e => Err(e),
+        }
+    };
+    match seek(pos, libc::SEEK_DATA) {
+        Ok(Some(start)) => {
+            let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+            Ok(Some((start, end)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Some((pos, len))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies `[start, end)` at the same offsets, skipping all-zero chunks.
+fn copy_range(src: &mut fs::File, dst: &mut fs::File, start: u64, end: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    src.seek(SeekFrom::Start(start))?;
+    let mut pos = start;
+    while pos < end {
+        let want = CHUNK.min((end - pos) as usize);
+        src.read_exact(&mut buf[..want])?;
+        if buf[..want].iter().any(|b| *b != 0) {
+            dst.seek(SeekFrom::Start(pos))?;
+            dst.write_all(&buf[..want])?;
+        }
+        pos += want as u64;
+    }
+    Ok(())
 }
 
 /// Copies a directory tree (files, directories, symlinks as links) into

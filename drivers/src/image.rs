@@ -540,4 +540,44 @@ mod tests {
         assert_eq!(meta.len(), 64 << 20);
         assert!(meta.blocks() * 512 < 1 << 20, "a copy must stay sparse");
     }
+
+    #[tokio::test]
+    async fn snapshots_keep_the_bytes_of_their_time() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = ImageDriver::open(dir.path(), Format::Raw).expect("open");
+        let name = VolumeName::parse("disk").expect("name");
+        let req = CreateRequest {
+            name: name.clone(),
+            size_bytes: 32 << 20,
+            options: BTreeMap::new(),
+        };
+        let v = driver.create(&req).await.expect("create");
+        let write = |bytes: &[u8]| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(&v.fields["path"])
+                .expect("open image");
+            f.seek(SeekFrom::Start(10 << 20)).expect("seek");
+            f.write_all(bytes).expect("write");
+        };
+        write(b"before");
+        let snap = VolumeName::parse("s").expect("name");
+        driver
+            .create_snapshot(&name, &snap)
+            .await
+            .expect("snapshot");
+        write(b"after!");
+        let restored = CreateRequest {
+            name: VolumeName::parse("r").expect("name"),
+            ..req
+        };
+        let r = driver
+            .create_from_snapshot(&snap, &restored)
+            .await
+            .expect("restore");
+        let bytes = fs::read(&r.fields["path"]).expect("read");
+        assert_eq!(bytes.len(), 32 << 20);
+        assert_eq!(&bytes[10 << 20..(10 << 20) + 6], b"before");
+    }
 }
