@@ -8,6 +8,7 @@
 //!
 //! | module | what it is |
 //! | --- | --- |
+//! | [`cli`] | the `berthd` command line, reusable by custom controllers |
 //! | [`config`] | the TOML configuration file and its services |
 //! | [`catalog`] | configured services bound to built drivers |
 //! | [`store`] | durable volume records and operation intents (sled) |
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod locks;

@@ -94,7 +94,18 @@ pub struct DriverSnapshot {
 ///   volume name at once, but runs operations on different names in
 ///   parallel; methods take `&self` and must be safe to call concurrently.
 /// * **Errors.** Return the [`DriverError`] variant that tells the caller
-///   what to do; its message is shown to a person.
+///   what to do; its message is shown to a person. In short: a bad request
+///   or option is `InvalidArgument`; a missing object in an operation that
+///   needs it (attach, snapshot, restore, copy source) is `NotFound`; a name
+///   taken with other parameters is `AlreadyExists`; a refused state change
+///   is `FailedPrecondition`; storage that may come back is `Unavailable`;
+///   I/O failures are `Io`; an optional operation you do not implement is
+///   `Unsupported` (the default methods do this for you).
+/// * **What the controller already did.** It validated every name, checked
+///   the service's capabilities before calling an optional method, refused
+///   a second attachment for a single-attach driver, refused to delete a
+///   volume with snapshots or attachments, and recorded its intent durably.
+///   A driver does not keep its own record of attachments.
 ///
 /// Optional operations default to [`DriverError::Unsupported`]; declare the
 /// ones you implement in [`capabilities`](Self::capabilities).

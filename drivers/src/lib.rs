@@ -2,13 +2,99 @@
 //!
 //! A driver author depends on this crate alone: it holds the
 //! [`VolumeDriver`] trait, the types the trait speaks in ([`CreateRequest`],
-//! [`DriverVolume`], [`Capabilities`], [`VolumeName`]), its error type
-//! [`DriverError`], the [`DriverRegistry`] through which the controller builds
-//! drivers from configuration, and the built-in drivers ([`vfs`]). It has no
-//! gRPC or server dependency.
+//! [`DriverVolume`], [`Capabilities`], [`Attachment`], [`DriverSnapshot`],
+//! [`VolumeName`]), its error type [`DriverError`], the [`DriverRegistry`]
+//! through which the controller builds drivers from configuration, the
+//! built-in drivers ([`vfs`], [`image`]) and, behind the `conformance`
+//! feature, the [`conformance`] kit that tells you whether your driver
+//! behaves. It has no gRPC or server dependency.
 //!
-//! Read [`VolumeDriver`]'s contract first: idempotency, durability and
-//! concurrency rules every driver keeps.
+//! # A complete driver
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::sync::{Arc, Mutex};
+//!
+//! use berth_drivers::{
+//!     async_trait, CreateRequest, DriverError, DriverOptions, DriverRegistry, DriverResult,
+//!     DriverVolume, VolumeDriver, VolumeName,
+//! };
+//!
+//! /// Volumes that live in memory: a toy, but a correct one.
+//! #[derive(Default)]
+//! pub struct MemoryDriver {
+//!     volumes: Mutex<BTreeMap<VolumeName, u64>>,
+//! }
+//!
+//! impl MemoryDriver {
+//!     fn volume(name: &VolumeName, size_bytes: u64) -> DriverVolume {
+//!         DriverVolume { name: name.clone(), size_bytes, fields: BTreeMap::new() }
+//!     }
+//! }
+//!
+//! #[async_trait]
+//! impl VolumeDriver for MemoryDriver {
+//!     fn name(&self) -> &str {
+//!         "memory"
+//!     }
+//!
+//!     async fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
+//!         if let Some(key) = request.options.keys().next() {
+//!             return Err(DriverError::InvalidArgument(format!("unknown option {key:?}")));
+//!         }
+//!         let mut volumes = self.volumes.lock().map_err(|_| DriverError::Internal("poisoned".into()))?;
+//!         match volumes.get(&request.name) {
+//!             // Idempotent: the same request again returns the same volume.
+//!             Some(&size) if size == request.size_bytes => Ok(Self::volume(&request.name, size)),
+//!             Some(&size) => Err(DriverError::AlreadyExists(format!(
+//!                 "volume {} exists with size {size}",
+//!                 request.name
+//!             ))),
+//!             None => {
+//!                 volumes.insert(request.name.clone(), request.size_bytes);
+//!                 Ok(Self::volume(&request.name, request.size_bytes))
+//!             }
+//!         }
+//!     }
+//!
+//!     async fn delete(&self, name: &VolumeName) -> DriverResult<()> {
+//!         // Deleting what is not there is fine: orchestrators retry.
+//!         self.volumes.lock().map_err(|_| DriverError::Internal("poisoned".into()))?.remove(name);
+//!         Ok(())
+//!     }
+//!
+//!     async fn get(&self, name: &VolumeName) -> DriverResult<Option<DriverVolume>> {
+//!         let volumes = self.volumes.lock().map_err(|_| DriverError::Internal("poisoned".into()))?;
+//!         Ok(volumes.get(name).map(|&size| Self::volume(name, size)))
+//!     }
+//!
+//!     async fn list(&self) -> DriverResult<Vec<DriverVolume>> {
+//!         let volumes = self.volumes.lock().map_err(|_| DriverError::Internal("poisoned".into()))?;
+//!         Ok(volumes.iter().map(|(n, &s)| Self::volume(n, s)).collect())
+//!     }
+//!     // attach, snapshots and copy are optional: the defaults answer
+//!     // `DriverError::Unsupported`, and `capabilities()` says none.
+//! }
+//!
+//! // A controller builds one instance per configured service from its options.
+//! let mut registry = DriverRegistry::with_builtin();
+//! registry.register("memory", |options: &DriverOptions| {
+//!     options.only(&[])?; // this driver takes no options: refuse typos
+//!     Ok(Arc::new(MemoryDriver::default()) as Arc<dyn VolumeDriver>)
+//! });
+//! assert!(registry.names().any(|n| n == "memory"));
+//! ```
+//!
+//! To serve it, a custom controller binary passes that registry to
+//! `berth_controller::cli::main` (see `controller/examples/custom_berthd.rs`
+//! in the repository); to test it, run [`conformance::run`] from a test with
+//! the `conformance` feature on.
+//!
+//! # The contract, method by method
+//!
+//! Read [`VolumeDriver`]'s documentation: which calls must be idempotent,
+//! which error to return when, what must be durable before returning, and
+//! what may run concurrently.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -1,0 +1,184 @@
+//! The `berthd` command line, as a function: `berthd` is
+//! `cli::main(DriverRegistry::with_builtin())`, and a custom controller
+//! binary registers its own drivers and calls the same function.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::tls::{self, IdentitySource, MinVersion};
+use crate::{paths, profile, Controller, Options, Security, DEFAULT_LISTEN};
+use anyhow::Context as _;
+use berth_drivers::DriverRegistry;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// The Berth storage-volume controller.
+#[derive(Parser, Debug)]
+#[command(name = "berthd", version, about)]
+struct Cli {
+    /// Address to serve on [default: 127.0.0.1:7979, or `listen` in the config file].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: $XDG_DATA_HOME/berth or ~/.local/share/berth].
+    #[arg(long, env = "BERTH_DATA_DIR", value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// TOML file declaring services (default: one `vfs` service `local`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log level or filter (also RUST_LOG).
+    #[arg(long, value_name = "LEVEL", global = true)]
+    log_level: Option<String>,
+    /// Serve this PEM certificate chain instead of the generated identity.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PKCS#8, SEC1 or PKCS#1 PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// An extra DNS name or IP address for the generated certificate (repeatable).
+    #[arg(long = "san", value_name = "NAME_OR_IP", conflicts_with = "tls_cert")]
+    sans: Vec<String>,
+    /// The lowest TLS version accepted.
+    #[arg(long, value_enum, default_value = "1.2")]
+    tls_min_version: MinVersion,
+    /// An extra CA bundle (PEM) trusted for client certificates (repeatable).
+    #[arg(long = "client-ca", value_name = "FILE")]
+    client_cas: Vec<PathBuf>,
+    /// Serve WITHOUT TLS. Traffic can be read and altered by anyone on the path.
+    #[arg(long, conflicts_with_all = ["tls_cert", "sans", "client_cas"])]
+    insecure_plaintext: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the fingerprint clients pin (SHA-256 of the root of the
+    /// presented chain, as `openssl x509 -fingerprint -sha256` prints it).
+    Fingerprint,
+}
+
+/// Runs the `berthd` command line (arguments from the process) with the
+/// drivers in `registry`.
+pub fn main(registry: DriverRegistry) -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    let data_dir = match cli.data_dir.clone() {
+        Some(dir) => dir,
+        None => paths::default_data_dir()
+            .context("cannot find a data directory: set --data-dir, BERTH_DATA_DIR or HOME")?,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(async {
+            match cli.command {
+                Some(Command::Fingerprint) => {
+                    let fp = tls::pinned_fingerprint(&paths::DataDir::existing(&data_dir).tls())
+                        .with_context(|| {
+                            format!(
+                                "no TLS identity in {}: has berthd run with this --data-dir?",
+                                data_dir.display()
+                            )
+                        })?;
+                    println!("{fp}");
+                    Ok(())
+                }
+                None => serve(cli, data_dir, registry).await,
+            }
+        })
+}
+
+async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow::Result<()> {
+    let options = Options {
+        data_dir,
+        config: cli.config.clone(),
+        security: if cli.insecure_plaintext {
+            Security::DangerousPlaintext
+        } else {
+            Security::Tls {
+                source: match (&cli.tls_cert, &cli.tls_key) {
+                    (Some(cert), Some(key)) => IdentitySource::Files {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    },
+                    _ => IdentitySource::Generated {
+                        sans: cli.sans.clone(),
+                    },
+                },
+                min_version: cli.tls_min_version,
+                client_cas: cli.client_cas.clone(),
+            }
+        },
+    };
+    let controller = Controller::open(&options, &registry).await?;
+    let listen: SocketAddr = match (cli.listen, controller.configured_listen()) {
+        (Some(addr), _) => addr,
+        (None, Some(addr)) => addr.parse().with_context(|| {
+            format!("`listen = {addr:?}` in the config file is not an IP:PORT address")
+        })?,
+        (None, None) => DEFAULT_LISTEN.parse()?,
+    };
+    // Bind first, write the client profile, and only then listen: a client
+    // that can connect always finds the profile in place.
+    let socket = match listen {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .context("cannot create a socket")?;
+    socket
+        .set_reuseaddr(true)
+        .context("cannot set SO_REUSEADDR")?;
+    socket
+        .bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = socket.local_addr()?;
+    let written = profile::write(
+        controller.data_dir().root(),
+        &profile::Profile {
+            host: local.to_string(),
+            fingerprint: controller.fingerprint(),
+            token_file: Some(controller.admin_token_file().to_owned()),
+        },
+    )
+    .context("cannot write the client profile")?;
+    if let Some(path) = written {
+        tracing::info!(path = %path.display(), "installed a client configuration for this controller (you had none)");
+    }
+    let listener = socket
+        .listen(1024)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(address = %local, data_dir = %options.data_dir.display(), "berthd serving");
+    // A line scripts and tests can wait for.
+    println!("berthd listening on {local}");
+    controller.run(listener, shutdown_signal()).await?;
+    tracing::info!("berthd stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight calls");
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
