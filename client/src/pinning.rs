@@ -258,6 +258,13 @@ pub fn default_store_path() -> Option<PathBuf> {
     Some(base.join("berth").join("trust"))
 }
 
+/// Whether opening failed because another process holds the database. sled
+/// 0.34 reports a held lock as `ErrorKind::Other` with the OS error in the
+/// message, not as `WouldBlock`.
+fn is_locked(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 /// The client's pinned controllers, `HOST:PORT` -> fingerprint, in sled.
 ///
 /// sled holds an exclusive lock on an open database, and scripts run many
@@ -290,9 +297,7 @@ impl TrustStore {
                         path: path.to_owned(),
                     })
                 }
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && std::time::Instant::now() < deadline =>
+                Err(sled::Error::Io(e)) if is_locked(&e) && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(50));
@@ -398,6 +403,24 @@ mod tests {
         for bad in ["", "zz", &bare[..62], &format!("{bare}00"), "sha1:abcd"] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_held_store_is_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trust");
+        let held = TrustStore::open(&path).expect("open");
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                TrustStore::open(&path).map(|_| started.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        drop(held);
+        let waited = waiter.join().expect("thread").expect("opened once released");
+        assert!(waited >= Duration::from_millis(150), "it did not wait for the lock ({waited:?})");
     }
 
     #[test]
