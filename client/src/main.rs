@@ -251,7 +251,7 @@ enum VolumeCommand {
         #[command(flatten)]
         service: ServiceArg,
         /// Size, e.g. 4096, 512MiB, 10GiB, 1G.
-        #[arg(long, value_parser = size::parse_size, default_value = "0")]
+        #[arg(long, value_parser = size::parse_size, default_value = "0", allow_hyphen_values = true)]
         size: u64,
         /// Driver option, KEY=VALUE (repeatable).
         #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_option)]

@@ -297,7 +297,8 @@ impl TrustStore {
                         path: path.to_owned(),
                     })
                 }
-                Err(sled::Error::Io(e)) if is_locked(&e) && std::time::Instant::now() < deadline =>
+                Err(sled::Error::Io(e))
+                    if is_locked(&e) && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(50));
@@ -419,8 +420,14 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(200));
         drop(held);
-        let waited = waiter.join().expect("thread").expect("opened once released");
-        assert!(waited >= Duration::from_millis(150), "it did not wait for the lock ({waited:?})");
+        let waited = waiter
+            .join()
+            .expect("thread")
+            .expect("opened once released");
+        assert!(
+            waited >= Duration::from_millis(150),
+            "it did not wait for the lock ({waited:?})"
+        );
     }
 
     #[test]

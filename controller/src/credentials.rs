@@ -84,8 +84,23 @@ pub enum CredentialError {
     Db(#[from] sled::Error),
 }
 
+/// A verified credential, remembered by the SHA-256 of its bytes so that
+/// repeated requests skip signature checks and parsing. Entries go when the
+/// credential expires or is revoked.
+#[derive(Clone)]
+struct Verified {
+    identity: Identity,
+    /// The jti or serial revocation names.
+    id: String,
+    expires_at: u64,
+}
+
+/// The most verified credentials remembered at once.
+const CACHE_LIMIT: usize = 10_000;
+
 /// Issues and verifies credentials.
 pub struct Credentials {
+    verified: std::sync::RwLock<std::collections::HashMap<[u8; 32], Verified>>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -174,6 +189,7 @@ impl Credentials {
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub", "jti"]);
         Ok(Self {
+            verified: Default::default(),
             encoding,
             decoding,
             validation,
@@ -217,9 +233,53 @@ impl Credentials {
         Ok((token, record))
     }
 
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Identity> {
+        let cache = self.verified.read().ok()?;
+        let hit = cache.get(digest)?;
+        (now_secs() <= hit.expires_at.saturating_add(LEEWAY_SECS)).then(|| hit.identity.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], verified: Verified) {
+        if let Ok(mut cache) = self.verified.write() {
+            if cache.len() >= CACHE_LIMIT {
+                let now = now_secs();
+                cache.retain(|_, v| now <= v.expires_at.saturating_add(LEEWAY_SECS));
+                if cache.len() >= CACHE_LIMIT {
+                    cache.clear();
+                }
+            }
+            cache.insert(digest, verified);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut cache) = self.verified.write() {
+            cache.retain(|_, v| v.id != id);
+        }
+    }
+
     /// Verifies a token: signature (EdDSA only), dates, and that this
-    /// controller issued it and has not revoked it.
+    /// controller issued it and has not revoked it. Verified tokens are
+    /// remembered by digest until they expire or are revoked.
     pub fn verify_token(&self, token: &str) -> Result<Identity, CredentialError> {
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(identity) = self.remembered(&digest) {
+            return Ok(identity);
+        }
+        let (identity, jti, exp) = self.verify_token_fully(token)?;
+        self.remember(
+            digest,
+            Verified {
+                identity: identity.clone(),
+                id: jti,
+                expires_at: exp,
+            },
+        );
+        Ok(identity)
+    }
+
+    fn verify_token_fully(&self, token: &str) -> Result<(Identity, String, u64), CredentialError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
@@ -251,14 +311,15 @@ impl Credentials {
                 claims.jti
             )));
         }
-        Ok(Identity {
+        let identity = Identity {
             subject: claims.sub,
             scope: Scope {
                 role: claims.role,
                 services: claims.services,
             },
             via: Via::Token,
-        })
+        };
+        Ok((identity, claims.jti, claims.exp))
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, CredentialError> {
@@ -272,6 +333,7 @@ impl Credentials {
         };
         record.revoked = true;
         self.tokens.insert(jti.as_bytes(), encode(&record))?;
+        self.forget(jti);
         Ok(record)
     }
 
@@ -363,6 +425,27 @@ impl Credentials {
         &self,
         der: &CertificateDer<'_>,
     ) -> Result<Identity, CredentialError> {
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(der.as_ref()).into();
+        if let Some(identity) = self.remembered(&digest) {
+            return Ok(identity);
+        }
+        let (identity, serial, not_after) = self.verify_certificate_fully(der)?;
+        self.remember(
+            digest,
+            Verified {
+                identity: identity.clone(),
+                id: serial,
+                expires_at: not_after,
+            },
+        );
+        Ok(identity)
+    }
+
+    fn verify_certificate_fully(
+        &self,
+        der: &CertificateDer<'_>,
+    ) -> Result<(Identity, String, u64), CredentialError> {
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
             .map_err(|e| CredentialError::Invalid(format!("it does not parse: {e}")))?;
         let client_auth =
@@ -401,11 +484,17 @@ impl Credentials {
                 services: BTreeSet::new(),
             },
         };
-        Ok(Identity {
-            subject,
-            scope,
-            via: Via::Certificate,
-        })
+        let not_after = cert.validity().not_after.timestamp().max(0) as u64;
+        // The cache must not outlive the TLS layer's date check.
+        Ok((
+            Identity {
+                subject,
+                scope,
+                via: Via::Certificate,
+            },
+            serial,
+            not_after.saturating_sub(LEEWAY_SECS),
+        ))
     }
 
     fn ca_subject_raw(&self) -> Result<Vec<u8>, CredentialError> {
@@ -428,6 +517,7 @@ impl Credentials {
         };
         record.revoked = true;
         self.certs.insert(key.as_bytes(), encode(&record))?;
+        self.forget(&key);
         Ok(record)
     }
 

@@ -54,6 +54,9 @@ use crate::config::{ConfigFile, ServiceConfig};
 use crate::store::Store;
 use crate::volumes::Volumes;
 
+/// The longest a graceful shutdown waits for in-flight calls.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7979";
 
@@ -226,7 +229,24 @@ impl Controller {
             admin: admin::AdminApi::new(Arc::clone(&self.credentials), authz, self.store.clone()),
             auth: Arc::new(auth::Authenticator::new(Arc::clone(&self.credentials))),
         };
-        let result = server::run(listener, self.transport.clone(), services, shutdown).await;
+        // Graceful: stop accepting, let in-flight calls finish, but never
+        // wait longer than SHUTDOWN_GRACE after the signal.
+        let (fired_tx, mut fired) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = fired_tx.send(true);
+        };
+        let serve = server::run(listener, self.transport.clone(), services, shutdown);
+        let result = tokio::select! {
+            r = serve => r,
+            _ = async {
+                let _ = fired.wait_for(|f| *f).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("calls still running {} s after the shutdown signal; stopping anyway", SHUTDOWN_GRACE.as_secs());
+                Ok(())
+            }
+        };
         if let Some(task) = maintenance {
             task.abort();
         }

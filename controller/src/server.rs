@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin::AdminApi;
 use crate::api::Api;
@@ -82,11 +82,46 @@ pub async fn run(
         }
         Transport::DangerousPlaintext => {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(plaintext_incoming(listener), shutdown)
                 .await?
         }
     }
     Ok(())
+}
+
+/// Accepts TCP connections and hands on those that start talking within
+/// [`HANDSHAKE_TIMEOUT`], as the TLS path does: a connection that never
+/// sends a byte is dropped and never holds up a graceful shutdown.
+fn plaintext_incoming(listener: TcpListener) -> ReceiverStream<io::Result<TcpStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = tx.closed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        let _ = tx.send(Ok(tcp)).await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => tracing::debug!(%peer, "connection sent nothing; dropped"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Accepts TCP connections and completes each TLS handshake in its own task

@@ -187,6 +187,61 @@ impl VolumeKey {
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    commits: std::sync::Arc<GroupCommit>,
+}
+
+/// Group commit: concurrent callers of [`Store::flush`] share one sled
+/// flush (one fsync) instead of queueing one each. A caller's writes are
+/// durable once a flush that *started* after its ticket was taken has
+/// finished.
+struct GroupCommit {
+    tickets: std::sync::atomic::AtomicU64,
+    flushing: tokio::sync::Mutex<()>,
+    done: tokio::sync::watch::Sender<u64>,
+}
+
+impl GroupCommit {
+    fn new() -> Self {
+        Self {
+            tickets: std::sync::atomic::AtomicU64::new(0),
+            flushing: tokio::sync::Mutex::new(()),
+            done: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    async fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ticket = self.tickets.fetch_add(1, SeqCst) + 1;
+        let mut finished = self.done.subscribe();
+        loop {
+            if *finished.borrow_and_update() >= ticket {
+                return Ok(());
+            }
+            if let Ok(_leader) = self.flushing.try_lock() {
+                if *self.done.borrow() >= ticket {
+                    return Ok(());
+                }
+                // Everything written before this load is covered.
+                let upto = self.tickets.load(SeqCst);
+                // A blocking flush on a blocking thread: sled 0.34's
+                // flush_async can deadlock under concurrent use (sled#1308).
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || db.flush())
+                    .await
+                    .map_err(|e| {
+                        StoreError::Db(sled::Error::ReportableBug(format!(
+                            "flush task failed: {e}"
+                        )))
+                    })??;
+                self.done.send_modify(|c| *c = (*c).max(upto));
+                continue;
+            }
+            // Another caller is flushing; wait for it, then look again.
+            if finished.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
 }
 
 impl Store {
@@ -204,7 +259,11 @@ impl Store {
                 source,
             })?;
         let tree = db.open_tree("volumes")?;
-        Ok(Self { db, tree })
+        Ok(Self {
+            db,
+            tree,
+            commits: std::sync::Arc::new(GroupCommit::new()),
+        })
     }
 
     /// The underlying database, for other trees (credentials).
@@ -212,10 +271,10 @@ impl Store {
         &self.db
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable (sharing the flush with
+    /// concurrent callers).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.commits.flush(&self.db).await
     }
 
     /// A volume record.
@@ -419,6 +478,29 @@ mod tests {
         assert_eq!(rest.len(), 3);
         let (only_a, _) = store.page(Some("a"), None, 10, |_| true).expect("page");
         assert_eq!(only_a.len(), 2, "the service prefix must not match a-b");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_all_return_covered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let key = VolumeKey::new("s", &format!("v{i}"));
+                    store
+                        .commit(&key, Some(&record("s", &format!("v{i}"))))
+                        .expect("commit");
+                    store.flush().await.expect("flush");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let flushed = *store.commits.done.borrow();
+        assert_eq!(flushed, 32, "every ticket is covered by a finished flush");
     }
 
     #[test]

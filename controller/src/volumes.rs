@@ -347,6 +347,28 @@ impl Volumes {
                 Ok(record)
             }
             Err(source) => {
+                // The store has no record under this name, so whatever the
+                // driver made of it before failing is an orphan: undo it,
+                // unless the driver refused before touching anything.
+                let untouched = matches!(
+                    source,
+                    DriverError::AlreadyExists(_)
+                        | DriverError::InvalidArgument(_)
+                        | DriverError::InvalidOption { .. }
+                        | DriverError::NotFound(_)
+                        | DriverError::FailedPrecondition(_)
+                        | DriverError::Unsupported { .. }
+                );
+                if !untouched {
+                    if let Ok(name) = VolumeName::parse(&key.name) {
+                        if let Err(e) = service.driver.delete(&name).await {
+                            // Keep the intent: the next start undoes it.
+                            tracing::warn!(service = %service.name, volume = %name, error = %e,
+                                "could not undo a failed create; it will be undone at the next start");
+                            return Err(driver_error(service)(source));
+                        }
+                    }
+                }
                 self.store.abandon(Kind::Volume, key)?;
                 self.store.flush().await?;
                 Err(driver_error(service)(source))

@@ -9,7 +9,7 @@ use crate::{DriverError, DriverResult};
 /// Writes `bytes` to `path` so that after a crash the file holds either its
 /// old contents or all of the new ones (temp file, fsync, rename, fsync dir).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> DriverResult<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = temp_path(path);
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -20,6 +20,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> DriverResult<()> {
     match path.parent() {
         Some(parent) => sync_dir(parent),
         None => Ok(()),
+    }
+}
+
+/// A temporary sibling of `path`, unique to this write. Its name starts with
+/// `.` and ends with `.tmp`, so it can never be taken for a volume (names
+/// never start with `.`) and [`remove_temporaries`] finds it after a crash.
+pub fn temp_path(path: &Path) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{unique}.tmp", std::process::id()))
+}
+
+/// Removes what interrupted [`write_atomic`] calls left in `dir`.
+pub fn remove_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -125,6 +125,8 @@ impl ImageDriver {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        crate::durable::remove_temporaries(&layout.meta);
+        crate::durable::remove_temporaries(&layout.snapshot_meta);
         Ok(Self {
             inner: Arc::new(layout),
         })

@@ -101,6 +101,8 @@ impl VfsDriver {
         }
         layout.empty(&layout.staging);
         layout.empty(&layout.trash);
+        crate::durable::remove_temporaries(&layout.meta);
+        crate::durable::remove_temporaries(&layout.snapshot_meta);
         Ok(Self {
             inner: Arc::new(layout),
         })

@@ -62,6 +62,7 @@ pub struct Berthd {
     /// `HOME`, `XDG_CONFIG_HOME` and `XDG_DATA_HOME` live under here.
     pub home: PathBuf,
     args: Vec<String>,
+    log_filter: String,
     _tmp: tempfile::TempDir,
     /// Everything the controller wrote to stderr so far (collected).
     log: std::sync::Arc<std::sync::Mutex<String>>,
@@ -75,16 +76,33 @@ impl Berthd {
 
     /// Starts `berthd` with extra arguments.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_logging(args, "info,berthd::request=debug")
+    }
+
+    /// Starts `berthd` with extra arguments and a log filter (`RUST_LOG`).
+    pub fn start_logging(args: &[&str], log_filter: &str) -> Self {
+        Self::start_at(None, args, log_filter)
+    }
+
+    /// Starts `berthd` on an existing data directory (its home is new).
+    pub fn start_in(data_dir: &Path, args: &[&str], log_filter: &str) -> Self {
+        Self::start_at(Some(data_dir), args, log_filter)
+    }
+
+    fn start_at(data_dir: Option<&Path>, args: &[&str], log_filter: &str) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
-        let data_dir = tmp.path().join("data");
+        let data_dir = data_dir
+            .map(Path::to_owned)
+            .unwrap_or_else(|| tmp.path().join("data"));
         let mut me = Self {
             child: None,
             addr: "127.0.0.1:0".parse().expect("addr"),
             data_dir,
             home,
             args: args.iter().map(|s| s.to_string()).collect(),
+            log_filter: log_filter.to_owned(),
             _tmp: tmp,
             log: Default::default(),
         };
@@ -121,7 +139,7 @@ impl Berthd {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
-            .env("RUST_LOG", "info,berthd::request=debug")
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
