@@ -56,7 +56,7 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
             .map_err(|_| fail("the number is malformed"))?;
         let scale = 10u128.pow(fraction.len() as u32);
         let scaled = digits * multiplier as u128;
-        if scaled % scale != 0 {
+        if !scaled.is_multiple_of(scale) {
             return Err(fail("it is not a whole number of bytes"));
         }
         bytes = u64::try_from(scaled / scale)

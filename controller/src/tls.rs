@@ -327,3 +327,74 @@ fn stamps_of(files: &[PathBuf]) -> Vec<Stamp> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_renew_at_two_thirds_under_the_same_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls_dir = dir.path().join("tls");
+        let ca = Ca::load_or_create(&tls_dir).expect("ca");
+        let tls = Tls::load(
+            TlsOptions {
+                dir: tls_dir.clone(),
+                source: IdentitySource::Generated { sans: vec![] },
+                min_version: MinVersion::Tls12,
+                client_cas: vec![],
+            },
+            &ca,
+        )
+        .expect("load");
+        let pin = tls.presented().root_fingerprint.clone();
+        let leaf = |p: &Path| pki::read_chain(&p.join("server.crt")).expect("chain")[0].clone();
+        let first = leaf(&tls_dir);
+        let renew_at = tls.presented().renew_at.expect("renewal time");
+
+        // Before two thirds of its life: nothing happens.
+        assert!(!tls
+            .renew_if_due(&ca, renew_at - Duration::from_secs(60))
+            .expect("check"));
+        assert_eq!(leaf(&tls_dir), first);
+        // After: a new leaf under the same CA, so the pin is unchanged.
+        assert!(tls
+            .renew_if_due(&ca, renew_at + Duration::from_secs(60))
+            .expect("renew"));
+        assert_ne!(leaf(&tls_dir), first);
+        assert_eq!(tls.presented().root_fingerprint, pin);
+        let (nb, na) = pki::validity(&leaf(&tls_dir)).expect("validity");
+        let life = na.duration_since(nb).expect("life");
+        assert!(life >= pki::SERVER_LIFETIME, "about 90 days: {life:?}");
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_is_refused_and_the_old_identity_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls_dir = dir.path().join("tls");
+        let ca = Ca::load_or_create(&tls_dir).expect("ca");
+        let (chain, key) = ca.issue_server(&pki::server_sans(&[])).expect("issue");
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        pki::replace_file(&cert_path, chain.as_bytes(), 0o644).expect("cert");
+        pki::replace_file(&key_path, key.as_bytes(), 0o600).expect("key");
+        let tls = Tls::load(
+            TlsOptions {
+                dir: tls_dir,
+                source: IdentitySource::Files {
+                    cert: cert_path,
+                    key: key_path.clone(),
+                },
+                min_version: MinVersion::Tls13,
+                client_cas: vec![],
+            },
+            &ca,
+        )
+        .expect("load");
+        let before = tls.presented().root_fingerprint.clone();
+        let (_, other_key) = ca.issue_server(&pki::server_sans(&[])).expect("issue");
+        pki::replace_file(&key_path, other_key.as_bytes(), 0o600).expect("key");
+        let err = tls.reload().expect_err("mismatched key refused");
+        assert!(err.to_string().contains("does not match"), "{err}");
+        assert_eq!(tls.presented().root_fingerprint, before);
+    }
+}

@@ -311,7 +311,46 @@ impl Layout {
         }
         let staged = self.staged(&request.name);
         copy_sparse(source, &staged)?;
+        self.grow(&staged, request.size_bytes)?;
         self.install(&staged, request)
+    }
+
+    /// Grows a copied image to `size_bytes` (a restore may ask for more
+    /// than the snapshot had; the controller never asks for less).
+    fn grow(&self, image: &Path, size_bytes: u64) -> DriverResult<()> {
+        match self.format {
+            Format::Raw => {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(image)
+                    .map_err(|e| DriverError::io(format!("opening {}", image.display()), e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| DriverError::io(format!("reading {}", image.display()), e))?
+                    .len();
+                if len < size_bytes {
+                    file.set_len(size_bytes)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| DriverError::io(format!("growing {}", image.display()), e))?;
+                }
+                Ok(())
+            }
+            Format::Qcow2 => {
+                let out = Command::new("qemu-img")
+                    .args(["resize", "-q", "-f", "qcow2"])
+                    .arg(image)
+                    .arg(size_bytes.to_string())
+                    .output()
+                    .map_err(|e| DriverError::io("running qemu-img", e))?;
+                if !out.status.success() {
+                    return Err(DriverError::Internal(format!(
+                        "qemu-img resize failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                Ok(())
+            }
+        }
     }
 
     fn discard(&self, path: &Path) -> DriverResult<()> {

@@ -412,9 +412,7 @@ pub(crate) fn names_in(dir: &Path) -> DriverResult<Vec<VolumeName>> {
             .to_str()
             .and_then(|n| VolumeName::parse(n).ok())
         {
-            if !name.as_str().ends_with(".tmp") {
-                names.push(name);
-            }
+            names.push(name);
         }
     }
     Ok(names)
