@@ -311,15 +311,25 @@ impl Credentials {
                 claims.jti
             )));
         }
+        // The registry, not the token, is the authority on what was issued:
+        // claims that differ from the record under this id are a forgery
+        // (someone holding the signing key), never a wider scope.
+        if claims.sub != record.subject
+            || claims.role != record.scope.role
+            || claims.services != record.scope.services
+            || claims.exp != record.expires_at
+        {
+            return Err(CredentialError::Invalid(format!(
+                "its claims do not match token {} as this controller issued it",
+                claims.jti
+            )));
+        }
         let identity = Identity {
-            subject: claims.sub,
-            scope: Scope {
-                role: claims.role,
-                services: claims.services,
-            },
+            subject: record.subject,
+            scope: record.scope,
             via: Via::Token,
         };
-        Ok((identity, claims.jti, claims.exp))
+        Ok((identity, record.jti, record.expires_at))
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, CredentialError> {

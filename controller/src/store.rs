@@ -420,6 +420,23 @@ impl Store {
         Ok((out, false))
     }
 
+    /// The names of `service`'s volumes, reading keys only.
+    pub fn volume_names(&self, service: &str) -> Result<Vec<String>, StoreError> {
+        let mut prefix = vec![Kind::Volume.record(), 0];
+        prefix.extend_from_slice(service.as_bytes());
+        prefix.push(0);
+        self.tree
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| {
+                let k = k?;
+                Ok(VolumeKey::decode(&k)
+                    .map(|key| key.name)
+                    .unwrap_or_default())
+            })
+            .collect()
+    }
+
     /// Every record (for reconciliation at start-up).
     pub fn all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
         Ok(self.page(None, None, usize::MAX, |_| true)?.0)

@@ -676,10 +676,8 @@ impl Volumes {
         for service in self.catalog.iter() {
             let known: BTreeSet<String> = self
                 .store
-                .page(Some(&service.name), None, usize::MAX, |_| true)?
-                .0
+                .volume_names(&service.name)?
                 .into_iter()
-                .map(|r| r.name)
                 .collect();
             match service.driver.list().await {
                 Ok(held) => {

@@ -169,7 +169,7 @@ async fn start_ceiling() -> Target {
             .add_service(pb::volumes_server::VolumesServer::new(Ceiling {
                 page: sample_page(),
             }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(nodelay(listener))
             .await
             .expect("ceiling server");
     });
@@ -178,6 +178,19 @@ async fn start_ceiling() -> Target {
         pin,
         bearer: Bearer("Bearer not-checked-by-the-ceiling".parse().expect("header")),
     }
+}
+
+/// Accepted connections with TCP_NODELAY, as berthd sets it (tonic's own
+/// `tcp_nodelay` applies only when it binds the listener itself).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
 }
 
 // ---------------------------------------------------------------- berthd
