@@ -21,7 +21,13 @@ pub fn time(ts: Option<&prost_types::Timestamp>) -> String {
         Some(ts) if ts.seconds >= 0 => {
             let t = UNIX_EPOCH
                 + Duration::new(ts.seconds as u64, ts.nanos.clamp(0, 999_999_999) as u32);
-            humantime::format_rfc3339_seconds(t).to_string()
+            // humantime cannot show years past 9999: fall back to seconds.
+            let mut out = String::new();
+            let shown = humantime::format_rfc3339_seconds(t);
+            match std::fmt::Write::write_fmt(&mut out, format_args!("{shown}")) {
+                Ok(()) => out,
+                Err(_) => format!("@{}", ts.seconds),
+            }
         }
         _ => String::new(),
     }

@@ -2,7 +2,7 @@
 //! call needs the admin role.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use berth_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -75,9 +75,10 @@ fn scope_to(scope: &Scope) -> pb::Scope {
 }
 
 fn ts(secs: u64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp::from(
-        UNIX_EPOCH + Duration::from_secs(secs),
-    ))
+    Some(prost_types::Timestamp {
+        seconds: i64::try_from(secs).unwrap_or(i64::MAX),
+        nanos: 0,
+    })
 }
 
 fn token_info(r: &TokenRecord) -> pb::TokenInfo {
@@ -102,11 +103,16 @@ fn cert_info(r: &CertRecord) -> pb::CertificateInfo {
     }
 }
 
-fn ttl(seconds: u64, default: Duration) -> Duration {
-    if seconds == 0 {
-        default
-    } else {
-        Duration::from_secs(seconds)
+/// The longest lifetime a credential may be given.
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn ttl(seconds: u64, default: Duration) -> Result<Duration, Status> {
+    match seconds {
+        0 => Ok(default),
+        s if s > MAX_TTL.as_secs() => Err(Status::invalid_argument(format!(
+            "a lifetime of {s} s is longer than the limit of ten years"
+        ))),
+        s => Ok(Duration::from_secs(s)),
     }
 }
 
@@ -123,7 +129,7 @@ impl pb::admin_server::Admin for AdminApi {
         let (token, record) = self.credentials.issue_token(
             &req.subject,
             scope,
-            ttl(req.ttl_seconds, credentials::DEFAULT_TOKEN_TTL),
+            ttl(req.ttl_seconds, credentials::DEFAULT_TOKEN_TTL)?,
         )?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, issued_to = %record.subject, jti = %record.jti, "issued a token");
@@ -171,7 +177,7 @@ impl pb::admin_server::Admin for AdminApi {
         let (certificate_pem, record) = self.credentials.sign_csr(
             &req.csr_pem,
             scope,
-            ttl(req.ttl_seconds, credentials::DEFAULT_CERT_TTL),
+            ttl(req.ttl_seconds, credentials::DEFAULT_CERT_TTL)?,
         )?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, issued_to = %record.subject, serial = %record.serial, "signed a client certificate");

@@ -55,6 +55,18 @@ impl From<VolumeError> for Status {
     }
 }
 
+/// Runs a mutating operation in its own task, so that a client that
+/// cancels or disconnects cannot drop it halfway: the operation keeps its
+/// volume lock until the driver is done and the record is committed.
+async fn detached<T: Send + 'static>(
+    operation: impl std::future::Future<Output = Result<T, VolumeError>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(operation)
+        .await
+        .map_err(|e| Status::internal(format!("the operation's task failed: {e}")))?
+        .map_err(Status::from)
+}
+
 /// Converts a record to its wire form.
 pub fn to_proto(record: VolumeRecord) -> pb::Volume {
     let created = record.created_at();
@@ -237,16 +249,19 @@ impl pb::volumes_server::Volumes for Api {
         let req = request.into_inner();
         self.volumes.service(&req.service)?;
         self.authz.check(&who, "CreateVolume", &req.service)?;
-        let record = self
-            .volumes
-            .create(NewVolume {
-                service: req.service,
-                name: req.name,
-                size_bytes: req.size_bytes,
-                options: req.options.into_iter().collect(),
-                from_snapshot: (!req.from_snapshot.is_empty()).then_some(req.from_snapshot),
-            })
-            .await?;
+        let volumes = Arc::clone(&self.volumes);
+        let record = detached(async move {
+            volumes
+                .create(NewVolume {
+                    service: req.service,
+                    name: req.name,
+                    size_bytes: req.size_bytes,
+                    options: req.options.into_iter().collect(),
+                    from_snapshot: (!req.from_snapshot.is_empty()).then_some(req.from_snapshot),
+                })
+                .await
+        })
+        .await?;
         Ok(Response::new(to_proto(record)))
     }
 
@@ -258,9 +273,8 @@ impl pb::volumes_server::Volumes for Api {
         let req = request.into_inner();
         self.volumes.service(&req.service)?;
         self.authz.check(&who, "DeleteVolume", &req.service)?;
-        self.volumes
-            .delete(&req.service, &req.name, req.force)
-            .await?;
+        let volumes = Arc::clone(&self.volumes);
+        detached(async move { volumes.delete(&req.service, &req.name, req.force).await }).await?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
     }
 
@@ -272,10 +286,10 @@ impl pb::volumes_server::Volumes for Api {
         let req = request.into_inner();
         self.volumes.service(&req.service)?;
         self.authz.check(&who, "AttachVolume", &req.service)?;
-        let (record, attachment) = self
-            .volumes
-            .attach(&req.service, &req.name, &req.instance)
-            .await?;
+        let volumes = Arc::clone(&self.volumes);
+        let (record, attachment) =
+            detached(async move { volumes.attach(&req.service, &req.name, &req.instance).await })
+                .await?;
         Ok(Response::new(pb::AttachVolumeResponse {
             volume: Some(to_proto(record)),
             attachment: Some(attachment_to_proto(attachment)),
@@ -290,10 +304,13 @@ impl pb::volumes_server::Volumes for Api {
         let req = request.into_inner();
         self.volumes.service(&req.service)?;
         self.authz.check(&who, "DetachVolume", &req.service)?;
-        let record = self
-            .volumes
-            .detach(&req.service, &req.name, &req.instance, req.force)
-            .await?;
+        let volumes = Arc::clone(&self.volumes);
+        let record = detached(async move {
+            volumes
+                .detach(&req.service, &req.name, &req.instance, req.force)
+                .await
+        })
+        .await?;
         Ok(Response::new(to_proto(record)))
     }
 
@@ -305,10 +322,10 @@ impl pb::volumes_server::Volumes for Api {
         let req = request.into_inner();
         self.volumes.service(&req.service)?;
         self.authz.check(&who, "CopyVolume", &req.service)?;
-        let record = self
-            .volumes
-            .copy(&req.service, &req.source, &req.name)
-            .await?;
+        let volumes = Arc::clone(&self.volumes);
+        let record =
+            detached(async move { volumes.copy(&req.service, &req.source, &req.name).await })
+                .await?;
         Ok(Response::new(to_proto(record)))
     }
 }
@@ -323,10 +340,13 @@ impl pb::snapshots_server::Snapshots for Api {
         let req = request.into_inner();
         self.volumes.service(&req.service)?;
         self.authz.check(&who, "CreateSnapshot", &req.service)?;
-        let record = self
-            .volumes
-            .create_snapshot(&req.service, &req.volume, &req.name)
-            .await?;
+        let volumes = Arc::clone(&self.volumes);
+        let record = detached(async move {
+            volumes
+                .create_snapshot(&req.service, &req.volume, &req.name)
+                .await
+        })
+        .await?;
         Ok(Response::new(snapshot_to_proto(record)))
     }
 
@@ -377,9 +397,8 @@ impl pb::snapshots_server::Snapshots for Api {
         let req = request.into_inner();
         self.volumes.service(&req.service)?;
         self.authz.check(&who, "DeleteSnapshot", &req.service)?;
-        self.volumes
-            .delete_snapshot(&req.service, &req.name)
-            .await?;
+        let volumes = Arc::clone(&self.volumes);
+        detached(async move { volumes.delete_snapshot(&req.service, &req.name).await }).await?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 }

@@ -167,8 +167,8 @@ impl Authorizer {
     /// not name.
     pub fn decide(&self, who: &Identity, service: &str) -> Result<(), String> {
         let Some(svc) = self.catalog.get(service) else {
-            // Unknown services are the handler's NotFound; nothing to grant.
-            return Ok(());
+            // Records of a service no longer configured are shown to nobody.
+            return Err("the service is not configured".into());
         };
         if svc.deny.iter().any(|s| s == &who.subject) {
             return Err("the service's deny list names this subject".into());

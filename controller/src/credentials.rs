@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SerialNumber, SubjectPublicKeyInfo,
+    KeyUsagePurpose, SubjectPublicKeyInfo,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
@@ -101,6 +101,8 @@ const CACHE_LIMIT: usize = 10_000;
 /// Issues and verifies credentials.
 pub struct Credentials {
     verified: std::sync::RwLock<std::collections::HashMap<[u8; 32], Verified>>,
+    /// Bumped by every revocation, under the cache's write lock.
+    revocations: std::sync::atomic::AtomicU64,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -162,7 +164,6 @@ impl Credentials {
         if !key_path.exists() {
             let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(PkiError::from)?;
             pki::write_private_new(&key_path, key.serialize_pem().as_bytes())?;
-            pki::replace_file(&pub_path, key.public_key_pem().as_bytes(), 0o644)?;
             tracing::info!(path = %key_path.display(), "created the token signing key");
         }
         pki::check_private(&key_path)?;
@@ -172,16 +173,21 @@ impl Credentials {
                 problem: format!("not a usable Ed25519 key: {e}"),
             })
         };
-        let key_pem = std::fs::read(&key_path).map_err(|source| PkiError::Io {
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|source| PkiError::Io {
             path: key_path.clone(),
             source,
         })?;
-        let pub_pem = std::fs::read(&pub_path).map_err(|source| PkiError::Io {
-            path: pub_path.clone(),
-            source,
-        })?;
-        let encoding = EncodingKey::from_ed_pem(&key_pem).map_err(|e| invalid(&key_path, &e))?;
-        let decoding = DecodingKey::from_ed_pem(&pub_pem).map_err(|e| invalid(&pub_path, &e))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, &e))?;
+        // The public half is derived from the key; signing.pub is a copy for
+        // operators, rewritten when missing (e.g. after a crash).
+        let pub_pem = key.public_key_pem();
+        if !pub_path.exists() {
+            pki::replace_file(&pub_path, pub_pem.as_bytes(), 0o644)?;
+        }
+        let encoding =
+            EncodingKey::from_ed_pem(key_pem.as_bytes()).map_err(|e| invalid(&key_path, &e))?;
+        let decoding =
+            DecodingKey::from_ed_pem(pub_pem.as_bytes()).map_err(|e| invalid(&key_path, &e))?;
         // Pinned to EdDSA: `none`, HMAC (key confusion) and others are refused.
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = LEEWAY_SECS;
@@ -190,6 +196,7 @@ impl Credentials {
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub", "jti"]);
         Ok(Self {
             verified: Default::default(),
+            revocations: Default::default(),
             encoding,
             decoding,
             validation,
@@ -239,8 +246,14 @@ impl Credentials {
         (now_secs() <= hit.expires_at.saturating_add(LEEWAY_SECS)).then(|| hit.identity.clone())
     }
 
-    fn remember(&self, digest: [u8; 32], verified: Verified) {
+    /// Remembers a credential verified while the revocation generation was
+    /// `generation`; if anything was revoked since, it is not remembered (the
+    /// check it passed may predate the revocation).
+    fn remember(&self, digest: [u8; 32], verified: Verified, generation: u64) {
         if let Ok(mut cache) = self.verified.write() {
+            if self.revocations.load(std::sync::atomic::Ordering::SeqCst) != generation {
+                return;
+            }
             if cache.len() >= CACHE_LIMIT {
                 let now = now_secs();
                 cache.retain(|_, v| now <= v.expires_at.saturating_add(LEEWAY_SECS));
@@ -254,6 +267,8 @@ impl Credentials {
 
     fn forget(&self, id: &str) {
         if let Ok(mut cache) = self.verified.write() {
+            self.revocations
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             cache.retain(|_, v| v.id != id);
         }
     }
@@ -267,6 +282,7 @@ impl Credentials {
         if let Some(identity) = self.remembered(&digest) {
             return Ok(identity);
         }
+        let generation = self.revocations.load(std::sync::atomic::Ordering::SeqCst);
         let (identity, jti, exp) = self.verify_token_fully(token)?;
         self.remember(
             digest,
@@ -275,6 +291,7 @@ impl Credentials {
                 id: jti,
                 expires_at: exp,
             },
+            generation,
         );
         Ok(identity)
     }
@@ -386,16 +403,15 @@ impl Credentials {
             CredentialError::Invalid(format!("the request's public key is not supported: {e}"))
         })?;
 
-        let serial_bytes: [u8; 16] = {
-            let mut b = pki::rand_bytes::<16>();
-            b[0] = (b[0] & 0x7f) | 0x01;
-            b
-        };
+        let serial = pki::random_serial();
         let now = SystemTime::now();
         let (_, ca_not_after) = pki::validity(&self.ca.cert_der).ok_or_else(|| {
             CredentialError::Invalid("the CA certificate has no readable validity".into())
         })?;
-        let not_after = (now + ttl).min(ca_not_after);
+        let not_after = now
+            .checked_add(ttl)
+            .unwrap_or(ca_not_after)
+            .min(ca_not_after);
         let not_before = now - Duration::from_secs(300);
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -404,7 +420,7 @@ impl Credentials {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
+        params.serial_number = Some(serial.clone());
         params.use_authority_key_identifier_extension = true;
         params.not_before = time::OffsetDateTime::from(not_before);
         params.not_after = time::OffsetDateTime::from(not_after);
@@ -415,7 +431,7 @@ impl Credentials {
                 .unwrap_or_default()
         };
         let record = CertRecord {
-            serial: hex(&serial_bytes),
+            serial: hex(&serial.to_bytes()),
             subject,
             scope,
             not_before: secs(not_before),
@@ -440,6 +456,7 @@ impl Credentials {
         if let Some(identity) = self.remembered(&digest) {
             return Ok(identity);
         }
+        let generation = self.revocations.load(std::sync::atomic::Ordering::SeqCst);
         let (identity, serial, not_after) = self.verify_certificate_fully(der)?;
         self.remember(
             digest,
@@ -448,6 +465,7 @@ impl Credentials {
                 id: serial,
                 expires_at: not_after,
             },
+            generation,
         );
         Ok(identity)
     }
@@ -473,10 +491,22 @@ impl Credentials {
             .ok_or_else(|| CredentialError::Invalid("it has no subject CN".into()))?
             .to_owned();
         let serial = hex(cert.raw_serial());
-        let ours = cert.issuer().as_raw() == self.ca_subject_raw()?.as_slice();
+        // Ours only if our CA's key signed it: a --client-ca CA can copy our
+        // CA's name and a known serial, but not its signature.
+        let (_, ca) =
+            x509_parser::parse_x509_certificate(self.ca.cert_der.as_ref()).map_err(|e| {
+                CredentialError::Invalid(format!("the CA certificate does not parse: {e}"))
+            })?;
+        let ours = cert.issuer().as_raw() == ca.subject().as_raw()
+            && cert.verify_signature(Some(ca.public_key())).is_ok();
         let scope = match self.certs.get(serial.as_bytes())? {
             Some(raw) if ours => {
                 let record: CertRecord = decode(&raw)?;
+                if record.subject != subject {
+                    return Err(CredentialError::Invalid(format!(
+                        "certificate {serial} names {subject:?}, not the subject it was issued to"
+                    )));
+                }
                 if record.revoked {
                     return Err(CredentialError::Invalid(format!(
                         "certificate {serial} has been revoked"
@@ -505,14 +535,6 @@ impl Credentials {
             serial,
             not_after.saturating_sub(LEEWAY_SECS),
         ))
-    }
-
-    fn ca_subject_raw(&self) -> Result<Vec<u8>, CredentialError> {
-        let (_, ca) =
-            x509_parser::parse_x509_certificate(self.ca.cert_der.as_ref()).map_err(|e| {
-                CredentialError::Invalid(format!("the CA certificate does not parse: {e}"))
-            })?;
-        Ok(ca.subject().as_raw().to_vec())
     }
 
     pub fn list_certs(&self) -> Result<Vec<CertRecord>, CredentialError> {

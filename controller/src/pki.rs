@@ -129,7 +129,8 @@ fn offset(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
 }
 
-fn random_serial() -> SerialNumber {
+/// A random positive 128-bit serial number.
+pub fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand_bytes();
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // and no leading zero byte to strip
@@ -188,8 +189,27 @@ impl Ca {
     pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
         paths::create_private_dir(dir)?;
         let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
-        if !cert_path.exists() && !key_path.exists() {
+        // The key is written first (exclusively, 0600), the certificate
+        // second: a crash between the two leaves a key without a certificate,
+        // which the next start completes. The certificate was never served,
+        // so no client can have pinned it.
+        if !key_path.exists() {
+            if cert_path.exists() {
+                return Err(PkiError::Invalid {
+                    path: key_path,
+                    problem: "is missing while ca.crt exists; restore the key, or move the tls directory away to start a new CA".into(),
+                });
+            }
             let key = KeyPair::generate()?;
+            write_private_new(&key_path, key.serialize_pem().as_bytes())?;
+        }
+        check_private(&key_path)?;
+        let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Invalid {
+            path: key_path.clone(),
+            problem: format!("not a usable private key: {e}"),
+        })?;
+        if !cert_path.exists() {
             let mut params = CertificateParams::default();
             let mut dn = DistinguishedName::new();
             dn.push(DnType::CommonName, format!("berthd CA {}", host_name()));
@@ -202,16 +222,9 @@ impl Ca {
             params.not_before = offset(now - BACKDATE);
             params.not_after = offset(now + CA_LIFETIME);
             let cert = params.self_signed(&key)?;
-            write_private_new(&key_path, key.serialize_pem().as_bytes())?;
             replace_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
             tracing::info!(path = %cert_path.display(), "created the controller's certificate authority");
         }
-        check_private(&key_path)?;
-        let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Invalid {
-            path: key_path.clone(),
-            problem: format!("not a usable private key: {e}"),
-        })?;
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
         let cert_der = read_chain(&cert_path)?.remove(0);
         Ok(Self {

@@ -226,20 +226,25 @@ impl GroupCommit {
                 // A blocking flush on a blocking thread: sled 0.34's
                 // flush_async can deadlock under concurrent use (sled#1308).
                 let db = db.clone();
-                tokio::task::spawn_blocking(move || db.flush())
+                let flushed = tokio::task::spawn_blocking(move || db.flush())
                     .await
                     .map_err(|e| {
                         StoreError::Db(sled::Error::ReportableBug(format!(
                             "flush task failed: {e}"
                         )))
-                    })??;
+                    })
+                    .and_then(|r| r.map_err(StoreError::from));
+                if let Err(e) = flushed {
+                    // Wake the waiters so one of them tries again.
+                    self.done.send_modify(|_| {});
+                    return Err(e);
+                }
                 self.done.send_modify(|c| *c = (*c).max(upto));
                 continue;
             }
             // Another caller is flushing; wait for it, then look again.
-            if finished.changed().await.is_err() {
-                return Ok(());
-            }
+            // The sender lives in `self`, so this cannot fail while we run.
+            let _ = finished.changed().await;
         }
     }
 }
@@ -435,11 +440,6 @@ impl Store {
                     .unwrap_or_default())
             })
             .collect()
-    }
-
-    /// Every record (for reconciliation at start-up).
-    pub fn all(&self) -> Result<Vec<VolumeRecord>, StoreError> {
-        Ok(self.page(None, None, usize::MAX, |_| true)?.0)
     }
 }
 

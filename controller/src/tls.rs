@@ -142,7 +142,7 @@ fn ensure_server_cert(
         let mut want = wanted.clone();
         have.sort();
         want.sort();
-        !due && have == want && key_path.exists()
+        !due && have == want && pair_matches(&cert_path, &key_path)
     });
     if fresh {
         return Ok(false);
@@ -152,6 +152,16 @@ fn ensure_server_cert(
     pki::replace_file(&cert_path, chain.as_bytes(), 0o644)?;
     tracing::info!(path = %cert_path.display(), sans = ?wanted, "issued a server certificate");
     Ok(true)
+}
+
+/// Whether a certificate file and a key file belong together (a crash
+/// between writing the two can leave them apart).
+fn pair_matches(cert: &Path, key: &Path) -> bool {
+    let provider = rustls::crypto::ring::default_provider();
+    match (pki::read_chain(cert), pki::read_key(key)) {
+        (Ok(chain), Ok(key)) => CertifiedKey::from_der(chain, key, &provider).is_ok(),
+        _ => false,
+    }
 }
 
 /// Records the root clients pin, so `berthd fingerprint` can read it while

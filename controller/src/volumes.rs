@@ -103,10 +103,11 @@ impl Volumes {
                 "service is required: name one of the configured services".into(),
             ));
         }
+        // The message does not list the configured services: a caller may
+        // see only some of them (`berth service list` shows which).
         self.catalog.get(name).ok_or_else(|| {
             VolumeError::NotFound(format!(
-                "service {name:?} does not exist (configured: {})",
-                self.catalog.names().collect::<Vec<_>>().join(", ")
+                "service {name:?} does not exist; `berth service list` shows the services you may use"
             ))
         })
     }
@@ -350,16 +351,7 @@ impl Volumes {
                 // The store has no record under this name, so whatever the
                 // driver made of it before failing is an orphan: undo it,
                 // unless the driver refused before touching anything.
-                let untouched = matches!(
-                    source,
-                    DriverError::AlreadyExists(_)
-                        | DriverError::InvalidArgument(_)
-                        | DriverError::InvalidOption { .. }
-                        | DriverError::NotFound(_)
-                        | DriverError::FailedPrecondition(_)
-                        | DriverError::Unsupported { .. }
-                );
-                if !untouched {
+                if !untouched(&source) {
                     if let Ok(name) = VolumeName::parse(&key.name) {
                         if let Err(e) = service.driver.delete(&name).await {
                             // Keep the intent: the next start undoes it.
@@ -609,6 +601,14 @@ impl Volumes {
                 Ok(record)
             }
             Err(source) => {
+                // Undo what the driver may have made, as for volumes.
+                if !untouched(&source) {
+                    if let Err(e) = service.driver.delete_snapshot(&name).await {
+                        tracing::warn!(service = %service.name, snapshot = %name, error = %e,
+                            "could not undo a failed snapshot; it will be undone at the next start");
+                        return Err(driver_error(&service)(source));
+                    }
+                }
                 self.store.abandon(Kind::Snapshot, &key)?;
                 self.store.flush().await?;
                 Err(driver_error(&service)(source))
@@ -702,6 +702,20 @@ impl Volumes {
     pub async fn flush(&self) -> Result<(), VolumeError> {
         Ok(self.store.flush().await?)
     }
+}
+
+/// Whether a driver error says it refused before touching anything, so there
+/// is nothing to undo.
+fn untouched(error: &DriverError) -> bool {
+    matches!(
+        error,
+        DriverError::AlreadyExists(_)
+            | DriverError::InvalidArgument(_)
+            | DriverError::InvalidOption { .. }
+            | DriverError::NotFound(_)
+            | DriverError::FailedPrecondition(_)
+            | DriverError::Unsupported { .. }
+    )
 }
 
 /// Whether a record passes a listing's attachment filter.

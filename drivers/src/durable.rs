@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{DriverError, DriverResult};
 
@@ -128,30 +128,113 @@ fn copy_range(src: &mut fs::File, dst: &mut fs::File, start: u64, end: u64) -> i
     Ok(())
 }
 
-/// Copies a directory tree (files, directories, symlinks as links) into
-/// `to`, which must not exist. File data goes through `std::fs::copy`, which
-/// on Linux uses `copy_file_range` and so shares extents (reflinks) where the
-/// filesystem offers them (btrfs, XFS), and copies otherwise.
+/// Copies a directory tree into `to`, which must not exist, without ever
+/// following a link out of it: each directory is opened once with
+/// `O_NOFOLLOW` and read through its descriptor, each file is opened with
+/// `O_NOFOLLOW` and checked to be a regular file, so a symlink swapped in
+/// while the copy runs is copied as a link, never read through. Symlinks are
+/// recreated as links; FIFOs, sockets and device nodes are skipped; modes
+/// keep only the permission bits (no setuid, setgid or sticky). File data
+/// goes through `std::io::copy`, which on Linux uses `copy_file_range` and
+/// so shares extents (reflinks) where the filesystem offers them.
 pub fn copy_tree(from: &Path, to: &Path) -> DriverResult<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let fail = |p: &Path, e: io::Error| DriverError::io(format!("copying {}", p.display()), e);
-    let meta = fs::symlink_metadata(from).map_err(|e| fail(from, e))?;
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(from)
+        .map_err(|e| fail(from, e))?;
+    let mode = dir
+        .metadata()
+        .map_err(|e| fail(from, e))?
+        .permissions()
+        .mode()
+        & 0o777;
+    // Children are reached through the open directory, not the path.
+    let pinned = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
     fs::create_dir(to).map_err(|e| fail(to, e))?;
-    fs::set_permissions(to, meta.permissions()).map_err(|e| fail(to, e))?;
-    for entry in fs::read_dir(from).map_err(|e| fail(from, e))? {
+    fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(|e| fail(to, e))?;
+    for entry in fs::read_dir(&pinned).map_err(|e| fail(from, e))? {
         let entry = entry.map_err(|e| fail(from, e))?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry.file_type().map_err(|e| fail(&src, e))?;
-        if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if kind.is_symlink() {
-            let target = fs::read_link(&src).map_err(|e| fail(&src, e))?;
+        let name = entry.file_name();
+        let (src, shown, dst) = (pinned.join(&name), from.join(&name), to.join(&name));
+        let kind = entry.file_type().map_err(|e| fail(&shown, e))?;
+        if kind.is_symlink() {
+            let target = fs::read_link(&src).map_err(|e| fail(&shown, e))?;
             std::os::unix::fs::symlink(target, &dst).map_err(|e| fail(&dst, e))?;
-        } else {
-            fs::copy(&src, &dst).map_err(|e| fail(&src, e))?;
-            fs::File::open(&dst)
-                .and_then(|f| f.sync_all())
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst).map_err(|e| match e {
+                DriverError::Io { source, .. } => fail(&shown, source),
+                other => other,
+            })?;
+        } else if kind.is_file() {
+            let opened = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&src);
+            let mut file = match opened {
+                Ok(f) => f,
+                // Replaced by a symlink since it was listed: copy nothing.
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => continue,
+                Err(e) => return Err(fail(&shown, e)),
+            };
+            let meta = file.metadata().map_err(|e| fail(&shown, e))?;
+            if !meta.is_file() {
+                continue;
+            }
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(meta.permissions().mode() & 0o777)
+                .open(&dst)
                 .map_err(|e| fail(&dst, e))?;
+            io::copy(&mut file, &mut out).map_err(|e| fail(&shown, e))?;
+            out.sync_all().map_err(|e| fail(&dst, e))?;
         }
+        // FIFOs, sockets and devices are not volume data: skipped.
     }
     sync_dir(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_tree_never_reads_through_links_and_drops_special_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let secret = dir.path().join("secret");
+        fs::write(&secret, b"host secret").expect("secret");
+        fs::create_dir_all(src.join("sub")).expect("src");
+        fs::write(src.join("sub/data"), b"volume data").expect("data");
+        fs::set_permissions(src.join("sub/data"), fs::Permissions::from_mode(0o4755))
+            .expect("chmod");
+        std::os::unix::fs::symlink(&secret, src.join("link")).expect("link");
+        std::os::unix::fs::symlink(dir.path(), src.join("dirlink")).expect("dirlink");
+        copy_tree(&src, &dst).expect("copy");
+        assert_eq!(
+            fs::read(dst.join("sub/data")).expect("data"),
+            b"volume data"
+        );
+        let mode = fs::metadata(dst.join("sub/data"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "setuid dropped");
+        // Links are copied as links, never as the files they point to.
+        assert!(fs::symlink_metadata(dst.join("link"))
+            .expect("link")
+            .file_type()
+            .is_symlink());
+        assert!(fs::symlink_metadata(dst.join("dirlink"))
+            .expect("dirlink")
+            .file_type()
+            .is_symlink());
+        // A source that is itself a link is refused.
+        assert!(copy_tree(&src.join("dirlink"), &dir.path().join("dst2")).is_err());
+    }
 }

@@ -428,10 +428,10 @@ fn parse_mode(options: &BTreeMap<String, String>) -> DriverResult<u32> {
         None => Ok(DEFAULT_MODE),
         Some(text) => u32::from_str_radix(text, 8)
             .ok()
-            .filter(|mode| *mode <= 0o7777)
+            .filter(|mode| *mode <= 0o777)
             .ok_or_else(|| {
                 DriverError::InvalidArgument(format!(
-                    "option mode={text:?} is not an octal permission such as 0750"
+                    "option mode={text:?} is not an octal permission from 0 to 0777, such as 0750"
                 ))
             }),
     }

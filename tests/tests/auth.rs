@@ -229,11 +229,17 @@ fn eddsa_header() -> Value {
 /// Claims in the controller's shape, dates relative to now.
 fn claims(sub: &str, jti: &str, role: &str, services: &[&str], nbf: i64, exp: i64) -> Value {
     let t = now();
+    claims_at(sub, jti, role, services, t + nbf, t + exp)
+}
+
+/// Claims with absolute `nbf` and `exp` (seconds since the epoch).
+fn claims_at(sub: &str, jti: &str, role: &str, services: &[&str], nbf: i64, exp: i64) -> Value {
+    let t = now();
     json!({
         "sub": sub,
-        "iat": t.min(t + nbf),
-        "nbf": t + nbf,
-        "exp": t + exp,
+        "iat": t.min(nbf),
+        "nbf": nbf,
+        "exp": exp,
         "jti": jti,
         "role": role,
         "services": services,
@@ -575,10 +581,10 @@ fn bad_and_forged_tokens_are_unauthenticated_and_change_nothing() {
     // authority: claims that differ from the record, expiry included, are
     // refused, see a_forged_token_cannot_widen_the_scope_recorded_for_its_id.)
     let key = controller_signing_key(d, &work);
-    let real_exp = token_claims(&alice)["exp"].as_i64().expect("exp") - now();
+    let real_exp = token_claims(&alice)["exp"].as_i64().expect("exp");
     let control = eddsa_token(
         &key,
-        &claims("alice", &jti, "user", &["fast"], 0, real_exp),
+        &claims_at("alice", &jti, "user", &["fast"], now(), real_exp),
         &work,
     );
     assert_eq!(
@@ -590,7 +596,7 @@ fn bad_and_forged_tokens_are_unauthenticated_and_change_nothing() {
 
     let not_yet = eddsa_token(
         &key,
-        &claims("alice", &jti, "user", &["fast"], 600, real_exp),
+        &claims_at("alice", &jti, "user", &["fast"], now() + 600, real_exp),
         &work,
     );
     let err = c.unauthenticated(&["--token", &not_yet]);
@@ -610,7 +616,7 @@ fn bad_and_forged_tokens_are_unauthenticated_and_change_nothing() {
     // with a real token in an_expired_token_is_refused_after_the_leeway).
     let lenient = eddsa_token(
         &key,
-        &claims("alice", &jti, "user", &["fast"], 10, real_exp),
+        &claims_at("alice", &jti, "user", &["fast"], now() + 10, real_exp),
         &work,
     );
     assert_eq!(
@@ -623,7 +629,7 @@ fn bad_and_forged_tokens_are_unauthenticated_and_change_nothing() {
     // A later expiry than the one issued: refused, the record decides.
     let extended = eddsa_token(
         &key,
-        &claims("alice", &jti, "user", &["fast"], 0, real_exp + 3600),
+        &claims_at("alice", &jti, "user", &["fast"], now(), real_exp + 3600),
         &work,
     );
     let err = c.unauthenticated(&["--token", &extended]);
