@@ -203,22 +203,21 @@ impl pb::volumes_server::Volumes for Api {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let volumes = Arc::clone(&self.volumes);
-        let authz = self.authz.clone();
-        let (page, more) = tokio::task::spawn_blocking(move || {
-            // Unfiltered listings show only what the caller may see.
-            let visible: std::collections::HashSet<String> = volumes
-                .catalog()
-                .names()
-                .filter(|s| authz.visible(&who, s))
-                .map(str::to_owned)
-                .collect();
-            volumes.page(service.as_deref(), after.as_ref(), limit, |r| {
-                visible.contains(&r.service) && volumes::passes(filter, r)
-            })
-        })
-        .await
-        .map_err(|e| Status::internal(format!("listing failed: {e}")))??;
+        // Unfiltered listings show only what the caller may see. The page
+        // is read inline: records come from sled's cache, and handing each
+        // listing to the blocking pool cost more in thread wake-ups than the
+        // read itself (measured with perf under the e2e benchmark).
+        let visible: Vec<&str> = self
+            .volumes
+            .catalog()
+            .names()
+            .filter(|s| self.authz.visible(&who, s))
+            .collect();
+        let (page, more) = self
+            .volumes
+            .page(service.as_deref(), after.as_ref(), limit, |r| {
+                visible.contains(&r.service.as_str()) && volumes::passes(filter, r)
+            })?;
         let next_page_token = match (more, page.last()) {
             (true, Some(last)) => encode_token(&VolumeKey::new(&last.service, &last.name)),
             _ => String::new(),

@@ -523,6 +523,27 @@ fn main() {
         oneshot(&args[2], &args[3], &args[4]);
         return;
     }
+    // `e2e calls HOST PIN TOKEN N`: N sequential ListVolumes calls on one
+    // connection, to drive a controller under a profiler.
+    if args.get(1).map(String::as_str) == Some("calls") {
+        let n: usize = args[5].parse().expect("count");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let target = Target {
+                host: args[2].clone(),
+                pin: args[3].parse().expect("pin"),
+                bearer: Bearer(format!("Bearer {}", args[4]).parse().expect("header")),
+            };
+            let mut c = target.client().await;
+            for _ in 0..n {
+                c.list_volumes(list_request()).await.expect("list");
+            }
+        });
+        return;
+    }
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let started = Instant::now();
     let _ = bin("berthd"); // builds the binaries once, in this profile
