@@ -6,8 +6,8 @@
 //! TLS is exercised by the CLI tests. Everything about reaching the
 //! controller lives in [`start`], [`channel`] and [`volumes`].
 //!
-//! Not covered here: the standard health service (`grpc.health.v1`), since
-//! `tonic-health` is not a dev-dependency of this crate.
+//! The standard health service answers without a credential; everything
+//! else, gRPC reflection included, needs one.
 
 // Request literals end in `..Default::default()` so that fields the API
 // gains later do not break these tests; some messages have none to fill yet.
@@ -406,4 +406,43 @@ async fn sigterm_with_a_connected_idle_client_exits_promptly() {
     assert!(status.success(), "berthd exited with {status}");
     drop(client);
     d.kill9();
+}
+
+#[tokio::test]
+async fn health_answers_without_a_credential_and_nothing_else_does() {
+    let d = start();
+    let channel = channel(&d).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health without a credential")
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut catalog = pb::service_catalog_client::ServiceCatalogClient::new(channel.clone());
+    let err = catalog
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect_err("no credential");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let err = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect_err("reflection needs a credential");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }
