@@ -107,7 +107,6 @@ impl fmt::Display for PinSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
     pub root: Fingerprint,
-    pub leaf: Fingerprint,
 }
 
 /// Enforces a pin (or, with none, only observes what is presented and
@@ -156,7 +155,6 @@ impl ServerCertVerifier for PinVerifier {
         let root = intermediates.last().unwrap_or(end_entity);
         let observed = Observed {
             root: Fingerprint::of(root),
-            leaf: Fingerprint::of(end_entity),
         };
         if let Ok(mut slot) = self.observed.lock() {
             *slot = Some(observed);

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::catalog::Catalog;
-use crate::credentials::Credentials;
+use crate::credentials::{CredentialError, Credentials};
 
 /// The audit log target.
 pub const AUDIT: &str = "berthd::audit";
@@ -128,10 +128,16 @@ impl Authenticator {
         let from_cert = leaf
             .map(|c| self.credentials.verify_certificate(&c))
             .transpose();
+        let refused = |what: &str, e: CredentialError| match e {
+            CredentialError::Invalid(_) | CredentialError::NotFound(_) => {
+                Status::unauthenticated(format!("{what} refused: {e}"))
+            }
+            // The controller's own trouble, not the caller's credential.
+            other => Status::unavailable(format!("cannot check the {what} now: {other}")),
+        };
         let (from_token, from_cert) = (
-            from_token.map_err(|e| Status::unauthenticated(format!("token refused: {e}")))?,
-            from_cert
-                .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?,
+            from_token.map_err(|e| refused("token", e))?,
+            from_cert.map_err(|e| refused("client certificate", e))?,
         );
         match (from_token, from_cert) {
             (None, None) => Err(Status::unauthenticated(
@@ -183,11 +189,11 @@ impl Authorizer {
     pub fn check(&self, who: &Identity, method: &str, service: &str) -> Result<(), Status> {
         match self.decide(who, service) {
             Ok(()) => {
-                tracing::info!(target: AUDIT, subject = %who.subject, method, service, decision = "allowed");
+                tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, service, decision = "allowed");
                 Ok(())
             }
             Err(why) => {
-                tracing::info!(target: AUDIT, subject = %who.subject, method, service, decision = "denied", reason = %why);
+                tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, service, decision = "denied", reason = %why);
                 Err(Status::permission_denied(format!(
                     "{} may not use service {service}: {why}",
                     who.subject
@@ -204,10 +210,10 @@ impl Authorizer {
     /// Admin calls need the admin role.
     pub fn admin(&self, who: &Identity, method: &str) -> Result<(), Status> {
         if who.scope.role == Role::Admin {
-            tracing::info!(target: AUDIT, subject = %who.subject, method, decision = "allowed");
+            tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, decision = "allowed");
             return Ok(());
         }
-        tracing::info!(target: AUDIT, subject = %who.subject, method, decision = "denied", reason = "not an admin");
+        tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, decision = "denied", reason = "not an admin");
         Err(Status::permission_denied(format!(
             "{} may not call {method}: it needs the admin role",
             who.subject

@@ -78,6 +78,9 @@ pub enum CredentialError {
     Invalid(String),
     #[error("{0} does not exist")]
     NotFound(String),
+    /// The controller's own records are damaged (Internal).
+    #[error("{0}")]
+    Corrupt(String),
     #[error("{0}")]
     Pki(#[from] PkiError),
     #[error("credential database error: {0}")]
@@ -121,7 +124,7 @@ fn now_secs() -> u64 {
 
 fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, CredentialError> {
     serde_json::from_slice(raw)
-        .map_err(|e| CredentialError::Invalid(format!("corrupt credential record: {e}")))
+        .map_err(|e| CredentialError::Corrupt(format!("corrupt credential record: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,47 +90,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts TCP connections and hands on those that start talking within
-/// [`HANDSHAKE_TIMEOUT`], as the TLS path does: a connection that never
-/// sends a byte is dropped and never holds up a graceful shutdown.
-fn plaintext_incoming(listener: TcpListener) -> ReceiverStream<io::Result<TcpStream>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = tx.closed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => {
-                        let _ = tx.send(Ok(tcp)).await;
-                    }
-                    Ok(_) => {}
-                    Err(_) => tracing::debug!(%peer, "connection sent nothing; dropped"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// Accepts TCP connections and completes each TLS handshake in its own task
-/// (a slow client never holds up the others), yielding finished streams.
-fn tls_incoming(
-    listener: TcpListener,
-    tls: Arc<Tls>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+/// Accepts TCP connections and runs `prepare` on each in its own task (a
+/// slow client never holds up the others), yielding the connections it
+/// accepts. Stops when the server stops consuming.
+fn incoming<IO, F, Fut>(listener: TcpListener, prepare: F) -> ReceiverStream<io::Result<IO>>
+where
+    IO: Send + 'static,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<IO>> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -146,18 +115,54 @@ fn tls_incoming(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = tls.acceptor();
-            let tx = tx.clone();
+            let (tx, ready) = (tx.clone(), prepare(tcp, peer));
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                if let Some(conn) = ready.await {
+                    let _ = tx.send(Ok(conn)).await;
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Plaintext connections that start talking within [`HANDSHAKE_TIMEOUT`],
+/// as on the TLS path: one that never sends a byte is dropped and never
+/// holds up a graceful shutdown.
+fn plaintext_incoming(listener: TcpListener) -> ReceiverStream<io::Result<TcpStream>> {
+    incoming(listener, |tcp: TcpStream, peer| async move {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => Some(tcp),
+            Ok(_) => None,
+            Err(_) => {
+                tracing::debug!(%peer, "connection sent nothing; dropped");
+                None
+            }
+        }
+    })
+}
+
+/// TLS connections whose handshake finishes within [`HANDSHAKE_TIMEOUT`],
+/// with the configuration current when it started.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    incoming(listener, move |tcp, peer| {
+        let acceptor = tls.acceptor();
+        async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    None
+                }
+            }
+        }
+    })
 }

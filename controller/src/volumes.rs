@@ -189,6 +189,17 @@ impl Volumes {
             ),
             None => None,
         };
+        let source = snapshot.as_ref().map(|s| format!("snapshot:{s}"));
+        // An existing volume answers a retry even if its snapshot has been
+        // removed since (size 0 means "the snapshot's size").
+        if let Some(existing) = self.store.get(&key)? {
+            let size = if new.size_bytes == 0 && source.is_some() {
+                existing.size_bytes
+            } else {
+                new.size_bytes
+            };
+            return Self::same(existing, &service, &name, size, &new.options, &source);
+        }
         let mut size_bytes = new.size_bytes;
         if let Some(s) = &snapshot {
             let snap = self.snapshot_record(&service, s)?;
@@ -200,10 +211,6 @@ impl Volumes {
                     snap.size_bytes
                 )));
             }
-        }
-        let source = snapshot.as_ref().map(|s| format!("snapshot:{s}"));
-        if let Some(existing) = self.store.get(&key)? {
-            return Self::same(existing, &service, &name, size_bytes, &new.options, &source);
         }
         let record = self.new_record(&service, &name, size_bytes, new.options, source);
         let request = CreateRequest {
