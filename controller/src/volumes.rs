@@ -763,3 +763,99 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServiceConfig;
+
+    fn open(dir: &std::path::Path) -> Volumes {
+        let services = vec![ServiceConfig {
+            name: "local".into(),
+            driver: "vfs".into(),
+            options: [(
+                "root".to_owned(),
+                toml::Value::String(dir.join("root").display().to_string()),
+            )]
+            .into(),
+            allow: vec![],
+            deny: vec![],
+        }];
+        let catalog = Catalog::build(
+            &berth_drivers::DriverRegistry::with_builtin(),
+            &services,
+            std::path::Path::new("test"),
+        )
+        .expect("catalog");
+        let store = Store::open(&dir.join("db")).expect("store");
+        Volumes::new(Arc::new(catalog), store)
+    }
+
+    fn new_volume(name: &str) -> NewVolume {
+        NewVolume {
+            service: "local".into(),
+            name: name.into(),
+            size_bytes: 0,
+            options: BTreeMap::new(),
+            from_snapshot: None,
+        }
+    }
+
+    /// A crash after the intent was flushed and before the record changed:
+    /// the next start finishes deletes and undoes creates.
+    #[tokio::test]
+    async fn reconcile_finishes_interrupted_deletes_and_undoes_interrupted_creates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        {
+            let volumes = open(dir.path());
+            let kept = volumes.create(new_volume("doomed")).await.expect("create");
+            // Interrupted delete: intent written, driver and record untouched.
+            volumes
+                .store
+                .begin(
+                    &VolumeKey::new("local", "doomed"),
+                    &Intent::Delete { record: kept },
+                )
+                .expect("intent");
+            // Interrupted create: intent written, driver done, no record.
+            let name = VolumeName::parse("half").expect("name");
+            let record = volumes.new_record(
+                volumes.service("local").expect("service"),
+                &name,
+                0,
+                BTreeMap::new(),
+                None,
+            );
+            volumes
+                .store
+                .begin(&VolumeKey::new("local", "half"), &Intent::Create { record })
+                .expect("intent");
+            let service = Arc::clone(volumes.service("local").expect("service"));
+            service
+                .driver
+                .create(&CreateRequest {
+                    name,
+                    size_bytes: 0,
+                    options: BTreeMap::new(),
+                })
+                .await
+                .expect("driver create");
+            volumes.flush().await.expect("flush");
+            assert!(root.join("doomed").is_dir() && root.join("half").is_dir());
+        }
+        let volumes = open(dir.path());
+        volumes.reconcile().await.expect("reconcile");
+        assert!(
+            !root.join("doomed").exists(),
+            "the interrupted delete was finished"
+        );
+        assert!(
+            !root.join("half").exists(),
+            "the interrupted create was undone"
+        );
+        assert!(volumes.get("local", "doomed").is_err());
+        assert!(volumes.get("local", "half").is_err());
+        assert!(volumes.store.intents().expect("intents").is_empty());
+    }
+}
