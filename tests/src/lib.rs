@@ -305,3 +305,35 @@ pub fn entries(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The default `local` service's vfs root of a controller.
+pub fn vfs_root(d: &Berthd) -> PathBuf {
+    d.data_dir.join("volumes")
+}
+
+/// Volume directories: the non-hidden entries of a vfs root.
+pub fn volume_dirs(root: &Path) -> std::collections::BTreeSet<String> {
+    entries(root)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+/// The vfs driver's metadata files (one per volume it holds).
+pub fn vfs_metadata(root: &Path) -> std::collections::BTreeSet<String> {
+    entries(&root.join(".berth/volumes")).into_iter().collect()
+}
+
+/// `berth volume list -o json` by name, asserting no name appears twice.
+pub fn listed(d: &Berthd) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let list = d.berth(&["volume", "list", "-o", "json"]).json();
+    let mut out = std::collections::BTreeMap::new();
+    for v in list.as_array().expect("a JSON array") {
+        let name = v["name"].as_str().expect("name").to_owned();
+        assert!(
+            out.insert(name.clone(), v.clone()).is_none(),
+            "{name} listed twice"
+        );
+    }
+    out
+}

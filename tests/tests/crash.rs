@@ -4,46 +4,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_tests::{entries, Berthd};
+use berth_tests::Berthd;
 use serde_json::Value;
 
 /// How long any batch of client processes may take.
 const CLIENTS_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn root(d: &Berthd) -> PathBuf {
-    d.data_dir.join("volumes")
+    berth_tests::vfs_root(d)
 }
 
-/// Volume directories: the non-hidden entries of a vfs root.
-fn visible(dir: &Path) -> BTreeSet<String> {
-    entries(dir)
-        .into_iter()
-        .filter(|n| !n.starts_with('.'))
-        .collect()
-}
-
-/// The vfs driver's metadata files (one per volume it holds).
-fn metadata(root: &Path) -> BTreeSet<String> {
-    entries(&root.join(".berth/volumes")).into_iter().collect()
-}
-
-/// `volume list -o json` by name.
-fn listed(d: &Berthd) -> BTreeMap<String, Value> {
-    let list = d.berth(&["volume", "list", "-o", "json"]).json();
-    let mut out = BTreeMap::new();
-    for v in list.as_array().expect("a JSON array") {
-        let name = v["name"].as_str().expect("name").to_owned();
-        assert!(
-            out.insert(name.clone(), v.clone()).is_none(),
-            "{name} listed twice"
-        );
-    }
-    out
-}
+use berth_tests::{listed, vfs_metadata as metadata, volume_dirs as visible};
 
 /// Asserts the three views of the default service agree: records listed by
 /// the controller, volume directories and the driver's metadata, and that
