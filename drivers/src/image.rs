@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::durable::{copy_sparse, sync_dir, write_atomic};
-use crate::vfs::{names_in, parse_meta, stamp};
+use crate::durable::{copy_sparse, sync_dir};
+use crate::meta::{self, names_in, stamp};
 use crate::{
     Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
     DriverSnapshot, DriverVolume, VolumeDriver, VolumeName,
@@ -163,46 +163,12 @@ impl ImageDriver {
 
 impl Layout {
     fn file(&self, dir: &Path, name: &VolumeName) -> DriverResult<PathBuf> {
-        // VolumeName holds no separator and never starts with '.'; check anyway.
-        let n = name.as_str();
-        if n.is_empty() || n.starts_with('.') || n.contains('/') || n.contains('\0') {
-            return Err(DriverError::InvalidArgument(format!(
-                "refusing name {n:?}: it would leave {}",
-                dir.display()
-            )));
-        }
-        Ok(dir.join(format!("{n}.{}", self.format.extension())))
-    }
-
-    fn meta_file(dir: &Path, name: &VolumeName) -> DriverResult<PathBuf> {
-        let n = name.as_str();
-        if n.is_empty() || n.starts_with('.') || n.contains('/') || n.contains('\0') {
-            return Err(DriverError::InvalidArgument(format!(
-                "refusing name {n:?}: it would leave {}",
-                dir.display()
-            )));
-        }
-        Ok(dir.join(n))
-    }
-
-    fn read(path: &Path) -> DriverResult<Option<String>> {
-        match fs::read_to_string(path) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DriverError::io(format!("reading {}", path.display()), e)),
-        }
+        let plain = meta::child(dir, name.as_str())?;
+        Ok(plain.with_file_name(format!("{name}.{}", self.format.extension())))
     }
 
     fn size_of(&self, name: &VolumeName) -> DriverResult<Option<u64>> {
-        let path = Self::meta_file(&self.meta, name)?;
-        let Some(text) = Self::read(&path)? else {
-            return Ok(None);
-        };
-        parse_meta(&text)
-            .get("size_bytes")
-            .and_then(|n| n.parse().ok())
-            .map(Some)
-            .ok_or_else(|| DriverError::Internal(format!("metadata {} is corrupt", path.display())))
+        meta::volume_size(&self.meta, name)
     }
 
     fn volume(&self, name: &VolumeName, size_bytes: u64) -> DriverResult<DriverVolume> {
@@ -220,14 +186,9 @@ impl Layout {
     }
 
     fn existing(&self, request: &CreateRequest) -> DriverResult<Option<DriverVolume>> {
-        match self.size_of(&request.name)? {
-            None => Ok(None),
-            Some(size) if size == request.size_bytes => self.volume(&request.name, size).map(Some),
-            Some(size) => Err(DriverError::AlreadyExists(format!(
-                "volume {} already exists with size {size} bytes, not {}",
-                request.name, request.size_bytes
-            ))),
-        }
+        meta::existing(self.size_of(&request.name)?, request, |size| {
+            self.volume(&request.name, size)
+        })
     }
 
     fn check(request: &CreateRequest) -> DriverResult<()> {
@@ -251,10 +212,7 @@ impl Layout {
             .map_err(|e| DriverError::io(format!("moving {} into place", target.display()), e))?;
         sync_dir(&self.root)?;
         sync_dir(&self.staging)?;
-        write_atomic(
-            &Self::meta_file(&self.meta, &request.name)?,
-            format!("size_bytes={}\n", request.size_bytes).as_bytes(),
-        )?;
+        meta::write_volume(&self.meta, &request.name, request.size_bytes)?;
         self.volume(&request.name, request.size_bytes)
     }
 
@@ -364,30 +322,12 @@ impl Layout {
     fn delete(&self, name: &VolumeName) -> DriverResult<()> {
         // Metadata first: once it is gone the volume no longer exists, and a
         // leftover image file is replaced by the next create.
-        self.discard(&Self::meta_file(&self.meta, name)?)?;
+        self.discard(&meta::child(&self.meta, name.as_str())?)?;
         self.discard(&self.file(&self.root, name)?)
     }
 
     fn snapshot(&self, snap: &VolumeName) -> DriverResult<Option<DriverSnapshot>> {
-        let path = Self::meta_file(&self.snapshot_meta, snap)?;
-        let Some(text) = Self::read(&path)? else {
-            return Ok(None);
-        };
-        let meta = parse_meta(&text);
-        match (
-            meta.get("volume").and_then(|v| VolumeName::parse(v).ok()),
-            meta.get("size_bytes").and_then(|n| n.parse().ok()),
-        ) {
-            (Some(volume), Some(size_bytes)) => Ok(Some(DriverSnapshot {
-                name: snap.clone(),
-                volume,
-                size_bytes,
-            })),
-            _ => Err(DriverError::Internal(format!(
-                "metadata {} is corrupt",
-                path.display()
-            ))),
-        }
+        meta::snapshot(&self.snapshot_meta, snap)
     }
 }
 
@@ -485,15 +425,13 @@ impl VolumeDriver for ImageDriver {
                 DriverError::io(format!("moving {} into place", target.display()), e)
             })?;
             sync_dir(&l.snapshots)?;
-            write_atomic(
-                &Layout::meta_file(&l.snapshot_meta, &snapshot)?,
-                format!("volume={volume}\nsize_bytes={size_bytes}\n").as_bytes(),
-            )?;
-            Ok(DriverSnapshot {
+            let taken = DriverSnapshot {
                 name: snapshot,
                 volume,
                 size_bytes,
-            })
+            };
+            meta::write_snapshot(&l.snapshot_meta, &taken)?;
+            Ok(taken)
         })
         .await
     }
@@ -501,7 +439,7 @@ impl VolumeDriver for ImageDriver {
     async fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
         let snapshot = snapshot.clone();
         self.blocking(move |l| {
-            l.discard(&Layout::meta_file(&l.snapshot_meta, &snapshot)?)?;
+            l.discard(&meta::child(&l.snapshot_meta, snapshot.as_str())?)?;
             l.discard(&l.file(&l.snapshots, &snapshot)?)
         })
         .await

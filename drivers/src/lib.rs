@@ -102,6 +102,7 @@ mod driver;
 pub mod durable;
 mod error;
 pub mod image;
+mod meta;
 mod name;
 mod registry;
 pub mod vfs;

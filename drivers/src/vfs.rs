@@ -24,13 +24,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::durable::{copy_tree, sync_dir, write_atomic};
+use crate::durable::{copy_tree, sync_dir};
+use crate::meta::{self, stamp};
 use crate::{
     Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
     DriverSnapshot, DriverVolume, VolumeDriver, VolumeName,
@@ -55,20 +55,6 @@ struct Layout {
     snapshot_meta: PathBuf,
     staging: PathBuf,
     trash: PathBuf,
-}
-
-/// A unique suffix for staging and trash entries.
-pub(crate) fn stamp() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{nanos}.{}", std::process::id())
-}
-
-/// Parses `key=value` lines.
-pub(crate) fn parse_meta(text: &str) -> BTreeMap<&str, &str> {
-    text.lines().filter_map(|l| l.split_once('=')).collect()
 }
 
 impl VfsDriver {
@@ -139,65 +125,16 @@ impl VfsDriver {
 }
 
 impl Layout {
-    /// `dir/<name>`, refusing anything that is not exactly one normal
-    /// component below `dir` (the second wall behind name validation).
-    fn child(dir: &Path, name: &str) -> DriverResult<PathBuf> {
-        let mut components = Path::new(name).components();
-        match (components.next(), components.next()) {
-            (Some(Component::Normal(c)), None) if c == name && !name.starts_with('.') => {
-                Ok(dir.join(name))
-            }
-            _ => Err(DriverError::InvalidArgument(format!(
-                "refusing name {name:?}: it would leave {}",
-                dir.display()
-            ))),
-        }
-    }
-
-    fn read_meta(path: &Path) -> DriverResult<Option<String>> {
-        match fs::read_to_string(path) {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DriverError::io(format!("reading {}", path.display()), e)),
-        }
-    }
-
-    fn corrupt(path: &Path) -> DriverError {
-        DriverError::Internal(format!("metadata {} is corrupt", path.display()))
-    }
-
     fn volume_size(&self, name: &VolumeName) -> DriverResult<Option<u64>> {
-        let path = Self::child(&self.meta, name.as_str())?;
-        let Some(text) = Self::read_meta(&path)? else {
-            return Ok(None);
-        };
-        parse_meta(&text)
-            .get("size_bytes")
-            .and_then(|n| n.parse().ok())
-            .map(Some)
-            .ok_or_else(|| Self::corrupt(&path))
+        meta::volume_size(&self.meta, name)
     }
 
     fn snapshot(&self, snapshot: &VolumeName) -> DriverResult<Option<DriverSnapshot>> {
-        let path = Self::child(&self.snapshot_meta, snapshot.as_str())?;
-        let Some(text) = Self::read_meta(&path)? else {
-            return Ok(None);
-        };
-        let meta = parse_meta(&text);
-        let volume = meta.get("volume").and_then(|v| VolumeName::parse(v).ok());
-        let size = meta.get("size_bytes").and_then(|n| n.parse().ok());
-        match (volume, size) {
-            (Some(volume), Some(size_bytes)) => Ok(Some(DriverSnapshot {
-                name: snapshot.clone(),
-                volume,
-                size_bytes,
-            })),
-            _ => Err(Self::corrupt(&path)),
-        }
+        meta::snapshot(&self.snapshot_meta, snapshot)
     }
 
     fn volume(&self, name: &VolumeName, size_bytes: u64) -> DriverResult<DriverVolume> {
-        let path = Self::child(&self.root, name.as_str())?;
+        let path = meta::child(&self.root, name.as_str())?;
         Ok(DriverVolume {
             name: name.clone(),
             size_bytes,
@@ -208,21 +145,13 @@ impl Layout {
     /// The existing volume if it matches `request`, AlreadyExists if it
     /// differs, `None` if there is none.
     fn existing(&self, request: &CreateRequest) -> DriverResult<Option<DriverVolume>> {
-        match self.volume_size(&request.name)? {
-            None => Ok(None),
-            Some(size) if size == request.size_bytes => self.volume(&request.name, size).map(Some),
-            Some(size) => Err(DriverError::AlreadyExists(format!(
-                "volume {} already exists with size {size} bytes, not {}",
-                request.name, request.size_bytes
-            ))),
-        }
+        meta::existing(self.volume_size(&request.name)?, request, |size| {
+            self.volume(&request.name, size)
+        })
     }
 
     fn record(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
-        write_atomic(
-            &Self::child(&self.meta, request.name.as_str())?,
-            format!("size_bytes={}\n", request.size_bytes).as_bytes(),
-        )?;
+        meta::write_volume(&self.meta, &request.name, request.size_bytes)?;
         self.volume(&request.name, request.size_bytes)
     }
 
@@ -231,7 +160,7 @@ impl Layout {
         if let Some(existing) = self.existing(request)? {
             return Ok(existing);
         }
-        let data = Self::child(&self.root, request.name.as_str())?;
+        let data = meta::child(&self.root, request.name.as_str())?;
         // A directory without metadata is a create that a crash interrupted
         // before it was acknowledged: adopt it.
         match fs::DirBuilder::new().mode(mode).create(&data) {
@@ -253,7 +182,7 @@ impl Layout {
         if let Some(existing) = self.existing(request)? {
             return Ok(existing);
         }
-        let data = Self::child(&self.root, request.name.as_str())?;
+        let data = meta::child(&self.root, request.name.as_str())?;
         if data.exists() {
             // Left by an interrupted create: it was never acknowledged.
             self.discard(&data)?;
@@ -299,16 +228,16 @@ impl Layout {
     }
 
     fn remove_meta(&self, dir: &Path, name: &VolumeName) -> DriverResult<()> {
-        let meta = Self::child(dir, name.as_str())?;
-        match fs::remove_file(&meta) {
+        let path = meta::child(dir, name.as_str())?;
+        match fs::remove_file(&path) {
             Ok(()) => sync_dir(dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DriverError::io(format!("removing {}", meta.display()), e)),
+            Err(e) => Err(DriverError::io(format!("removing {}", path.display()), e)),
         }
     }
 
     fn delete(&self, name: &VolumeName) -> DriverResult<()> {
-        let data = Self::child(&self.root, name.as_str())?;
+        let data = meta::child(&self.root, name.as_str())?;
         if data.exists() {
             self.discard(&data)?;
         }
@@ -317,7 +246,7 @@ impl Layout {
 
     fn list(&self) -> DriverResult<Vec<DriverVolume>> {
         let mut volumes = Vec::new();
-        for name in names_in(&self.meta)? {
+        for name in meta::names_in(&self.meta)? {
             if let Some(size) = self.volume_size(&name)? {
                 volumes.push(self.volume(&name, size)?);
             }
@@ -342,28 +271,26 @@ impl Layout {
         let Some(size_bytes) = self.volume_size(volume)? else {
             return Err(DriverError::NotFound(format!("volume {volume}")));
         };
-        let data = Self::child(&self.snapshots, snapshot.as_str())?;
+        let data = meta::child(&self.snapshots, snapshot.as_str())?;
         if data.exists() {
             self.discard(&data)?;
         }
         let staged = self.staging.join(format!("{snapshot}.{}", stamp()));
-        copy_tree(&Self::child(&self.root, volume.as_str())?, &staged)?;
+        copy_tree(&meta::child(&self.root, volume.as_str())?, &staged)?;
         fs::rename(&staged, &data)
             .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
         sync_dir(&self.snapshots)?;
-        write_atomic(
-            &Self::child(&self.snapshot_meta, snapshot.as_str())?,
-            format!("volume={volume}\nsize_bytes={size_bytes}\n").as_bytes(),
-        )?;
-        Ok(DriverSnapshot {
+        let taken = DriverSnapshot {
             name: snapshot.clone(),
             volume: volume.clone(),
             size_bytes,
-        })
+        };
+        meta::write_snapshot(&self.snapshot_meta, &taken)?;
+        Ok(taken)
     }
 
     fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
-        let data = Self::child(&self.snapshots, snapshot.as_str())?;
+        let data = meta::child(&self.snapshots, snapshot.as_str())?;
         if data.exists() {
             self.discard(&data)?;
         }
@@ -372,7 +299,7 @@ impl Layout {
 
     fn list_snapshots(&self) -> DriverResult<Vec<DriverSnapshot>> {
         let mut out = Vec::new();
-        for name in names_in(&self.snapshot_meta)? {
+        for name in meta::names_in(&self.snapshot_meta)? {
             if let Some(s) = self.snapshot(&name)? {
                 out.push(s);
             }
@@ -397,25 +324,6 @@ impl Layout {
             }
         }
     }
-}
-
-/// Valid names of the entries of a metadata directory (temporary files and
-/// strays skipped).
-pub(crate) fn names_in(dir: &Path) -> DriverResult<Vec<VolumeName>> {
-    let entries =
-        fs::read_dir(dir).map_err(|e| DriverError::io(format!("listing {}", dir.display()), e))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| DriverError::io(format!("listing {}", dir.display()), e))?;
-        if let Some(name) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| VolumeName::parse(n).ok())
-        {
-            names.push(name);
-        }
-    }
-    Ok(names)
 }
 
 fn parse_mode(options: &BTreeMap<String, String>) -> DriverResult<u32> {
@@ -482,7 +390,7 @@ impl VolumeDriver for VfsDriver {
             if l.volume_size(&name)?.is_none() {
                 return Err(DriverError::NotFound(format!("volume {name}")));
             }
-            let path = Layout::child(&l.root, name.as_str())?;
+            let path = meta::child(&l.root, name.as_str())?;
             Ok(Attachment {
                 instance,
                 device: path.display().to_string(),
@@ -526,7 +434,7 @@ impl VolumeDriver for VfsDriver {
             if l.snapshot(&snapshot)?.is_none() {
                 return Err(DriverError::NotFound(format!("snapshot {snapshot}")));
             }
-            let source = Layout::child(&l.snapshots, snapshot.as_str())?;
+            let source = meta::child(&l.snapshots, snapshot.as_str())?;
             l.create_copy(&source, &request)
         })
         .await
@@ -542,7 +450,7 @@ impl VolumeDriver for VfsDriver {
             if l.volume_size(&source)?.is_none() {
                 return Err(DriverError::NotFound(format!("volume {source}")));
             }
-            let from = Layout::child(&l.root, source.as_str())?;
+            let from = meta::child(&l.root, source.as_str())?;
             l.create_copy(&from, &request)
         })
         .await
@@ -610,15 +518,6 @@ mod tests {
             .await
             .expect("copy");
         assert_eq!(fs::read(dir.path().join("c/f")).expect("read"), b"after");
-    }
-
-    #[test]
-    fn paths_never_leave_the_root() {
-        let root = Path::new("/r");
-        for bad in ["..", ".", "a/b", "/etc", ".berth", ""] {
-            assert!(Layout::child(root, bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(Layout::child(root, "ok").expect("ok"), root.join("ok"));
     }
 
     #[tokio::test]
