@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
+
 use serde::{Deserialize, Serialize};
 
 /// What the controller knows about one volume.
@@ -194,58 +197,67 @@ pub struct Store {
 /// flush (one fsync) instead of queueing one each. A caller's writes are
 /// durable once a flush that *started* after its ticket was taken has
 /// finished.
+///
+/// Why no caller can be stranded: nobody waits for a notification. Every
+/// caller queues on the `flushing` mutex itself (tokio's mutex is fair and
+/// hands the lock to each waiter in turn), and whoever holds it either sees
+/// its ticket already covered by `done` and leaves, or flushes itself. A
+/// waiter is therefore only ever waiting for a lock that its holder releases
+/// when it returns, whatever it returns. The earlier design waited on a
+/// `watch` for `done` to move after a failed `try_lock`; a leader that
+/// published `done` just before the caller looked, and released the lock
+/// just after the caller's `try_lock` failed, left it waiting for a change
+/// that only the next, unrelated flush would make.
+///
+/// Batching is kept: while one flush runs, the callers that arrive queue on
+/// the mutex, and the first of them to get it flushes for all of them (its
+/// `upto` covers every ticket taken before its flush started).
 struct GroupCommit {
-    tickets: std::sync::atomic::AtomicU64,
+    /// The last ticket handed out; tickets start at 1.
+    tickets: AtomicU64,
+    /// The highest ticket a finished flush covers.
+    done: AtomicU64,
+    /// Held by the one caller that is flushing, queued on by the others.
     flushing: tokio::sync::Mutex<()>,
-    done: tokio::sync::watch::Sender<u64>,
 }
 
 impl GroupCommit {
     fn new() -> Self {
         Self {
-            tickets: std::sync::atomic::AtomicU64::new(0),
+            tickets: AtomicU64::new(0),
+            done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
-            done: tokio::sync::watch::channel(0).0,
         }
     }
 
     async fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
+        // Taken after the caller's writes, so a flush that starts later
+        // covers them.
         let ticket = self.tickets.fetch_add(1, SeqCst) + 1;
-        let mut finished = self.done.subscribe();
-        loop {
-            if *finished.borrow_and_update() >= ticket {
-                return Ok(());
-            }
-            if let Ok(_leader) = self.flushing.try_lock() {
-                if *self.done.borrow() >= ticket {
-                    return Ok(());
-                }
-                // Everything written before this load is covered.
-                let upto = self.tickets.load(SeqCst);
-                // A blocking flush on a blocking thread: sled 0.34's
-                // flush_async can deadlock under concurrent use (sled#1308).
-                let db = db.clone();
-                let flushed = tokio::task::spawn_blocking(move || db.flush())
-                    .await
-                    .map_err(|e| {
-                        StoreError::Db(sled::Error::ReportableBug(format!(
-                            "flush task failed: {e}"
-                        )))
-                    })
-                    .and_then(|r| r.map_err(StoreError::from));
-                if let Err(e) = flushed {
-                    // Wake the waiters so one of them tries again.
-                    self.done.send_modify(|_| {});
-                    return Err(e);
-                }
-                self.done.send_modify(|c| *c = (*c).max(upto));
-                continue;
-            }
-            // Another caller is flushing; wait for it, then look again.
-            // The sender lives in `self`, so this cannot fail while we run.
-            let _ = finished.changed().await;
+        if self.done.load(SeqCst) >= ticket {
+            return Ok(());
         }
+        let _leader = self.flushing.lock().await;
+        if self.done.load(SeqCst) >= ticket {
+            // A flush that started after our ticket finished while we queued.
+            return Ok(());
+        }
+        // Every write made before this load is covered by the flush below.
+        let upto = self.tickets.load(SeqCst);
+        // A blocking flush on a blocking thread: sled 0.34's flush_async can
+        // deadlock under concurrent use (sled#1308). If this caller is
+        // cancelled while it waits, the lock is released with the guard and
+        // the next caller in the queue flushes for itself.
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| {
+                StoreError::Db(sled::Error::ReportableBug(format!(
+                    "flush task failed: {e}"
+                )))
+            })??;
+        self.done.fetch_max(upto, SeqCst);
+        Ok(())
     }
 }
 
@@ -516,8 +528,52 @@ mod tests {
         for t in tasks {
             t.await.expect("task");
         }
-        let flushed = *store.commits.done.borrow();
+        let flushed = store.commits.done.load(SeqCst);
         assert_eq!(flushed, 32, "every ticket is covered by a finished flush");
+    }
+
+    /// Bursts of concurrent flushes, each caller with a deadline: the
+    /// lost wake-up this guards against needed a caller to arrive in the
+    /// instant between a leader publishing its flush and releasing the lock,
+    /// and then waited until some later flush. Between bursts nothing else
+    /// flushes, so a stranded caller stays stranded and misses its deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_caller_is_stranded_between_bursts() {
+        // On tmpfs where there is one: the fsyncs are not what is tested.
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        for round in 0..3000 {
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let name = format!("v{i}");
+                        store
+                            .commit(&VolumeKey::new("s", &name), Some(&record("s", &name)))
+                            .expect("commit");
+                        tokio::time::timeout(Duration::from_secs(2), store.flush()).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let flushed = t.await.expect("task");
+                assert!(
+                    matches!(flushed, Ok(Ok(()))),
+                    "round {round}: a flush did not return within 2 s"
+                );
+            }
+        }
+        let (taken, done) = (
+            store.commits.tickets.load(SeqCst),
+            store.commits.done.load(SeqCst),
+        );
+        assert_eq!(done, taken, "every ticket is covered by a finished flush");
     }
 
     #[test]

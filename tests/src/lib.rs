@@ -5,6 +5,8 @@
 //! (`--listen 127.0.0.1:0`, the port read from its "listening on" line), run
 //! the `berth` binary against it, kill or restart it.
 
+pub mod grpc;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -172,6 +174,15 @@ impl Berthd {
             }
         }
         self.child = Some(child);
+    }
+
+    /// The bootstrap admin token berthd keeps in its data directory.
+    pub fn admin_token(&self) -> String {
+        let path = self.data_dir.join("auth").join("admin.token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .to_owned()
     }
 
     /// The controller's log so far.
