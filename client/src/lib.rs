@@ -7,12 +7,14 @@
 //! | --- | --- |
 //! | [`config`] | the client configuration file |
 //! | [`connect`] | connection set-up and trust decisions, in one place |
+//! | [`deadline`] | the bound on every call (`--timeout`) |
 //! | [`pinning`] | fingerprints, the sled trust store, the pin verifier |
 //! | [`size`] | human sizes (`10GiB`) |
 //! | [`output`] | tables and JSON for people and scripts |
 
 pub mod config;
 pub mod connect;
+pub mod deadline;
 pub mod output;
 pub mod pinning;
 pub mod size;

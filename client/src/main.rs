@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use berth_client::config::Loaded;
 use berth_client::connect::{self, ConnectError, ServerTrust};
+use berth_client::deadline::{self, Deadline};
 use berth_client::output::{self, Format};
 use berth_client::pinning::{Fingerprint, PinSource, TrustStore};
 use berth_client::{pb, size};
@@ -39,6 +40,10 @@ struct Cli {
     /// Keep retrying while the controller is not up yet, this long (e.g. 10s).
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
     wait: std::time::Duration,
+    /// Give up on a call that has no reply after this long (e.g. 60s, 5m).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout,
+        default_value = "60s", env = "BERTH_TIMEOUT")]
+    timeout: std::time::Duration,
     /// Authenticate with this token.
     #[arg(
         long,
@@ -121,6 +126,14 @@ impl ScopeArgs {
             role: role as i32,
             services,
         }
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("the timeout must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{text:?} is not a duration such as 60s, 5m ({e})")),
     }
 }
 
@@ -386,6 +399,9 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn status_line(status: &tonic::Status) -> String {
     use tonic::Code::*;
+    if let Some(no_reply) = deadline::no_reply(status) {
+        return no_reply.to_string();
+    }
     let word = match status.code() {
         Ok => "ok",
         Cancelled => "cancelled",
@@ -489,10 +505,10 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+type Authed = tonic::service::interceptor::InterceptedService<Deadline<Channel>, Bearer>;
 
 struct Session {
-    channel: Channel,
+    channel: Deadline<Channel>,
     bearer: Bearer,
 }
 
@@ -592,7 +608,10 @@ impl Session {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Self { channel, bearer })
+        Ok(Self {
+            channel: Deadline::new(channel, host, cli.timeout),
+            bearer,
+        })
     }
 
     fn catalog(&self) -> pb::service_catalog_client::ServiceCatalogClient<Authed> {

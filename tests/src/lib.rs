@@ -124,6 +124,7 @@ impl Berthd {
             "BERTH_CONFIG",
             "BERTH_TOKEN",
             "BERTH_DATA_DIR",
+            "BERTH_TIMEOUT",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);
