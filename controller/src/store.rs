@@ -373,77 +373,98 @@ impl Store {
         Ok(out)
     }
 
-    /// Snapshots, in key order, of `service` (or all), that `keep` accepts.
+    /// Snapshots of `services`, in key order, that `keep` accepts. Only
+    /// those services' keys are read.
     pub fn snapshots(
         &self,
-        service: Option<&str>,
+        services: &[&str],
         keep: impl Fn(&SnapshotRecord) -> bool,
     ) -> Result<Vec<SnapshotRecord>, StoreError> {
-        let mut prefix = vec![Kind::Snapshot.record(), 0];
-        if let Some(service) = service {
-            prefix.extend_from_slice(service.as_bytes());
-            prefix.push(0);
-        }
         let mut out = Vec::new();
-        for entry in self.tree.scan_prefix(&prefix) {
-            let (k, v) = entry?;
-            let record: SnapshotRecord = decode(&k, &v)?;
-            if keep(&record) {
-                out.push(record);
+        for service in sorted(services) {
+            for entry in self
+                .tree
+                .scan_prefix(service_prefix(Kind::Snapshot, service))
+            {
+                let (k, v) = entry?;
+                let record: SnapshotRecord = decode(&k, &v)?;
+                if keep(&record) {
+                    out.push(record);
+                }
             }
         }
         Ok(out)
     }
 
-    /// Records in key order (service, then name), starting after `after`,
-    /// restricted to `service` if given, keeping those `keep` accepts, at
-    /// most `limit`. Returns the page and whether more records follow.
+    /// One page of volume records of `services`, in key order (service,
+    /// then name), starting after `after`, keeping those `keep` accepts, at
+    /// most `limit`.
+    ///
+    /// Only the keys of `services` are read, and at most `budget` records
+    /// are examined: a listing whose filter skips most records ends its page
+    /// early, with a cursor at the last record it examined, so no call does
+    /// unbounded work however many records the caller cannot see or filters
+    /// out. A page may therefore be short (even empty) and still have a next
+    /// one.
     pub fn page(
         &self,
-        service: Option<&str>,
+        services: &[&str],
         after: Option<&VolumeKey>,
         limit: usize,
+        budget: usize,
         keep: impl Fn(&VolumeRecord) -> bool,
-    ) -> Result<(Vec<VolumeRecord>, bool), StoreError> {
-        let mut prefix = vec![Kind::Volume.record(), 0];
-        if let Some(service) = service {
-            prefix.extend_from_slice(service.as_bytes());
-            prefix.push(0);
+    ) -> Result<Page, StoreError> {
+        let budget = budget.max(1);
+        let mut page = Page::default();
+        let mut examined = 0;
+        for service in sorted(services) {
+            let prefix = service_prefix(Kind::Volume, service);
+            let start = match after {
+                Some(after) if after.service.as_str() > service => continue,
+                // The smallest key greater than `after`.
+                Some(after) if after.service == service => {
+                    let mut k = after.encode(Kind::Volume.record());
+                    k.push(0);
+                    k
+                }
+                _ => prefix.clone(),
+            };
+            for entry in self.tree.range(start..) {
+                let (k, v) = entry?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if examined == budget {
+                    // Resume after the last record examined.
+                    return Ok(page);
+                }
+                examined += 1;
+                let record: VolumeRecord = decode(&k, &v)?;
+                let key = VolumeKey::new(&record.service, &record.name);
+                if !keep(&record) {
+                    page.next = Some(key);
+                    continue;
+                }
+                if page.records.len() == limit {
+                    // More follow: resume after the page's last record.
+                    page.next = page
+                        .records
+                        .last()
+                        .map(|r| VolumeKey::new(&r.service, &r.name));
+                    return Ok(page);
+                }
+                page.records.push(record);
+                page.next = Some(key);
+            }
         }
-        let start = match after {
-            // The smallest key greater than `after`.
-            Some(after) => {
-                let mut k = after.encode(Kind::Volume.record());
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
-        let mut out = Vec::new();
-        for entry in self.tree.range(start..) {
-            let (k, v) = entry?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let record: VolumeRecord = decode(&k, &v)?;
-            if !keep(&record) {
-                continue;
-            }
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push(record);
-        }
-        Ok((out, false))
+        page.next = None;
+        Ok(page)
     }
 
     /// The names of `service`'s volumes, reading keys only.
     pub fn volume_names(&self, service: &str) -> Result<Vec<String>, StoreError> {
-        let mut prefix = vec![Kind::Volume.record(), 0];
-        prefix.extend_from_slice(service.as_bytes());
-        prefix.push(0);
         self.tree
-            .scan_prefix(&prefix)
+            .scan_prefix(service_prefix(Kind::Volume, service))
             .keys()
             .map(|k| {
                 let k = k?;
@@ -453,6 +474,34 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// One page of a volume listing; see [`Store::page`].
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The records, in key order.
+    pub records: Vec<VolumeRecord>,
+    /// The key the next page starts after, or `None` when this is the last.
+    pub next: Option<VolumeKey>,
+}
+
+/// The key prefix of one service's records of `kind`.
+fn service_prefix(kind: Kind, service: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(3 + service.len());
+    prefix.extend_from_slice(&[kind.record(), 0]);
+    prefix.extend_from_slice(service.as_bytes());
+    prefix.push(0);
+    prefix
+}
+
+/// Service names in key order, once each. Keys of service `a` sort before
+/// those of `a-b` because the separator (NUL) is the smallest byte, so
+/// string order is key order.
+fn sorted<'a>(services: &[&'a str]) -> Vec<&'a str> {
+    let mut sorted = services.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -486,6 +535,10 @@ mod tests {
         }
     }
 
+    fn names(page: &Page) -> Vec<&str> {
+        page.records.iter().map(|r| r.name.as_str()).collect()
+    }
+
     #[test]
     fn pages_in_order_and_by_service() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -495,18 +548,55 @@ mod tests {
                 .commit(&VolumeKey::new(s, n), Some(&record(s, n)))
                 .expect("commit");
         }
-        let (page, more) = store.page(None, None, 2, |_| true).expect("page");
-        assert!(more);
+        let all = ["b", "a-b", "a"];
+        let page = store.page(&all, None, 2, 100, |_| true).expect("page");
+        assert_eq!(names(&page), ["1", "2"]);
+        assert_eq!(page.next, Some(VolumeKey::new("a", "2")));
+        let rest = store
+            .page(&all, page.next.as_ref(), 10, 100, |_| true)
+            .expect("page");
+        assert_eq!(names(&rest), ["0", "1", "2"]);
+        assert_eq!(rest.next, None);
+        let only_a = store.page(&["a"], None, 10, 100, |_| true).expect("page");
         assert_eq!(
-            page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-            ["1", "2"]
+            only_a.records.len(),
+            2,
+            "the service prefix must not match a-b"
         );
-        let last = VolumeKey::new(&page[1].service, &page[1].name);
-        let (rest, more) = store.page(None, Some(&last), 10, |_| true).expect("page");
-        assert!(!more);
-        assert_eq!(rest.len(), 3);
-        let (only_a, _) = store.page(Some("a"), None, 10, |_| true).expect("page");
-        assert_eq!(only_a.len(), 2, "the service prefix must not match a-b");
+        // Services not asked for are not read at all.
+        let only_b = store.page(&["b"], None, 10, 1, |_| true).expect("page");
+        assert_eq!(names(&only_b), ["1"]);
+    }
+
+    #[test]
+    fn a_page_examines_at_most_its_budget_and_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        for i in 0..10 {
+            let n = format!("{i}");
+            store
+                .commit(&VolumeKey::new("s", &n), Some(&record("s", &n)))
+                .expect("commit");
+        }
+        // Only "7" passes the filter; a budget of 3 needs several pages.
+        let mut found = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            let page = store
+                .page(&["s"], after.as_ref(), 10, 3, |r| r.name == "7")
+                .expect("page");
+            assert!(page.records.len() <= 1);
+            found.extend(page.records.into_iter().map(|r| r.name));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+            assert!(pages < 10, "pages never end");
+        }
+        assert_eq!(found, ["7"]);
+        assert_eq!(pages, 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

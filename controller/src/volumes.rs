@@ -19,8 +19,15 @@ use berth_drivers::{CreateRequest, DriverError, VolumeName};
 use crate::catalog::{Catalog, Service};
 use crate::locks::KeyedLocks;
 use crate::store::{
-    AttachmentRecord, Intent, Kind, SnapshotRecord, Store, StoreError, VolumeKey, VolumeRecord,
+    AttachmentRecord, Intent, Kind, Page, SnapshotRecord, Store, StoreError, VolumeKey,
+    VolumeRecord,
 };
+
+/// The most records one listing call examines (at least its page size):
+/// a filter that skips most records ends the page early rather than scan
+/// on. Bounds the work of every call, so listings stay on the async
+/// workers without holding one up.
+pub const SCAN_BUDGET: usize = 4096;
 
 /// Why a volume operation failed. Each variant maps to one gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -144,18 +151,17 @@ impl Volumes {
         self.record(service, &name)
     }
 
-    /// One page of records; see [`Store::page`].
+    /// One page of the records of `services`; see [`Store::page`].
     pub fn page(
         &self,
-        service: Option<&str>,
+        services: &[&str],
         after: Option<&VolumeKey>,
         limit: usize,
         keep: impl Fn(&VolumeRecord) -> bool,
-    ) -> Result<(Vec<VolumeRecord>, bool), VolumeError> {
-        if let Some(service) = service {
-            self.service(service)?;
-        }
-        Ok(self.store.page(service, after, limit, keep)?)
+    ) -> Result<Page, VolumeError> {
+        Ok(self
+            .store
+            .page(services, after, limit, SCAN_BUDGET.max(limit), keep)?)
     }
 
     /// Creates a volume (empty, or from a snapshot); idempotent on
@@ -385,7 +391,7 @@ impl Volumes {
         let mut record = self.record(&service, &name)?;
         let snapshots = self
             .store
-            .snapshots(Some(&service.name), |s| s.volume == name.as_str())?;
+            .snapshots(&[service.name.as_str()], |s| s.volume == name.as_str())?;
         if !snapshots.is_empty() {
             return Err(VolumeError::FailedPrecondition(format!(
                 "volume {name} has snapshots ({}); remove them first",
@@ -542,20 +548,15 @@ impl Volumes {
         self.snapshot_record(service, &name)
     }
 
-    /// Snapshots of `service` (or all), of `volume` if given, that `keep`
-    /// accepts.
+    /// Snapshots of `services`, of `volume` if given.
     pub fn list_snapshots(
         &self,
-        service: Option<&str>,
+        services: &[&str],
         volume: Option<&str>,
-        keep: impl Fn(&SnapshotRecord) -> bool,
     ) -> Result<Vec<SnapshotRecord>, VolumeError> {
-        if let Some(s) = service {
-            self.service(s)?;
-        }
         Ok(self
             .store
-            .snapshots(service, |s| volume.is_none_or(|v| s.volume == v) && keep(s))?)
+            .snapshots(services, |s| volume.is_none_or(|v| s.volume == v))?)
     }
 
     /// Takes a snapshot; idempotent on (service, name).
