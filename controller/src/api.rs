@@ -46,6 +46,7 @@ impl From<VolumeError> for Status {
                 }
                 D::NotFound(_) => Status::not_found(message),
                 D::AlreadyExists(_) => Status::already_exists(message),
+                D::OutOfRange(_) => Status::out_of_range(message),
                 D::FailedPrecondition(_) => Status::failed_precondition(message),
                 D::Unsupported { .. } => Status::unimplemented(message),
                 D::Unavailable(_) => Status::unavailable(message),

@@ -718,6 +718,7 @@ fn untouched(error: &DriverError) -> bool {
         error,
         DriverError::AlreadyExists(_)
             | DriverError::InvalidArgument(_)
+            | DriverError::OutOfRange(_)
             | DriverError::InvalidOption { .. }
             | DriverError::NotFound(_)
             | DriverError::FailedPrecondition(_)
