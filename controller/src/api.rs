@@ -46,7 +46,7 @@ impl Api {
 impl From<VolumeError> for Status {
     fn from(e: VolumeError) -> Self {
         use berth_drivers::DriverError as D;
-        let message = e.to_string();
+        let message = clip(e.to_string());
         match e {
             VolumeError::InvalidArgument(_) => Status::invalid_argument(message),
             VolumeError::NotFound(_) => Status::not_found(message),
@@ -60,6 +60,7 @@ impl From<VolumeError> for Status {
                 }
                 D::NotFound(_) => Status::not_found(message),
                 D::AlreadyExists(_) => Status::already_exists(message),
+                D::OutOfRange(_) => Status::out_of_range(message),
                 D::FailedPrecondition(_) => Status::failed_precondition(message),
                 D::Unsupported { .. } => Status::unimplemented(message),
                 D::Unavailable(_) => Status::unavailable(message),
@@ -67,6 +68,24 @@ impl From<VolumeError> for Status {
             },
         }
     }
+}
+
+/// The longest error message a reply carries, in bytes.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// Cuts a message to [`MAX_MESSAGE`] bytes (at a character boundary, with an
+/// ellipsis): a last guard, for drivers that echo input without
+/// [`berth_drivers::echo`].
+fn clip(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 /// Runs a mutating operation in its own task, so that a client that

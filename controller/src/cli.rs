@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::config::ConfigFile;
 use crate::tls::{self, IdentitySource, MinVersion};
 use crate::{paths, profile, Controller, Options, Security, DEFAULT_LISTEN};
 use anyhow::Context as _;
@@ -111,8 +112,13 @@ async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow:
             }
         },
     };
-    let controller = Controller::open(&options, &registry).await?;
-    let listen: SocketAddr = match (cli.listen, controller.configured_listen()) {
+    // The configuration is checked and the address bound before anything
+    // is created: a bad config or a taken port leaves no CA and no keys.
+    let config = cli.config.as_deref().map(ConfigFile::load).transpose()?;
+    let listen: SocketAddr = match (
+        cli.listen,
+        config.as_ref().and_then(|c| c.listen.as_deref()),
+    ) {
         (Some(addr), _) => addr,
         (None, Some(addr)) => addr.parse().with_context(|| {
             format!("`listen = {addr:?}` in the config file is not an IP:PORT address")
@@ -129,9 +135,8 @@ async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow:
     socket
         .set_reuseaddr(true)
         .context("cannot set SO_REUSEADDR")?;
-    socket
-        .bind(listen)
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    socket.bind(listen).map_err(|e| cannot_listen(listen, e))?;
+    let controller = Controller::open_with(&options, config, &registry).await?;
     let local = socket.local_addr()?;
     let written = profile::write(
         controller.data_dir().root(),
@@ -145,15 +150,47 @@ async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow:
     if let Some(path) = written {
         tracing::info!(path = %path.display(), "installed a client configuration for this controller (you had none)");
     }
-    let listener = socket
-        .listen(1024)
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = socket.listen(1024).map_err(|e| cannot_listen(listen, e))?;
     tracing::info!(address = %local, data_dir = %options.data_dir.display(), "berthd serving");
     // A line scripts and tests can wait for.
     println!("berthd listening on {local}");
     controller.run(listener, shutdown_signal()).await?;
     tracing::info!("berthd stopped");
     Ok(())
+}
+
+/// An error and its causes on one line, each cause once (many messages
+/// already quote their cause).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+/// Why `addr` cannot be served on, and what to do about it, in one line.
+fn cannot_listen(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    let advice = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "another process is already listening there; stop it, or pass --listen {}:PORT with a free port (or change `listen` in the config file)",
+            addr.ip()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no network interface of this machine has that address; pass --listen with one of its addresses, e.g. 127.0.0.1:7979".to_owned()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges; pass --listen with a port of 1024 or more".to_owned()
+        }
+        _ => "pass --listen with another address".to_owned(),
+    };
+    anyhow::anyhow!("cannot listen on {addr}: {e}; {advice}")
 }
 
 async fn shutdown_signal() {

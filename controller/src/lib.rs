@@ -112,15 +112,35 @@ pub struct Controller {
 impl Controller {
     /// Opens the data directory and builds every configured service.
     pub async fn open(options: &Options, registry: &DriverRegistry) -> anyhow::Result<Self> {
-        let layout = paths::DataDir::create(&options.data_dir)?;
-        let (config, services, source) = match &options.config {
-            Some(path) => {
-                let file = ConfigFile::load(path)?;
-                let services = file.services.clone();
-                (Some(file), services, path.clone())
-            }
+        let config = options
+            .config
+            .as_deref()
+            .map(ConfigFile::load)
+            .transpose()?;
+        Self::open_with(options, config, registry).await
+    }
+
+    /// [`Controller::open`] with the configuration file already loaded
+    /// (`berthd` loads it first, to bind the address it names before
+    /// anything is created). Nothing is written before the configuration is
+    /// known good and the existing data directory has passed its checks;
+    /// the CA and keys come after the services are built.
+    pub async fn open_with(
+        options: &Options,
+        config: Option<ConfigFile>,
+        registry: &DriverRegistry,
+    ) -> anyhow::Result<Self> {
+        paths::DataDir::check(&options.data_dir)?;
+        let layout = paths::DataDir::existing(&options.data_dir);
+        let (services, source) = match &config {
+            Some(file) => (
+                file.services.clone(),
+                options
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("<configuration>")),
+            ),
             None => (
-                None,
                 vec![ServiceConfig {
                     name: "local".into(),
                     driver: berth_drivers::vfs::DRIVER_NAME.into(),
@@ -135,6 +155,8 @@ impl Controller {
                 PathBuf::from("<built-in defaults>"),
             ),
         };
+        let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
+        let layout = paths::DataDir::create(layout.root())?;
         let ca = Arc::new(pki::Ca::load_or_create(&layout.tls())?);
         let transport = match &options.security {
             Security::Tls {
@@ -152,7 +174,6 @@ impl Controller {
             )?)),
             Security::DangerousPlaintext => server::Transport::DangerousPlaintext,
         };
-        let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
         let store = Store::open(&layout.db())?;
         let credentials = Arc::new(credentials::Credentials::open(
             &layout.auth(),

@@ -1,5 +1,13 @@
 //! `berthd`: the Berth controller with the built-in drivers.
 
-fn main() -> anyhow::Result<()> {
-    berth_controller::cli::main(berth_drivers::DriverRegistry::with_builtin())
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match berth_controller::cli::main(berth_drivers::DriverRegistry::with_builtin()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", berth_controller::cli::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -7,9 +7,15 @@
 //! <data-dir>/auth/      token signing key, admin token        (0700)
 //! <data-dir>/client.toml  a ready client profile              (0600)
 //! ```
+//!
+//! At start the data directory, `tls/`, `auth/` and `db/` must each be a
+//! real directory (not a link), owned by the user berthd runs as and not
+//! writable by group or others; private keys must be regular files owned by
+//! that user and readable by nobody else. [`check_private`] is that one
+//! rule, for directories and key files alike.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where the data directory is when none is given: `$XDG_DATA_HOME/berth`,
@@ -23,12 +29,157 @@ pub fn default_data_dir() -> Option<PathBuf> {
         .map(|home| PathBuf::from(home).join(".local/share/berth"))
 }
 
-/// Problems with the data directory.
+/// Why the data directory, one of its key directories or a private key
+/// file cannot be used. Each message names the path and says how to fix it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot prepare the data directory {path}: {source}")]
-pub struct DataDirError {
-    path: PathBuf,
-    source: std::io::Error,
+pub enum DataDirError {
+    /// The file system refused an operation.
+    #[error("cannot prepare {path}: {error}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// A symbolic link where berthd keeps keys or records.
+    #[error("{path} is a symbolic link (to {target}); berthd does not follow links to its {what}: {fix}")]
+    Link {
+        /// The link.
+        path: PathBuf,
+        /// Where it points.
+        target: String,
+        /// What should be there.
+        what: &'static str,
+        /// The command or step that fixes it.
+        fix: String,
+    },
+    /// Something else than what belongs there (a file for a directory).
+    #[error("{path} is not a {expected}: move it away and start again")]
+    WrongType {
+        /// The path.
+        path: PathBuf,
+        /// "directory" or "regular file".
+        expected: &'static str,
+    },
+    /// Owned by another user, who could change or replace what is inside.
+    #[error("{path} is owned by uid {owner}, not by uid {me} that berthd runs as: run `chown -R {me} {path}`, or run berthd as its owner")]
+    Foreign {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        me: u32,
+    },
+    /// A key or record directory others may write to.
+    #[error("{path} is writable by group or others (mode {mode:o}); a directory holding keys or records must be private: run `chmod 700 {path}`")]
+    DirExposed {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A private key others may read.
+    #[error("{path} is readable by group or others (mode {mode:o}); a private key must be private: run `chmod 600 {path}`")]
+    KeyExposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// What a private path must be, for [`check_private`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Private {
+    /// A directory holding keys or records (the data directory, `tls/`,
+    /// `auth/`, `db/`): writable by its owner only.
+    Dir,
+    /// A private key file: readable and writable by its owner only.
+    Key,
+}
+
+/// The effective uid of this process.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Refuses a private path that is a symbolic link, is not of the expected
+/// kind, is owned by another user than the one berthd runs as, or that
+/// group or others may write (a directory) or read (a key). The path itself
+/// is examined (`symlink_metadata`), never a link's target. Once every
+/// directory on the way is checked, nobody else can swap an entry between
+/// this check and its use.
+pub fn check_private(path: &Path, kind: Private) -> Result<(), DataDirError> {
+    let meta = fs::symlink_metadata(path).map_err(|error| DataDirError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    let (what, expected) = match kind {
+        Private::Dir => ("data and key directories", "directory"),
+        Private::Key => ("private keys", "regular file"),
+    };
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        let fix = match kind {
+            Private::Dir => format!(
+                "put the real directory there (`rm {0} && mv {target} {0}`)",
+                path.display()
+            ),
+            Private::Key => format!(
+                "put the key file itself there (`cp --remove-destination {target} {}`)",
+                path.display()
+            ),
+        };
+        return Err(DataDirError::Link {
+            path: path.to_owned(),
+            target,
+            what,
+            fix,
+        });
+    }
+    let right_type = match kind {
+        Private::Dir => meta.is_dir(),
+        Private::Key => meta.is_file(),
+    };
+    if !right_type {
+        return Err(DataDirError::WrongType {
+            path: path.to_owned(),
+            expected,
+        });
+    }
+    let me = euid();
+    if meta.uid() != me {
+        return Err(DataDirError::Foreign {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    match kind {
+        Private::Dir if mode & 0o022 != 0 => Err(DataDirError::DirExposed {
+            path: path.to_owned(),
+            mode,
+        }),
+        Private::Key if mode & 0o077 != 0 => Err(DataDirError::KeyExposed {
+            path: path.to_owned(),
+            mode,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// [`check_private`] when something is at `path`; nothing there is fine
+/// (berthd creates it, private, later).
+fn check_if_present(path: &Path, kind: Private) -> Result<(), DataDirError> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => check_private(path, kind),
+    }
 }
 
 /// An existing data directory.
@@ -39,9 +190,9 @@ pub struct DataDir {
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
-    let fail = |source| DataDirError {
+    let fail = |error| DataDirError::Io {
         path: dir.to_owned(),
-        source,
+        error,
     };
     if !dir.exists() {
         fs::DirBuilder::new()
@@ -55,9 +206,40 @@ pub fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
 }
 
 impl DataDir {
-    /// Creates the data directory (0700) if needed.
+    /// Checks, creating nothing, what already exists of the data directory:
+    /// the directory itself and its `tls/`, `auth/` and `db/` (see
+    /// [`check_private`]). Missing ones pass.
+    pub fn check(root: &Path) -> Result<(), DataDirError> {
+        match check_if_present(root, Private::Dir) {
+            // The data directory itself: naming its real place is the fix.
+            Err(DataDirError::Link {
+                path, target, what, ..
+            }) => {
+                let real = fs::canonicalize(root)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| target.clone());
+                return Err(DataDirError::Link {
+                    path,
+                    target,
+                    what,
+                    fix: format!("name the real directory instead: --data-dir {real}"),
+                });
+            }
+            other => other?,
+        }
+        let layout = Self::existing(root);
+        for dir in [layout.tls(), layout.auth(), layout.db()] {
+            check_if_present(&dir, Private::Dir)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the data directory and its key directories, then creates the
+    /// data directory (0700) if needed.
     pub fn create(root: &Path) -> Result<Self, DataDirError> {
+        Self::check(root)?;
         create_private_dir(root)?;
+        check_private(root, Private::Dir)?;
         Ok(Self {
             root: root.to_owned(),
         })
@@ -88,5 +270,51 @@ impl DataDir {
 
     pub fn auth(&self) -> PathBuf {
         self.root.join("auth")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rule_for_key_directories_and_key_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (dir, key) = (tmp.path().join("d"), tmp.path().join("k"));
+        fs::create_dir(&dir).expect("dir");
+        fs::write(&key, b"key").expect("key");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+        check_private(&dir, Private::Dir).expect("a 0755 directory of ours");
+        check_private(&key, Private::Key).expect("a 0600 key of ours");
+
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = check_private(&dir, Private::Dir).expect_err("world-writable");
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).expect("chmod");
+        let err = check_private(&key, Private::Key).expect_err("group-readable");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        let link = tmp.path().join("l");
+        std::os::unix::fs::symlink(&dir, &link).expect("link");
+        let err = check_private(&link, Private::Dir).expect_err("a link");
+        assert!(matches!(err, DataDirError::Link { .. }), "{err}");
+        assert!(matches!(
+            check_private(&key, Private::Dir),
+            Err(DataDirError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn check_creates_nothing_and_create_refuses_a_bad_subdirectory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("data");
+        DataDir::check(&root).expect("a missing data directory passes");
+        assert!(!root.exists());
+        fs::create_dir_all(root.join("auth")).expect("auth");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).expect("chmod");
+        fs::set_permissions(root.join("auth"), fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = DataDir::create(&root).expect_err("auth is world-writable");
+        assert!(err.to_string().contains("auth"), "{err}");
     }
 }

@@ -16,7 +16,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -50,10 +50,6 @@ pub enum PkiError {
     Invalid { path: PathBuf, problem: String },
     #[error("generating a certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error(
-        "{path} is readable by group or others (mode {mode:o}); a private key must be private: run `chmod 600 {path}`"
-    )]
-    KeyExposed { path: PathBuf, mode: u32 },
     #[error("{0}")]
     Data(#[from] paths::DataDirError),
 }
@@ -109,20 +105,10 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError
     Ok(())
 }
 
-/// Refuses a private-key file that group or others can read.
+/// Refuses a private-key file that is a symbolic link, is owned by another
+/// user or that group or others can read ([`paths::check_private`]).
 pub fn check_private(path: &Path) -> Result<(), PkiError> {
-    let mode = fs::metadata(path)
-        .map_err(io_err(path))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(PkiError::KeyExposed {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    Ok(())
+    Ok(paths::check_private(path, paths::Private::Key)?)
 }
 
 fn offset(t: SystemTime) -> OffsetDateTime {
@@ -363,6 +349,7 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn fingerprint_format() {

@@ -186,7 +186,19 @@ fn build(
         ),
         IdentitySource::Files { cert, key } => (cert.clone(), key.clone()),
     };
-    pki::check_private(&key_path)?;
+    match &options.source {
+        // An operator's key may be reached through links (certbot's `live/`
+        // holds links): the file they lead to is checked.
+        IdentitySource::Files { .. } => {
+            pki::check_private(&std::fs::canonicalize(&key_path).map_err(|source| {
+                PkiError::Io {
+                    path: key_path.clone(),
+                    source,
+                }
+            })?)?
+        }
+        IdentitySource::Generated { .. } => pki::check_private(&key_path)?,
+    }
     let chain = pki::read_chain(&cert_path)?;
     let key = pki::read_key(&key_path)?;
     let certified =

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_drivers::{CreateRequest, DriverError, VolumeName};
+use berth_drivers::{echo, CreateRequest, DriverError, VolumeName};
 
 use crate::catalog::{Catalog, Service};
 use crate::locks::KeyedLocks;
@@ -50,6 +50,62 @@ pub enum VolumeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The most options one volume may carry.
+pub const MAX_OPTIONS: usize = 32;
+/// The longest option key, in bytes.
+pub const MAX_OPTION_KEY: usize = 128;
+/// The longest option value, in bytes.
+pub const MAX_OPTION_VALUE: usize = 4096;
+
+/// Refuses options past the bounds above, and keys that are empty or hold
+/// control characters, before anything else sees them. Messages show at
+/// most a short, escaped prefix of what was sent ([`echo`]).
+pub fn check_options(options: &BTreeMap<String, String>) -> Result<(), VolumeError> {
+    let bad = |m: String| Err(VolumeError::InvalidArgument(m));
+    if options.len() > MAX_OPTIONS {
+        return bad(format!(
+            "{} options given; a volume takes at most {MAX_OPTIONS}",
+            options.len()
+        ));
+    }
+    for (key, value) in options {
+        if key.is_empty() {
+            return bad("option keys must not be empty".into());
+        }
+        if key.len() > MAX_OPTION_KEY {
+            return bad(format!(
+                "option key {} is {} bytes, longer than the limit of {MAX_OPTION_KEY}",
+                echo(key),
+                key.len()
+            ));
+        }
+        if key.chars().any(char::is_control) {
+            return bad(format!(
+                "option key {} holds a control character; keys are plain words such as `mode`",
+                echo(key)
+            ));
+        }
+        if value.len() > MAX_OPTION_VALUE {
+            return bad(format!(
+                "option {}: its value is {} bytes, longer than the limit of {MAX_OPTION_VALUE}: {}",
+                echo(key),
+                value.len(),
+                echo(value)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Options as an error message shows them: each value through [`echo`].
+fn shown_options(options: &BTreeMap<String, String>) -> String {
+    let shown: Vec<String> = options
+        .iter()
+        .map(|(k, v)| format!("{}={}", echo(k), echo(v)))
+        .collect();
+    format!("{{{}}}", shown.join(", "))
 }
 
 /// A create request, not yet validated.
@@ -114,7 +170,8 @@ impl Volumes {
         // see only some of them (`berth service list` shows which).
         self.catalog.get(name).ok_or_else(|| {
             VolumeError::NotFound(format!(
-                "service {name:?} does not exist; `berth service list` shows the services you may use"
+                "service {} does not exist; `berth service list` shows the services you may use",
+                echo(name)
             ))
         })
     }
@@ -169,11 +226,7 @@ impl Volumes {
     pub async fn create(&self, new: NewVolume) -> Result<VolumeRecord, VolumeError> {
         let service = Arc::clone(self.service(&new.service)?);
         let name = Self::name("volume", &new.name)?;
-        if new.options.keys().any(String::is_empty) {
-            return Err(VolumeError::InvalidArgument(
-                "option keys must not be empty".into(),
-            ));
-        }
+        check_options(&new.options)?;
         let snapshot = match &new.from_snapshot {
             Some(s) => {
                 Self::require(
@@ -303,10 +356,10 @@ impl Volumes {
         }
         Err(VolumeError::AlreadyExists(format!(
             "volume {name} already exists in service {} with different parameters \
-             (size {} bytes, options {:?}{}); remove it first or use another name",
+             (size {} bytes, options {}{}); remove it first or use another name",
             service.name,
             existing.size_bytes,
-            existing.options,
+            shown_options(&existing.options),
             existing
                 .source
                 .as_deref()
@@ -511,7 +564,11 @@ impl Volumes {
             .position(|a| a.instance == instance);
         match (here, force) {
             (Some(i), _) => {
-                service.driver.detach(&name, instance).await.map_err(driver_error(&service))?;
+                service
+                    .driver
+                    .detach(&name, instance)
+                    .await
+                    .map_err(driver_error(&service))?;
                 record.attachments.remove(i);
                 self.store.commit(&key, Some(&record))?;
                 self.store.flush().await?;
@@ -519,8 +576,9 @@ impl Volumes {
             (None, true) => self.detach_all(&service, &name, &key, &mut record).await?,
             (None, false) => {
                 return Err(VolumeError::FailedPrecondition(format!(
-                    "volume {name} is attached to {}, not to {instance:?}; name that instance or use --force",
-                    holders(&record)
+                    "volume {name} is attached to {}, not to {}; name that instance or use --force",
+                    holders(&record),
+                    echo(instance)
                 )))
             }
         }
@@ -719,6 +777,7 @@ fn untouched(error: &DriverError) -> bool {
         error,
         DriverError::AlreadyExists(_)
             | DriverError::InvalidArgument(_)
+            | DriverError::OutOfRange(_)
             | DriverError::InvalidOption { .. }
             | DriverError::NotFound(_)
             | DriverError::FailedPrecondition(_)
@@ -752,7 +811,8 @@ fn check_instance(instance: &str) -> Result<(), VolumeError> {
             .any(|c| c.is_control() || c.is_whitespace())
     {
         return Err(VolumeError::InvalidArgument(format!(
-            "instance {instance:?} must be 1 to 253 characters without spaces or control characters"
+            "instance {} must be 1 to 253 characters without spaces or control characters",
+            echo(instance)
         )));
     }
     Ok(())

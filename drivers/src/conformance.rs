@@ -119,6 +119,7 @@ pub async fn run(driver: Arc<dyn VolumeDriver>) -> Report {
     basics(&mut kit).await;
     idempotency(&mut kit).await;
     bad_names(&mut kit).await;
+    impossible_size(&mut kit).await;
     optional(&mut kit).await;
     concurrency(&mut kit).await;
     kit.report
@@ -240,6 +241,27 @@ async fn bad_names(kit: &mut Kit) {
             Err(escaped.join("; "))
         },
     );
+}
+
+async fn impossible_size(kit: &mut Kit) {
+    let d = Arc::clone(&kit.driver);
+    let req = request("conformance-huge", u64::MAX);
+    let result = d.create(&req).await;
+    let listed = d.list().await.map(|l| l.iter().any(|v| v.name == req.name));
+    kit.record(
+        "a size no storage holds (2^64 - 1 bytes) is OutOfRange or InvalidArgument and creates nothing",
+        match (result, listed) {
+            (Err(DriverError::OutOfRange(_) | DriverError::InvalidArgument(_)), Ok(false)) => {
+                Ok(())
+            }
+            (Err(DriverError::OutOfRange(_) | DriverError::InvalidArgument(_)), _) => {
+                Err("refused, but a volume is listed".into())
+            }
+            (Err(e), _) => Err(format!("wrong error: {e:?}")),
+            (Ok(v), _) => Err(format!("it succeeded with {} bytes", v.size_bytes)),
+        },
+    );
+    let _ = d.delete(&req.name).await;
 }
 
 async fn optional(kit: &mut Kit) {

@@ -98,9 +98,13 @@ pub struct DriverSnapshot {
 ///   or option is `InvalidArgument`; a missing object in an operation that
 ///   needs it (attach, snapshot, restore, copy source) is `NotFound`; a name
 ///   taken with other parameters is `AlreadyExists`; a refused state change
-///   is `FailedPrecondition`; storage that may come back is `Unavailable`;
+///   is `FailedPrecondition`; a size the storage can never hold is
+///   `OutOfRange` (refused before anything is written); storage that may
+///   come back is `Unavailable`;
 ///   I/O failures are `Io`; an optional operation you do not implement is
-///   `Unsupported` (the default methods do this for you).
+///   `Unsupported` (the default methods do this for you). Show user input
+///   in a message only through [`crate::echo`]. A failed call leaves no
+///   partial files behind (staging is cleaned on every error path).
 /// * **What the controller already did.** It validated every name, checked
 ///   the service's capabilities before calling an optional method, refused
 ///   a second attachment for a single-attach driver, refused to delete a

@@ -1,17 +1,30 @@
-//! File operations with crash guarantees, shared by the file-based drivers.
+//! File operations shared by the file-based drivers: writes with crash
+//! guarantees, opens that never follow a symbolic link, staging entries that
+//! clean up after themselves, and the largest file a filesystem holds.
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::{DriverError, DriverResult};
 
+/// The largest size a file can have on any POSIX system: the largest
+/// `off_t`, 2^63 - 1 bytes. `ftruncate` refuses anything larger.
+pub const OFF_T_MAX: u64 = i64::MAX as u64;
+
 /// Writes `bytes` to `path` so that after a crash the file holds either its
 /// old contents or all of the new ones (temp file, fsync, rename, fsync dir).
+/// The temporary file is opened without following a symbolic link.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> DriverResult<()> {
     let tmp = temp_path(path);
     let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
@@ -56,6 +69,143 @@ pub fn sync_dir(dir: &Path) -> DriverResult<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| DriverError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Opens the directory at `path` itself, never a symbolic link's target
+/// (`O_NOFOLLOW | O_DIRECTORY`): a link fails with `ELOOP` (or `ENOTDIR`),
+/// anything but a directory with `ENOTDIR`. What is done through the
+/// returned descriptor (`fchmod`, `fsync`) reaches that directory only.
+pub fn open_dir_nofollow(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// An entry in a staging directory that is removed when dropped, unless
+/// [`Staged::keep`] says it has been moved into place. Every error path of
+/// an operation that stages a file or a tree therefore cleans up.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Staged {
+    /// Guards `path`, which does not exist yet or belongs to this operation.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, armed: true }
+    }
+
+    /// The staged path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The entry was moved into place: leave whatever is at the path.
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // symlink_metadata: a link is removed as a link, never followed.
+        let gone = match fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&self.path),
+            Ok(_) => fs::remove_file(&self.path),
+            Err(e) => Err(e),
+        };
+        match gone {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "could not remove a staged leftover; it goes at the next start")
+            }
+        }
+    }
+}
+
+/// The largest file the filesystem holding `dir` accepts, in bytes, found
+/// by growing an empty probe file in `dir` with `ftruncate` (a binary
+/// search: the filesystem refuses a size above its limit with `EFBIG`) and
+/// capped by [`OFF_T_MAX`] and the process's `RLIMIT_FSIZE`. Sparse growth
+/// allocates nothing, so the probe costs a few dozen system calls; where a
+/// 1 MiB hole allocates blocks (the filesystem has no sparse files) it
+/// stops and answers the cap, leaving the filesystem's own refusal to the
+/// create. The probe is removed before returning.
+pub fn max_file_size(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    const PROBE_START: u64 = 1 << 20;
+    let mut cap = OFF_T_MAX;
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } == 0
+        && limit.rlim_cur != libc::RLIM_INFINITY
+    {
+        cap = cap.min(limit.rlim_cur);
+    }
+    let probe = Staged::new(dir.join(format!(".max-size-probe.{}.tmp", std::process::id())));
+    let _ = fs::remove_file(probe.path());
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(probe.path())?;
+    if cap < PROBE_START {
+        return Ok(cap);
+    }
+    file.set_len(PROBE_START)?;
+    if file.metadata()?.blocks() > 0 {
+        return Ok(cap);
+    }
+    let (mut fits, mut too_big) = (PROBE_START, cap.saturating_add(1));
+    // Invariant: `fits` was accepted; `too_big` was refused or is past the cap.
+    while too_big - fits > 1 {
+        let mid = fits + (too_big - fits) / 2;
+        match file.set_len(mid) {
+            Ok(()) => fits = mid,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EFBIG) | Some(libc::EINVAL)) => {
+                too_big = mid
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    file.set_len(0)?;
+    Ok(fits)
+}
+
+/// Refuses a size larger than `max` (the largest file `what` can hold) with
+/// [`DriverError::OutOfRange`], saying both sizes.
+pub fn check_size(size_bytes: u64, max: u64, what: &str) -> DriverResult<()> {
+    if size_bytes <= max {
+        return Ok(());
+    }
+    Err(DriverError::OutOfRange(format!(
+        "size {size_bytes} bytes ({}) is larger than {what} can hold ({max} bytes, {}, at most); ask for a smaller size",
+        binary_units(size_bytes),
+        binary_units(max)
+    )))
+}
+
+/// `bytes` in the largest binary unit that keeps it at or above 1, with one
+/// decimal (`16.0 TiB`), for messages.
+fn binary_units(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Copies one file, leaving holes where the source has holes (found with
@@ -201,6 +351,43 @@ pub fn copy_tree(from: &Path, to: &Path) -> DriverResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staged_entries_go_unless_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (file, tree, kept) = (
+            dir.path().join("f"),
+            dir.path().join("t"),
+            dir.path().join("k"),
+        );
+        {
+            let f = Staged::new(file.clone());
+            fs::write(f.path(), b"x").expect("file");
+            let t = Staged::new(tree.clone());
+            fs::create_dir_all(t.path().join("sub")).expect("tree");
+            let k = Staged::new(kept.clone());
+            fs::write(k.path(), b"x").expect("kept");
+            k.keep();
+        }
+        assert!(!file.exists() && !tree.exists());
+        assert!(kept.exists());
+    }
+
+    #[test]
+    fn max_file_size_is_the_filesystems_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let max = max_file_size(dir.path()).expect("probe");
+        assert!((1 << 20..=OFF_T_MAX).contains(&max), "{max}");
+        assert!(
+            fs::read_dir(dir.path()).expect("list").next().is_none(),
+            "probe left"
+        );
+        let f = fs::File::create(dir.path().join("f")).expect("file");
+        f.set_len(max).expect("the maximum fits");
+        if max < OFF_T_MAX {
+            assert!(f.set_len(max + 1).is_err(), "one more byte must not fit");
+        }
+    }
 
     #[test]
     fn copy_tree_never_reads_through_links_and_drops_special_bits() {

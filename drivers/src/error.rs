@@ -33,6 +33,12 @@ pub enum DriverError {
     #[error("{0}")]
     AlreadyExists(String),
 
+    /// A size (or other quantity) the storage can never hold, for example
+    /// an image larger than the filesystem's largest file (`OutOfRange`).
+    /// Refuse it before touching the storage.
+    #[error("{0}")]
+    OutOfRange(String),
+
     /// The operation is refused in the current state, for example deleting an
     /// attached volume (`FailedPrecondition`).
     #[error("{0}")]
@@ -76,6 +82,60 @@ impl DriverError {
             source,
         }
     }
+}
+
+/// How many characters of a piece of user input an error message repeats
+/// at most (see [`echo`]).
+pub const ECHO_LIMIT: usize = 48;
+
+/// A piece of user input as an error message should show it: quoted, cut to
+/// its first [`ECHO_LIMIT`] characters (then an ellipsis and the full length
+/// in bytes), with control, invisible and bidirectional-override characters
+/// escaped as `\u{..}`, so an echoed value can neither flood a reply nor
+/// disguise itself.
+///
+/// ```
+/// use berth_drivers::echo;
+/// assert_eq!(echo("0750"), "\"0750\"");
+/// assert_eq!(echo("a\nb"), "\"a\\nb\"");
+/// let long = "7".repeat(1 << 20);
+/// assert_eq!(echo(&long), format!("\"{}…\" (1048576 bytes)", "7".repeat(48)));
+/// ```
+pub fn echo(input: &str) -> String {
+    let mut out = String::from("\"");
+    for c in input.chars().take(ECHO_LIMIT) {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || invisible(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    if input.chars().nth(ECHO_LIMIT).is_some() {
+        out.push_str(&format!("…\" ({} bytes)", input.len()));
+    } else {
+        out.push('"');
+    }
+    out
+}
+
+/// Characters that print as nothing or reorder the text around them.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{061c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// Shorthand for driver results.

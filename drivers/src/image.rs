@@ -7,6 +7,13 @@
 //! volume options. Snapshots and copies are sparse-aware copies of the
 //! image. Attaching returns the image's path; one instance at a time.
 //!
+//! A size is refused with `OutOfRange`, before anything is written, when it
+//! is larger than the largest file the filesystem holding the root accepts
+//! (measured once at open, see [`crate::durable::max_file_size`]; 16 TiB
+//! less 4 KiB on ext4 with 4 KiB blocks, 2^63 - 1 bytes on XFS or tmpfs),
+//! for qcow2 too: its file can never hold more than that. Work in progress
+//! lives in `staging/` and is removed on every failure path.
+//!
 //! ```text
 //! <root>/<name>.img|.qcow2              the image
 //! <root>/.berth/volumes/<name>          metadata; the volume exists exactly when this file does
@@ -25,7 +32,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::durable::{copy_sparse, sync_dir};
+use crate::durable::{check_size, copy_sparse, max_file_size, sync_dir, Staged};
 use crate::meta::{self, names_in, stamp};
 use crate::{
     Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
@@ -75,6 +82,8 @@ struct Layout {
     snapshot_meta: PathBuf,
     staging: PathBuf,
     trash: PathBuf,
+    /// The largest file the root's filesystem accepts, in bytes.
+    max_size: u64,
 }
 
 /// Whether `qemu-img` can be run.
@@ -105,6 +114,7 @@ impl ImageDriver {
             trash: hidden.join("trash"),
             root,
             format,
+            max_size: 0,
         };
         for dir in [
             &layout.root,
@@ -127,9 +137,27 @@ impl ImageDriver {
         }
         crate::durable::remove_temporaries(&layout.meta);
         crate::durable::remove_temporaries(&layout.snapshot_meta);
+        let mut layout = layout;
+        layout.max_size = max_file_size(&layout.staging).map_err(|e| {
+            DriverError::io(
+                format!(
+                    "measuring the largest file {} accepts",
+                    layout.staging.display()
+                ),
+                e,
+            )
+        })?;
+        tracing::debug!(root = %layout.root.display(), max_size = layout.max_size,
+            "largest image this filesystem holds");
         Ok(Self {
             inner: Arc::new(layout),
         })
+    }
+
+    /// The largest image size this driver accepts, in bytes: the largest
+    /// file the root's filesystem holds.
+    pub fn max_size(&self) -> u64 {
+        self.inner.max_size
     }
 
     /// Builds the driver from a service's options (`root`, `format`).
@@ -191,10 +219,11 @@ impl Layout {
         })
     }
 
-    fn check(request: &CreateRequest) -> DriverResult<()> {
+    fn check(&self, request: &CreateRequest) -> DriverResult<()> {
         if let Some(k) = request.options.keys().next() {
             return Err(DriverError::InvalidArgument(format!(
-                "the image driver has no volume option {k:?}; set the format on the service"
+                "the image driver has no volume option {}; set the format on the service",
+                crate::echo(k)
             )));
         }
         if request.size_bytes == 0 {
@@ -202,7 +231,28 @@ impl Layout {
                 "an image volume needs a size (--size), e.g. 10GiB".into(),
             ));
         }
-        Ok(())
+        self.check_size(request.size_bytes)
+    }
+
+    /// Refuses a size no image file under the root can have.
+    fn check_size(&self, size_bytes: u64) -> DriverResult<()> {
+        check_size(
+            size_bytes,
+            self.max_size,
+            &format!("a file on the filesystem holding {}", self.root.display()),
+        )
+    }
+
+    /// The error for a failed resize: `OutOfRange` when the filesystem says
+    /// the file would be too large (`EFBIG`), I/O otherwise.
+    fn sizing_error(&self, image: &Path, size_bytes: u64, e: io::Error) -> DriverError {
+        if e.raw_os_error() == Some(libc::EFBIG) {
+            return DriverError::OutOfRange(format!(
+                "size {size_bytes} bytes is larger than a file on the filesystem holding {} can be; ask for a smaller size",
+                self.root.display()
+            ));
+        }
+        DriverError::io(format!("sizing {}", image.display()), e)
     }
 
     /// Puts a finished staged image in place and records it.
@@ -221,26 +271,28 @@ impl Layout {
     }
 
     fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
-        Self::check(request)?;
+        self.check(request)?;
         if let Some(v) = self.existing(request)? {
             return Ok(v);
         }
-        let staged = self.staged(&request.name);
+        let guard = Staged::new(self.staged(&request.name));
+        let staged = guard.path();
         match self.format {
             Format::Raw => {
                 let file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .open(&staged)
+                    .open(staged)
                     .map_err(|e| DriverError::io(format!("creating {}", staged.display()), e))?;
                 file.set_len(request.size_bytes)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| DriverError::io(format!("sizing {}", staged.display()), e))?;
+                    .map_err(|e| self.sizing_error(staged, request.size_bytes, e))?;
+                file.sync_all()
+                    .map_err(|e| DriverError::io(format!("syncing {}", staged.display()), e))?;
             }
             Format::Qcow2 => {
                 let out = Command::new("qemu-img")
                     .args(["create", "-q", "-f", "qcow2"])
-                    .arg(&staged)
+                    .arg(staged)
                     .arg(request.size_bytes.to_string())
                     .output()
                     .map_err(|e| DriverError::io("running qemu-img", e))?;
@@ -250,27 +302,33 @@ impl Layout {
                         String::from_utf8_lossy(&out.stderr).trim()
                     )));
                 }
-                fs::File::open(&staged)
+                fs::File::open(staged)
                     .and_then(|f| f.sync_all())
                     .map_err(|e| DriverError::io(format!("syncing {}", staged.display()), e))?;
             }
         }
-        self.install(&staged, request)
+        let volume = self.install(staged, request)?;
+        guard.keep();
+        Ok(volume)
     }
 
     fn copy_into(&self, source: &Path, request: &CreateRequest) -> DriverResult<DriverVolume> {
         if let Some(k) = request.options.keys().next() {
             return Err(DriverError::InvalidArgument(format!(
-                "the image driver has no volume option {k:?}"
+                "the image driver has no volume option {}",
+                crate::echo(k)
             )));
         }
         if let Some(v) = self.existing(request)? {
             return Ok(v);
         }
-        let staged = self.staged(&request.name);
-        copy_sparse(source, &staged)?;
-        self.grow(&staged, request.size_bytes)?;
-        self.install(&staged, request)
+        self.check_size(request.size_bytes)?;
+        let guard = Staged::new(self.staged(&request.name));
+        copy_sparse(source, guard.path())?;
+        self.grow(guard.path(), request.size_bytes)?;
+        let volume = self.install(guard.path(), request)?;
+        guard.keep();
+        Ok(volume)
     }
 
     /// Grows a copied image to `size_bytes` (a restore may ask for more
@@ -288,8 +346,9 @@ impl Layout {
                     .len();
                 if len < size_bytes {
                     file.set_len(size_bytes)
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| DriverError::io(format!("growing {}", image.display()), e))?;
+                        .map_err(|e| self.sizing_error(image, size_bytes, e))?;
+                    file.sync_all()
+                        .map_err(|e| DriverError::io(format!("syncing {}", image.display()), e))?;
                 }
                 Ok(())
             }
@@ -419,11 +478,12 @@ impl VolumeDriver for ImageDriver {
             };
             let target = l.file(&l.snapshots, &snapshot)?;
             l.discard(&target)?;
-            let staged = l.staged(&snapshot);
-            copy_sparse(&l.file(&l.root, &volume)?, &staged)?;
-            fs::rename(&staged, &target).map_err(|e| {
+            let staged = Staged::new(l.staged(&snapshot));
+            copy_sparse(&l.file(&l.root, &volume)?, staged.path())?;
+            fs::rename(staged.path(), &target).map_err(|e| {
                 DriverError::io(format!("moving {} into place", target.display()), e)
             })?;
+            staged.keep();
             sync_dir(&l.snapshots)?;
             let taken = DriverSnapshot {
                 name: snapshot,
@@ -518,6 +578,36 @@ mod tests {
         let meta = fs::metadata(&c.fields["path"]).expect("copy");
         assert_eq!(meta.len(), 64 << 20);
         assert!(meta.blocks() * 512 < 1 << 20, "a copy must stay sparse");
+    }
+
+    #[tokio::test]
+    async fn impossible_sizes_are_out_of_range_and_leave_no_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = ImageDriver::open(dir.path(), Format::Raw).expect("open");
+        let max = driver.max_size();
+        assert!(max >= 1 << 20, "max {max}");
+        for size in [max + 1, (1 << 63) + 5, u64::MAX] {
+            let req = CreateRequest {
+                name: VolumeName::parse("big").expect("name"),
+                size_bytes: size,
+                options: BTreeMap::new(),
+            };
+            let err = driver.create(&req).await.expect_err("too big");
+            assert!(matches!(err, DriverError::OutOfRange(_)), "{size}: {err:?}");
+            assert_eq!(driver.get(&req.name).await.expect("get"), None);
+        }
+        // The largest size the filesystem accepts is accepted.
+        let req = CreateRequest {
+            name: VolumeName::parse("largest").expect("name"),
+            size_bytes: max,
+            options: BTreeMap::new(),
+        };
+        let v = driver.create(&req).await.expect("the largest size");
+        assert_eq!(fs::metadata(&v.fields["path"]).expect("image").len(), max);
+        assert!(fs::read_dir(dir.path().join(".berth/staging"))
+            .expect("staging")
+            .next()
+            .is_none());
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@
 //! use std::sync::{Arc, Mutex};
 //!
 //! use berth_drivers::{
-//!     async_trait, CreateRequest, DriverError, DriverOptions, DriverRegistry, DriverResult,
+//!     async_trait, echo, CreateRequest, DriverError, DriverOptions, DriverRegistry, DriverResult,
 //!     DriverVolume, VolumeDriver, VolumeName,
 //! };
 //!
@@ -40,7 +40,8 @@
 //!
 //!     async fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
 //!         if let Some(key) = request.options.keys().next() {
-//!             return Err(DriverError::InvalidArgument(format!("unknown option {key:?}")));
+//!             // Echo user input through `echo`: quoted, escaped, cut short.
+//!             return Err(DriverError::InvalidArgument(format!("unknown option {}", echo(key))));
 //!         }
 //!         let mut volumes = self.volumes.lock().map_err(|_| DriverError::Internal("poisoned".into()))?;
 //!         match volumes.get(&request.name) {
@@ -110,7 +111,7 @@ pub mod vfs;
 pub use driver::{
     Attachment, Capabilities, CreateRequest, DriverSnapshot, DriverVolume, VolumeDriver,
 };
-pub use error::{DriverError, DriverResult};
+pub use error::{echo, DriverError, DriverResult, ECHO_LIMIT};
 pub use name::{InvalidName, VolumeName, MAX_NAME_LEN, NAME_RULE};
 pub use registry::{DriverFactory, DriverOptions, DriverRegistry};
 

@@ -3,7 +3,8 @@
 //! Service option: `root` (required), the directory holding the volumes.
 //! Volume option: `mode`, the octal permissions of the volume directory
 //! (default `0755`). The size is recorded as a quota hint; it is not
-//! enforced. Attaching returns the directory's path; a volume is attached to
+//! enforced, but a size above 2^63 - 1 bytes (the largest file size POSIX
+//! can express) is refused with `OutOfRange`. Attaching returns the directory's path; a volume is attached to
 //! one instance at a time. A snapshot is a point-in-time copy of the
 //! directory tree (sharing extents where the filesystem supports reflinks).
 //!
@@ -19,17 +20,24 @@
 //! ```
 //!
 //! Volume names never start with `.`, so `.berth` cannot collide with one.
+//!
+//! A volume's path is never reached through a symbolic link: an existing
+//! directory left by an interrupted create is adopted only if it is a real
+//! directory (opened with `O_NOFOLLOW | O_DIRECTORY`, its mode set with
+//! `fchmod` on that descriptor); a link or a file planted at `<root>/<name>`
+//! is refused with `FailedPrecondition` naming the path, and left alone.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::durable::{copy_tree, sync_dir};
+use crate::durable::{check_size, copy_tree, open_dir_nofollow, sync_dir, Staged, OFF_T_MAX};
 use crate::meta::{self, stamp};
 use crate::{
     Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
@@ -157,18 +165,21 @@ impl Layout {
 
     fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
         let mode = parse_mode(&request.options)?;
+        check_size(request.size_bytes, OFF_T_MAX, "a vfs volume")?;
         if let Some(existing) = self.existing(request)? {
             return Ok(existing);
         }
         let data = meta::child(&self.root, request.name.as_str())?;
         // A directory without metadata is a create that a crash interrupted
-        // before it was acknowledged: adopt it.
+        // before it was acknowledged: adopt it, but only a real directory,
+        // and only through a descriptor that did not follow a link.
         match fs::DirBuilder::new().mode(mode).create(&data) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && data.is_dir() => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(DriverError::io(format!("creating {}", data.display()), e)),
         }
-        fs::set_permissions(&data, fs::Permissions::from_mode(mode))
+        let dir = adoptable(&data)?;
+        dir.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| DriverError::io(format!("setting the mode of {}", data.display()), e))?;
         sync_dir(&self.root)?;
         self.record(request)
@@ -179,28 +190,38 @@ impl Layout {
         if !request.options.is_empty() {
             parse_mode(&request.options)?;
         }
+        check_size(request.size_bytes, OFF_T_MAX, "a vfs volume")?;
         if let Some(existing) = self.existing(request)? {
             return Ok(existing);
         }
         let data = meta::child(&self.root, request.name.as_str())?;
-        if data.exists() {
+        match fs::symlink_metadata(&data) {
             // Left by an interrupted create: it was never acknowledged.
-            self.discard(&data)?;
+            Ok(meta) if meta.is_dir() => self.discard(&data)?,
+            Ok(meta) => return Err(not_adoptable(&data, &meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DriverError::io(format!("inspecting {}", data.display()), e)),
         }
-        let staged = self.staging.join(format!("{}.{}", request.name, stamp()));
-        copy_tree(source, &staged)?;
+        let staged = Staged::new(self.staging.join(format!("{}.{}", request.name, stamp())));
+        copy_tree(source, staged.path())?;
         if let Some(mode) = request
             .options
             .get("mode")
             .map(|_| parse_mode(&request.options))
             .transpose()?
         {
-            fs::set_permissions(&staged, fs::Permissions::from_mode(mode)).map_err(|e| {
-                DriverError::io(format!("setting the mode of {}", staged.display()), e)
-            })?;
+            open_dir_nofollow(staged.path())
+                .and_then(|dir| dir.set_permissions(fs::Permissions::from_mode(mode)))
+                .map_err(|e| {
+                    DriverError::io(
+                        format!("setting the mode of {}", staged.path().display()),
+                        e,
+                    )
+                })?;
         }
-        fs::rename(&staged, &data)
+        fs::rename(staged.path(), &data)
             .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
+        staged.keep();
         sync_dir(&self.root)?;
         sync_dir(&self.staging)?;
         self.record(request)
@@ -238,7 +259,9 @@ impl Layout {
 
     fn delete(&self, name: &VolumeName) -> DriverResult<()> {
         let data = meta::child(&self.root, name.as_str())?;
-        if data.exists() {
+        // symlink_metadata: whatever is there (a link too) is moved to the
+        // trash as it is; nothing is followed.
+        if fs::symlink_metadata(&data).is_ok() {
             self.discard(&data)?;
         }
         self.remove_meta(&self.meta, name)
@@ -272,13 +295,14 @@ impl Layout {
             return Err(DriverError::NotFound(format!("volume {volume}")));
         };
         let data = meta::child(&self.snapshots, snapshot.as_str())?;
-        if data.exists() {
+        if fs::symlink_metadata(&data).is_ok() {
             self.discard(&data)?;
         }
-        let staged = self.staging.join(format!("{snapshot}.{}", stamp()));
-        copy_tree(&meta::child(&self.root, volume.as_str())?, &staged)?;
-        fs::rename(&staged, &data)
+        let staged = Staged::new(self.staging.join(format!("{snapshot}.{}", stamp())));
+        copy_tree(&meta::child(&self.root, volume.as_str())?, staged.path())?;
+        fs::rename(staged.path(), &data)
             .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
+        staged.keep();
         sync_dir(&self.snapshots)?;
         let taken = DriverSnapshot {
             name: snapshot.clone(),
@@ -291,7 +315,7 @@ impl Layout {
 
     fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
         let data = meta::child(&self.snapshots, snapshot.as_str())?;
-        if data.exists() {
+        if fs::symlink_metadata(&data).is_ok() {
             self.discard(&data)?;
         }
         self.remove_meta(&self.snapshot_meta, snapshot)
@@ -314,7 +338,8 @@ impl Layout {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let gone = if path.is_dir() {
+            // The entry's own type: a link is removed, never followed.
+            let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 fs::remove_dir_all(&path)
             } else {
                 fs::remove_file(&path)
@@ -326,10 +351,38 @@ impl Layout {
     }
 }
 
+/// Opens the existing `<root>/<name>` for adoption: a real directory only.
+fn adoptable(data: &Path) -> DriverResult<fs::File> {
+    match open_dir_nofollow(data) {
+        Ok(dir) => Ok(dir),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+            match fs::symlink_metadata(data) {
+                Ok(meta) => Err(not_adoptable(data, &meta)),
+                Err(e) => Err(DriverError::io(format!("inspecting {}", data.display()), e)),
+            }
+        }
+        Err(e) => Err(DriverError::io(format!("opening {}", data.display()), e)),
+    }
+}
+
+/// The refusal for something at a volume's path that berth did not make.
+fn not_adoptable(data: &Path, meta: &fs::Metadata) -> DriverError {
+    let what = if meta.file_type().is_symlink() {
+        "a symbolic link; berth never follows a link at a volume's path"
+    } else {
+        "not a directory; berth adopts only a directory there"
+    };
+    DriverError::FailedPrecondition(format!(
+        "{} exists and is {what}: remove or rename it, or choose another volume name",
+        data.display()
+    ))
+}
+
 fn parse_mode(options: &BTreeMap<String, String>) -> DriverResult<u32> {
     if let Some(unknown) = options.keys().find(|k| k.as_str() != "mode") {
         return Err(DriverError::InvalidArgument(format!(
-            "the vfs driver has no volume option {unknown:?} (known: mode)"
+            "the vfs driver has no volume option {} (known: mode)",
+            crate::echo(unknown)
         )));
     }
     match options.get("mode") {
@@ -339,7 +392,8 @@ fn parse_mode(options: &BTreeMap<String, String>) -> DriverResult<u32> {
             .filter(|mode| *mode <= 0o777)
             .ok_or_else(|| {
                 DriverError::InvalidArgument(format!(
-                    "option mode={text:?} is not an octal permission from 0 to 0777, such as 0750"
+                    "option mode={} is not an octal permission from 0 to 0777, such as 0750",
+                    crate::echo(text)
                 ))
             }),
     }
@@ -518,6 +572,71 @@ mod tests {
             .await
             .expect("copy");
         assert_eq!(fs::read(dir.path().join("c/f")).expect("read"), b"after");
+    }
+
+    /// The permission bits of what `path` names (following links).
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn a_link_or_file_at_a_volume_path_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let driver = VfsDriver::open(&root).expect("open");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).expect("outside");
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, root.join("adoptme")).expect("link");
+        fs::write(root.join("afile"), b"x").expect("file");
+        fs::set_permissions(root.join("afile"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        let source = driver.create(&request("src", 0)).await.expect("source");
+
+        for name in ["adoptme", "afile"] {
+            let mut req = request(name, 0);
+            req.options.insert("mode".into(), "0777".into());
+            let err = driver.create(&req).await.expect_err(name);
+            assert!(
+                matches!(&err, DriverError::FailedPrecondition(m) if m.contains(name)),
+                "{name}: {err:?}"
+            );
+            let err = driver.copy(&source.name, &req).await.expect_err(name);
+            assert!(
+                matches!(&err, DriverError::FailedPrecondition(_)),
+                "copy onto {name}: {err:?}"
+            );
+            assert_eq!(driver.get(&req.name).await.expect("get"), None, "{name}");
+        }
+        assert_eq!(mode_of(&outside), 0o700, "the link's target was chmodded");
+        assert_eq!(mode_of(&root.join("afile")), 0o600, "the file was chmodded");
+        assert!(fs::symlink_metadata(root.join("adoptme"))
+            .expect("the link stays")
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(root.join("afile")).expect("the file stays"), b"x");
+
+        // A real directory left by an interrupted create is still adopted.
+        fs::create_dir(root.join("left")).expect("leftover");
+        let mut req = request("left", 0);
+        req.options.insert("mode".into(), "0750".into());
+        driver.create(&req).await.expect("adopt a real directory");
+        assert_eq!(mode_of(&root.join("left")), 0o750);
+    }
+
+    #[tokio::test]
+    async fn sizes_past_the_largest_file_are_out_of_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = VfsDriver::open(dir.path()).expect("open");
+        let err = driver
+            .create(&request("huge", OFF_T_MAX + 6))
+            .await
+            .expect_err("2^63 + 5 bytes");
+        assert!(matches!(err, DriverError::OutOfRange(_)), "{err:?}");
+        assert!(!dir.path().join("huge").exists());
+        driver
+            .create(&request("largest", OFF_T_MAX))
+            .await
+            .expect("2^63 - 1 bytes is a valid hint");
     }
 
     #[tokio::test]
