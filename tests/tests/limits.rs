@@ -475,7 +475,8 @@ async fn streams_whose_bodies_never_arrive_are_answered_and_their_memory_freed()
         let outcomes = match flood_without_bodies(&d, CONNECTIONS, STREAMS).await {
             Ok(outcomes) => outcomes,
             Err(answered) => panic!(
-                "round {round}: {answered} of {total} streams whose bodies never arrived were answered within {GUARD:?}"
+                "round {round}: {answered} of {total} streams whose bodies never arrived were answered within {GUARD:?} (RSS idle {idle} KiB, now {} KiB)",
+                rss_kib(pid)
             ),
         };
         let wrong: Vec<_> = outcomes
