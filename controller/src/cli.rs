@@ -4,8 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::ConfigFile;
+use crate::server::LimitSettings;
 use crate::tls::{self, IdentitySource, MinVersion};
 use crate::{paths, profile, Controller, Options, Security, DEFAULT_LISTEN};
 use anyhow::Context as _;
@@ -47,8 +49,56 @@ struct Cli {
     /// Serve WITHOUT TLS. Traffic can be read and altered by anyone on the path.
     #[arg(long, conflicts_with_all = ["tls_cert", "sans", "client_cas"])]
     insecure_plaintext: bool,
+    #[command(flatten)]
+    limits: LimitFlags,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Connection and stream limits (each also a key of the config file's
+/// `[limits]` table; a flag wins).
+#[derive(clap::Args, Debug)]
+struct LimitFlags {
+    /// Connections served at once; more are closed at once [default: 3/4 of the open-file limit, at most 16384].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Calls in flight per connection (HTTP/2 MAX_CONCURRENT_STREAMS) [default: 128].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: Option<u32>,
+    /// Close a connection with no call in flight for this long [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    idle_timeout: Option<Duration>,
+    /// Send an HTTP/2 PING to a peer silent for this long [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    keepalive_interval: Option<Duration>,
+    /// Close the connection when a PING is not answered within this [default: 20s].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    keepalive_timeout: Option<Duration>,
+    /// Fail a call (DEADLINE_EXCEEDED) whose request body has not arrived within this [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    request_body_timeout: Option<Duration>,
+}
+
+impl LimitFlags {
+    fn settings(&self) -> LimitSettings {
+        LimitSettings {
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            idle_timeout: self.idle_timeout,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            request_body_timeout: self.request_body_timeout,
+        }
+    }
+}
+
+/// A duration such as `10s` or `1m30s`, longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("it must be longer than zero (e.g. 10s)".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; write it like 10s, 500ms or 5m")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,6 +113,7 @@ enum Command {
 pub fn main(registry: DriverRegistry) -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
+    raise_open_file_limit();
     let data_dir = match cli.data_dir.clone() {
         Some(dir) => dir,
         None => paths::default_data_dir()
@@ -111,6 +162,7 @@ async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow:
                 client_cas: cli.client_cas.clone(),
             }
         },
+        limits: cli.limits.settings(),
     };
     // The configuration is checked and the address bound before anything
     // is created: a bad config or a taken port leaves no CA and no keys.
@@ -207,6 +259,22 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: finishing in-flight calls");
+}
+
+/// Raises the soft open-file limit to the hard one, so connections are
+/// bounded by `--max-connections` rather than by `EMFILE`.
+fn raise_open_file_limit() {
+    let show = |n: Option<u64>| n.map_or("unlimited".to_owned(), |n| n.to_string());
+    match crate::server::raise_open_file_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(from = %show(before), to = %show(after), "raised the open-file limit");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, limit = %show(crate::server::open_file_limit()),
+                "cannot raise the open-file limit to its hard limit; the connection cap is sized to the current one");
+        }
+    }
 }
 
 fn init_logging(level: Option<&str>) {

@@ -21,6 +21,9 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Connection and stream limits (`[limits]`); `berthd` flags win.
+    #[serde(default)]
+    pub limits: crate::server::LimitSettings,
 }
 
 /// One configured service: a named instance of a driver.

@@ -70,6 +70,9 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// How connections are secured.
     pub security: Security,
+    /// Connection and stream limits given on the command line; they win
+    /// over the config file's `[limits]`, which wins over the defaults.
+    pub limits: server::LimitSettings,
 }
 
 /// The transport security the operator chose.
@@ -107,6 +110,7 @@ pub struct Controller {
     credentials: Arc<credentials::Credentials>,
     store: Store,
     admin_token: PathBuf,
+    limits: server::Limits,
 }
 
 impl Controller {
@@ -155,6 +159,17 @@ impl Controller {
                 PathBuf::from("<built-in defaults>"),
             ),
         };
+        // The flags alone first, so a bad value is blamed on where it is.
+        let open_files = server::open_file_limit();
+        options.limits.resolve(open_files)?;
+        let limits = match &config {
+            Some(file) => options
+                .limits
+                .or(&file.limits)
+                .resolve(open_files)
+                .map_err(|e| anyhow::anyhow!("config file {}: [limits] {e}", source.display()))?,
+            None => options.limits.resolve(open_files)?,
+        };
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
         let layout = paths::DataDir::create(layout.root())?;
         let ca = Arc::new(pki::Ca::load_or_create(&layout.tls())?);
@@ -193,6 +208,7 @@ impl Controller {
             credentials,
             store,
             admin_token,
+            limits,
         })
     }
 
@@ -257,7 +273,17 @@ impl Controller {
             shutdown.await;
             let _ = fired_tx.send(true);
         };
-        let serve = server::run(listener, self.transport.clone(), services, shutdown);
+        let limits = self.limits;
+        tracing::info!(
+            max_connections = limits.max_connections,
+            max_concurrent_streams = limits.max_concurrent_streams,
+            idle_timeout = %humantime::format_duration(limits.idle_timeout),
+            keepalive_interval = %humantime::format_duration(limits.keepalive_interval),
+            keepalive_timeout = %humantime::format_duration(limits.keepalive_timeout),
+            request_body_timeout = %humantime::format_duration(limits.request_body_timeout),
+            "connection limits"
+        );
+        let serve = server::run(listener, self.transport.clone(), services, limits, shutdown);
         let result = tokio::select! {
             r = serve => r,
             _ = async {

@@ -1,25 +1,273 @@
 //! Serving: the gRPC router over a listener until shutdown, through TLS
-//! (always, unless the operator chose `--insecure-plaintext`).
+//! (always, unless the operator chose `--insecure-plaintext`), within the
+//! connection and stream [`Limits`].
+//!
+//! The accept loop and each connection are driven here rather than by
+//! tonic's own server, because the limits need what only a per-connection
+//! view gives: the number of calls in flight on a connection (a connection
+//! with none for [`Limits::idle_timeout`] is closed), a permit per
+//! connection (one over [`Limits::max_connections`] is closed at once), and
+//! a deadline on each request body.
+//!
+//! What tonic's server did besides is kept: the peer's certificates reach
+//! [`crate::auth`] as [`tonic::transport::server::TlsConnectInfo`], the
+//! client's `grpc-timeout` bounds the call, and a graceful shutdown stops
+//! accepting at once and lets calls in flight finish.
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth_proto::v1 as pb;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::body::Body;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+use tonic::Status;
+use tower::{Layer as _, ServiceExt as _};
 
 use crate::admin::AdminApi;
 use crate::api::Api;
 use crate::auth::Authenticator;
-use crate::pipeline::PipelineLayer;
+use crate::pipeline::{Pipeline, PipelineLayer};
 use crate::tls::Tls;
 
 /// A handshake that does not finish in this time is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection being closed (idle, or at shutdown) has to say
+/// goodbye (HTTP/2 GOAWAY) before it is dropped; it is dropped only once
+/// no call is in flight on it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The first pause after a failed `accept`; it doubles on each failure in
+/// a row up to [`ACCEPT_BACKOFF_MAX`], and resets on a success.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+
+/// The longest pause between two `accept` attempts after failures.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A warning that repeats (accept failures, the connection cap) is logged
+/// at most once per this period, with how many were left out.
+const REPEAT_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// The default of [`Limits::max_connections`] never exceeds this, however
+/// high the open-file limit: it bounds the memory idle connections can
+/// hold (tens of KiB each) on hosts with a very high limit.
+pub const MAX_DEFAULT_CONNECTIONS: u32 = 16_384;
+
+/// The connection and stream limits the server enforces. The defaults are
+/// those of [`Limits::sized_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections held at once, TLS handshakes included; one more is
+    /// closed as soon as it is accepted. Default: three quarters of the
+    /// open-file limit, keeping at least 32 descriptors for the store, the
+    /// drivers and the logs, and at most [`MAX_DEFAULT_CONNECTIONS`]
+    /// (see [`default_max_connections`]).
+    pub max_connections: u32,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` advertised on every connection:
+    /// calls in flight at once per connection. Default 128.
+    pub max_concurrent_streams: u32,
+    /// A connection with no call in flight for this long is closed
+    /// (GOAWAY, then dropped), whatever else it sends. Default 60 s.
+    pub idle_timeout: Duration,
+    /// An HTTP/2 PING is sent to a peer silent for this long. Default 30 s.
+    pub keepalive_interval: Duration,
+    /// A PING not answered within this closes the connection. Default 20 s.
+    pub keepalive_timeout: Duration,
+    /// A call whose request body has not fully arrived this long after its
+    /// headers fails with DEADLINE_EXCEEDED and is freed. Default 10 s.
+    pub request_body_timeout: Duration,
+}
+
+impl Limits {
+    /// The default `max_concurrent_streams`.
+    pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
+    /// The default `idle_timeout`.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// The default `keepalive_interval`.
+    pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+    /// The default `keepalive_timeout`.
+    pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+    /// The default `request_body_timeout`.
+    pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The defaults for a process that may open `open_files` descriptors
+    /// (`None`: unlimited).
+    pub fn sized_for(open_files: Option<u64>) -> Self {
+        Self {
+            max_connections: default_max_connections(open_files),
+            max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            keepalive_interval: Self::DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: Self::DEFAULT_KEEPALIVE_TIMEOUT,
+            request_body_timeout: Self::DEFAULT_REQUEST_BODY_TIMEOUT,
+        }
+    }
+}
+
+/// The default connection cap for an open-file limit (`None`: unlimited):
+/// three quarters of it, at least 32 descriptors kept back, at least 1 and
+/// at most [`MAX_DEFAULT_CONNECTIONS`].
+pub fn default_max_connections(open_files: Option<u64>) -> u32 {
+    let files = open_files.unwrap_or(u64::MAX);
+    let kept = (files / 4).max(32);
+    let cap = files
+        .saturating_sub(kept)
+        .clamp(1, u64::from(MAX_DEFAULT_CONNECTIONS));
+    u32::try_from(cap).unwrap_or(MAX_DEFAULT_CONNECTIONS)
+}
+
+/// Limits as the operator gave them, each optional: a `berthd` flag wins
+/// over the config file's `[limits]` table, which wins over the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// See [`Limits::max_connections`].
+    pub max_connections: Option<u32>,
+    /// See [`Limits::max_concurrent_streams`].
+    pub max_concurrent_streams: Option<u32>,
+    /// See [`Limits::idle_timeout`] (`"60s"`, `"5m"`).
+    #[serde(default, deserialize_with = "duration_setting")]
+    pub idle_timeout: Option<Duration>,
+    /// See [`Limits::keepalive_interval`].
+    #[serde(default, deserialize_with = "duration_setting")]
+    pub keepalive_interval: Option<Duration>,
+    /// See [`Limits::keepalive_timeout`].
+    #[serde(default, deserialize_with = "duration_setting")]
+    pub keepalive_timeout: Option<Duration>,
+    /// See [`Limits::request_body_timeout`].
+    #[serde(default, deserialize_with = "duration_setting")]
+    pub request_body_timeout: Option<Duration>,
+}
+
+/// A limit that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} = {value} cannot be used: {problem}")]
+pub struct LimitError {
+    /// The setting's name (as in the config file).
+    pub name: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What is wrong and what to give instead.
+    pub problem: &'static str,
+}
+
+impl LimitSettings {
+    /// These settings, with `fallback`'s where these have none.
+    pub fn or(&self, fallback: &LimitSettings) -> LimitSettings {
+        LimitSettings {
+            max_connections: self.max_connections.or(fallback.max_connections),
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .or(fallback.max_concurrent_streams),
+            idle_timeout: self.idle_timeout.or(fallback.idle_timeout),
+            keepalive_interval: self.keepalive_interval.or(fallback.keepalive_interval),
+            keepalive_timeout: self.keepalive_timeout.or(fallback.keepalive_timeout),
+            request_body_timeout: self.request_body_timeout.or(fallback.request_body_timeout),
+        }
+    }
+
+    /// The limits in force: these settings over the defaults for
+    /// `open_files` descriptors. Zero counts and durations are refused.
+    pub fn resolve(&self, open_files: Option<u64>) -> Result<Limits, LimitError> {
+        let defaults = Limits::sized_for(open_files);
+        let count = |name, value: Option<u32>, default| match value {
+            Some(0) => Err(LimitError {
+                name,
+                value: "0".into(),
+                problem: "it must be at least 1",
+            }),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let span = |name, value: Option<Duration>, default| match value {
+            Some(d) if d.is_zero() => Err(LimitError {
+                name,
+                value: "0s".into(),
+                problem: "it must be longer than zero (e.g. 10s)",
+            }),
+            Some(d) => Ok(d),
+            None => Ok(default),
+        };
+        Ok(Limits {
+            max_connections: count(
+                "max_connections",
+                self.max_connections,
+                defaults.max_connections,
+            )?,
+            max_concurrent_streams: count(
+                "max_concurrent_streams",
+                self.max_concurrent_streams,
+                defaults.max_concurrent_streams,
+            )?,
+            idle_timeout: span("idle_timeout", self.idle_timeout, defaults.idle_timeout)?,
+            keepalive_interval: span(
+                "keepalive_interval",
+                self.keepalive_interval,
+                defaults.keepalive_interval,
+            )?,
+            keepalive_timeout: span(
+                "keepalive_timeout",
+                self.keepalive_timeout,
+                defaults.keepalive_timeout,
+            )?,
+            request_body_timeout: span(
+                "request_body_timeout",
+                self.request_body_timeout,
+                defaults.request_body_timeout,
+            )?,
+        })
+    }
+}
+
+/// Reads a duration written as humans do (`"10s"`, `"1m 30s"`).
+fn duration_setting<'de, D>(deserializer: D) -> Result<Option<Duration>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write it like \"10s\" or \"5m\""
+        ))
+    })
+}
+
+/// The soft open-file limit now in force (`None`: unlimited).
+pub fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// Raises the soft open-file limit to the hard limit, so the connection
+/// cap, not `EMFILE`, is what bounds connections. Returns the soft limit
+/// before and after (`None`: unlimited).
+pub fn raise_open_file_limit() -> std::io::Result<(Option<u64>, Option<u64>)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let before = getrlimit(Resource::Nofile);
+    if before.current == before.maximum {
+        return Ok((before.current, before.current));
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: before.maximum,
+            maximum: before.maximum,
+        },
+    )?;
+    Ok((before.current, getrlimit(Resource::Nofile).current))
+}
 
 /// How connections are secured.
 #[derive(Clone)]
@@ -42,16 +290,20 @@ pub struct Services {
 pub enum ServeError {
     #[error("gRPC reflection set-up failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("the gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the Berth API, health and reflection on `listener` until
-/// `shutdown` completes, then finishes in-flight calls and returns.
+/// The router every connection serves: the Berth API, health and
+/// reflection behind the request pipeline.
+type Router = Pipeline<Routes>;
+
+/// Serves the Berth API, health and reflection on `listener` within
+/// `limits` until `shutdown` completes; then stops accepting, lets calls in
+/// flight finish, and returns once every connection is closed.
 pub async fn run(
     listener: TcpListener,
     transport: Transport,
     services: Services,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let Services { api, admin, auth } = services;
@@ -63,106 +315,551 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-
-    let router = tonic::transport::Server::builder()
-        .layer(PipelineLayer::new(auth))
-        .add_service(health)
+    let routes = Routes::new(health)
         .add_service(reflection)
         .add_service(pb::service_catalog_server::ServiceCatalogServer::new(
             api.clone(),
         ))
         .add_service(pb::volumes_server::VolumesServer::new(api.clone()))
         .add_service(pb::snapshots_server::SnapshotsServer::new(api))
-        .add_service(pb::admin_server::AdminServer::new(admin));
-
-    match transport {
-        Transport::Tls(tls) => {
-            router
-                .serve_with_incoming_shutdown(tls_incoming(listener, tls), shutdown)
-                .await?
-        }
-        Transport::DangerousPlaintext => {
-            router
-                .serve_with_incoming_shutdown(plaintext_incoming(listener), shutdown)
-                .await?
-        }
+        .add_service(pb::admin_server::AdminServer::new(admin))
+        .prepare();
+    let server = Arc::new(Server {
+        router: PipelineLayer::new(auth).layer(routes),
+        transport,
+        limits,
+        http2: http2_builder(&limits),
+        permits: Arc::new(Semaphore::new(limits.max_connections as usize)),
+        stopping: watch::channel(false).0,
+    });
+    // The accept loop runs inside this select: when the signal comes it is
+    // dropped, and the listening socket with it, so new clients are refused
+    // at once rather than left waiting.
+    tokio::select! {
+        () = shutdown => {}
+        never = accept_loop(listener, Arc::clone(&server)) => match never {},
     }
+    server.stopping.send_replace(true);
+    // Every connection (handshakes included) holds a permit until it ends.
+    let _all = server
+        .permits
+        .acquire_many(limits.max_connections)
+        .await
+        .ok();
     Ok(())
 }
 
-/// Accepts TCP connections and runs `prepare` on each in its own task (a
-/// slow client never holds up the others), yielding the connections it
-/// accepts. Stops when the server stops consuming.
-fn incoming<IO, F, Fut>(listener: TcpListener, prepare: F) -> ReceiverStream<io::Result<IO>>
-where
-    IO: Send + 'static,
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
-    Fut: Future<Output = Option<IO>> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = tx.closed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let (tx, ready) = (tx.clone(), prepare(tcp, peer));
-            tokio::spawn(async move {
-                if let Some(conn) = ready.await {
-                    let _ = tx.send(Ok(conn)).await;
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
+/// What every connection task shares.
+struct Server {
+    router: Router,
+    transport: Transport,
+    limits: Limits,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// One permit per connection: [`Limits::max_connections`] of them.
+    permits: Arc<Semaphore>,
+    /// Becomes `true` when the server shuts down.
+    stopping: watch::Sender<bool>,
 }
 
-/// Plaintext connections that start talking within [`HANDSHAKE_TIMEOUT`],
-/// as on the TLS path: one that never sends a byte is dropped and never
-/// holds up a graceful shutdown.
-fn plaintext_incoming(listener: TcpListener) -> ReceiverStream<io::Result<TcpStream>> {
-    incoming(listener, |tcp: TcpStream, peer| async move {
-        let mut first = [0u8; 1];
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-            Ok(Ok(n)) if n > 0 => Some(tcp),
-            Ok(_) => None,
-            Err(_) => {
-                tracing::debug!(%peer, "connection sent nothing; dropped");
+/// The HTTP/2 settings every connection gets.
+fn http2_builder(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    builder
+}
+
+/// Accepts connections forever: each gets a permit (or is closed at once
+/// when none is left) and its own task, so a slow client never holds up
+/// the others. Failures to accept (out of file descriptors and the like)
+/// back off exponentially.
+async fn accept_loop(listener: TcpListener, server: Arc<Server>) -> Infallible {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut failures = RepeatLog::new(REPEAT_LOG_PERIOD);
+    let mut refusals = RepeatLog::new(REPEAT_LOG_PERIOD);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(pair) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                pair
+            }
+            Err(e) => {
+                if let Some(left_out) = failures.hit() {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        similar_since_last_warning = left_out,
+                        "accept failed; backing off (out of file descriptors? raise the open-file limit or lower --max-connections)");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&server.permits).try_acquire_owned() else {
+            drop(tcp);
+            if let Some(left_out) = refusals.hit() {
+                tracing::warn!(limit = server.limits.max_connections, %peer,
+                    refused_since_last_warning = left_out,
+                    "connection limit reached; closing new connections (raise --max-connections or limits.max_connections)");
+            }
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(Arc::clone(&server), tcp, peer, permit));
+    }
+}
+
+/// One connection, from handshake to close, holding `permit` throughout.
+async fn connection(
+    server: Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let mut stopping = server.stopping.subscribe();
+    let handshake = async {
+        match &server.transport {
+            Transport::Tls(tls) => {
+                let acceptor = tls.acceptor();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => Some(Conn::Tls(Box::new(stream))),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        None
+                    }
+                }
+            }
+            // As on the TLS path: one that never sends a byte is dropped.
+            Transport::DangerousPlaintext => {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => Some(Conn::Plain(tcp)),
+                    Ok(_) => None,
+                    Err(_) => {
+                        tracing::debug!(%peer, "connection sent nothing; dropped");
+                        None
+                    }
+                }
+            }
+        }
+    };
+    let conn = tokio::select! {
+        conn = handshake => conn,
+        _ = stopping.wait_for(|s| *s) => None,
+    };
+    match conn {
+        Some(Conn::Tls(stream)) => serve(&server, *stream, peer, stopping).await,
+        Some(Conn::Plain(stream)) => serve(&server, stream, peer, stopping).await,
+        None => {}
+    }
+    drop(permit);
+}
+
+/// A connection past its handshake.
+enum Conn {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+/// Serves HTTP/2 on `io` until the peer leaves, it stays without a call in
+/// flight for the idle timeout, or the server stops.
+async fn serve<IO>(server: &Server, io: IO, peer: SocketAddr, mut stopping: watch::Receiver<bool>)
+where
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = ConnectionService {
+        router: server.router.clone(),
+        connect_info: io.connect_info(),
+        activity: Arc::clone(&activity),
+        body_timeout: server.limits.request_body_timeout,
+    };
+    let conn = server.http2.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.idle_for(server.limits.idle_timeout), if !closing => {
+                tracing::debug!(%peer, idle_timeout_s = server.limits.idle_timeout.as_secs_f64(),
+                    "closing a connection with no call in flight");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = stopping.wait_for(|s| *s), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            // A peer that does not take part in the goodbye (one that never
+            // sent its HTTP/2 preface, one that never answers the GOAWAY's
+            // PING) is dropped once no call of its is in flight.
+            () = async {
+                tokio::time::sleep(CLOSE_GRACE).await;
+                activity.idle_for(Duration::ZERO).await;
+            }, if closing => {
+                tracing::debug!(%peer, "connection did not close after GOAWAY; dropped");
+                return;
+            }
+        }
+    }
+}
+
+/// The calls in flight on one connection, and when that count last
+/// changed.
+struct Activity {
+    /// (calls in flight, when a call last started or ended).
+    state: Mutex<(usize, Instant)>,
+    /// Woken when a call ends.
+    ended: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new((0, Instant::now())),
+            ended: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Instant)> {
+        // The state is two plain values, valid even after a panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a call in flight until the returned guard drops.
+    fn call_started(self: &Arc<Self>) -> CallInFlight {
+        let mut state = self.lock();
+        state.0 += 1;
+        state.1 = Instant::now();
+        CallInFlight(Arc::clone(self))
+    }
+
+    /// Completes once no call has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            // Registered before the state is read, so an end between the
+            // read and the wait still wakes this.
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let (in_flight, since) = *self.lock();
+            if in_flight > 0 {
+                ended.await;
+                continue;
+            }
+            let at = since + limit;
+            if Instant::now() >= at {
+                return;
+            }
+            // A call that starts meanwhile moves `since`: look again then.
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
+/// A call in flight on a connection (see [`Activity::call_started`]).
+struct CallInFlight(Arc<Activity>);
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        {
+            let mut state = self.0.lock();
+            state.0 = state.0.saturating_sub(1);
+            state.1 = Instant::now();
+        }
+        self.0.ended.notify_waiters();
+    }
+}
+
+/// The per-connection service hyper calls for each stream.
+///
+/// hyper calls it on the connection's task as it reads the stream's
+/// headers, so a call is counted in [`Activity`] before the connection can
+/// look idle again.
+#[derive(Clone)]
+struct ConnectionService<C> {
+    router: Router,
+    connect_info: C,
+    activity: Arc<Activity>,
+    body_timeout: Duration,
+}
+
+impl<C> hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnectionService<C>
+where
+    C: Clone + Send + Sync + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let in_flight = self.activity.call_started();
+        let timeout = self.body_timeout;
+        let mut request = request.map(|body| Body::new(BodyDeadline::new(body, timeout)));
+        request.extensions_mut().insert(self.connect_info.clone());
+        let client_deadline = grpc_timeout(request.headers());
+        let call = self.router.clone().oneshot(request);
+        Box::pin(async move {
+            let response = match client_deadline {
+                Some(limit) => match tokio::time::timeout(limit, call).await {
+                    Ok(answer) => answer,
+                    // What tonic's own server answers.
+                    Err(_) => Ok(Status::cancelled("Timeout expired").into_http()),
+                },
+                None => call.await,
+            };
+            let response = match response {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            Ok(response.map(|body| {
+                Body::new(ResponseBody {
+                    inner: body,
+                    _in_flight: in_flight,
+                })
+            }))
+        })
+    }
+}
+
+/// The client's deadline from a `grpc-timeout` header (`100m`, `5S`; at
+/// most 8 digits), as the gRPC HTTP/2 protocol defines it; `None` when
+/// absent or malformed.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let split = text.len().checked_sub(1)?;
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A request body that must arrive whole within a deadline; past it, it
+/// fails with DEADLINE_EXCEEDED, which the handler reading it answers.
+struct BodyDeadline<B> {
+    inner: B,
+    limit: Duration,
+    /// `None` once the body has ended (or failed).
+    deadline: Option<Pin<Box<Sleep>>>,
+    expired: bool,
+}
+
+impl<B> BodyDeadline<B> {
+    fn new(inner: B, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+            expired: false,
+        }
+    }
+}
+
+impl<B> HttpBody for BodyDeadline<B>
+where
+    B: HttpBody + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = B::Data;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.expired {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.deadline = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.is_trailers() || self.inner.is_end_stream() {
+                    self.deadline = None;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.deadline = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => {
+                let fired = match self.deadline.as_mut() {
+                    Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if !fired {
+                    return Poll::Pending;
+                }
+                self.deadline = None;
+                self.expired = true;
+                Poll::Ready(Some(Err(Box::new(Status::deadline_exceeded(format!(
+                    "the request body did not arrive within {} of its headers; send the whole request at once",
+                    humantime::format_duration(self.limit)
+                ))))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expired || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that keeps its call counted as in flight until hyper
+/// has sent it all (or the peer reset the stream).
+struct ResponseBody<B> {
+    inner: B,
+    _in_flight: CallInFlight,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Rate-limits a repeating warning: the first is logged, then at most one
+/// per period, saying how many were left out.
+struct RepeatLog {
+    period: Duration,
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl RepeatLog {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            left_out: 0,
+        }
+    }
+
+    /// Notes one occurrence; `Some(left out since the last)` when this one
+    /// is to be logged.
+    fn hit(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.period => {
+                self.left_out += 1;
                 None
             }
-        }
-    })
-}
-
-/// TLS connections whose handshake finishes within [`HANDSHAKE_TIMEOUT`],
-/// with the configuration current when it started.
-fn tls_incoming(
-    listener: TcpListener,
-    tls: Arc<Tls>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    incoming(listener, move |tcp, peer| {
-        let acceptor = tls.acceptor();
-        async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => Some(stream),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    None
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    None
-                }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.left_out))
             }
         }
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_cap_follows_the_open_file_limit() {
+        assert_eq!(default_max_connections(Some(1024)), 768);
+        assert_eq!(default_max_connections(Some(64)), 32);
+        assert_eq!(default_max_connections(Some(20)), 1);
+        assert_eq!(
+            default_max_connections(Some(1 << 20)),
+            MAX_DEFAULT_CONNECTIONS
+        );
+        assert_eq!(default_max_connections(None), MAX_DEFAULT_CONNECTIONS);
+    }
+
+    #[test]
+    fn settings_fall_back_in_order_and_refuse_zero() {
+        let flags = LimitSettings {
+            idle_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let file = LimitSettings {
+            idle_timeout: Some(Duration::from_secs(9)),
+            max_concurrent_streams: Some(7),
+            ..Default::default()
+        };
+        let limits = flags.or(&file).resolve(Some(1024)).expect("valid");
+        assert_eq!(limits.idle_timeout, Duration::from_secs(2));
+        assert_eq!(limits.max_concurrent_streams, 7);
+        assert_eq!(limits.max_connections, 768);
+        assert_eq!(
+            limits.request_body_timeout,
+            Limits::DEFAULT_REQUEST_BODY_TIMEOUT
+        );
+        let zero = LimitSettings {
+            max_connections: Some(0),
+            ..Default::default()
+        };
+        let e = zero.resolve(Some(1024)).expect_err("zero refused");
+        assert!(e.to_string().starts_with("max_connections = 0 "), "{e}");
+    }
+
+    #[test]
+    fn grpc_timeout_headers_parse_as_the_protocol_says() {
+        let parse = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().expect("header"));
+            grpc_timeout(&h)
+        };
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("123456789S"), None);
+        assert_eq!(parse("S"), None);
+        assert_eq!(parse("5x"), None);
+        assert_eq!(parse("-5S"), None);
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_repeating_warning_is_logged_once_per_period() {
+        let mut log = RepeatLog::new(Duration::from_secs(3600));
+        assert_eq!(log.hit(), Some(0));
+        assert!((0..500).all(|_| log.hit().is_none()));
+        log.last = Some(Instant::now() - Duration::from_secs(3601));
+        assert_eq!(log.hit(), Some(500));
+    }
 }

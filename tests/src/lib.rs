@@ -65,6 +65,9 @@ pub struct Berthd {
     pub home: PathBuf,
     args: Vec<String>,
     log_filter: String,
+    /// `ulimit` arguments for the controller (e.g. `-n 64`), when a test
+    /// sets its limits.
+    ulimit: Option<String>,
     _tmp: tempfile::TempDir,
     /// Everything the controller wrote to stderr so far (collected).
     log: std::sync::Arc<std::sync::Mutex<String>>,
@@ -91,7 +94,23 @@ impl Berthd {
         Self::start_at(Some(data_dir), args, log_filter)
     }
 
+    /// Starts `berthd` with extra arguments under resource limits set by
+    /// `ulimit ULIMIT` (e.g. `-n 64`) in a shell that then execs the
+    /// controller, so [`Berthd::pid`] is the controller's.
+    pub fn start_with_ulimit(args: &[&str], ulimit: &str) -> Self {
+        Self::start_at_limited(None, args, "info,berthd::request=debug", Some(ulimit))
+    }
+
     fn start_at(data_dir: Option<&Path>, args: &[&str], log_filter: &str) -> Self {
+        Self::start_at_limited(data_dir, args, log_filter, None)
+    }
+
+    fn start_at_limited(
+        data_dir: Option<&Path>,
+        args: &[&str],
+        log_filter: &str,
+        ulimit: Option<&str>,
+    ) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
@@ -105,6 +124,7 @@ impl Berthd {
             home,
             args: args.iter().map(|s| s.to_string()).collect(),
             log_filter: log_filter.to_owned(),
+            ulimit: ulimit.map(str::to_owned),
             _tmp: tmp,
             log: Default::default(),
         };
@@ -135,7 +155,16 @@ impl Berthd {
     }
 
     fn launch(&mut self, listen: &str) {
-        let mut cmd = Command::new(bin("berthd"));
+        let mut cmd = match &self.ulimit {
+            None => Command::new(bin("berthd")),
+            Some(limits) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit {limits} && exec \"$0\" \"$@\""))
+                    .arg(bin("berthd"));
+                sh
+            }
+        };
         self.env(&mut cmd);
         cmd.arg("--listen")
             .arg(listen)
