@@ -190,8 +190,6 @@ pub async fn cert(admin: &Admin, format: Format, command: &CertCommand) -> anyho
                     existing.display()
                 );
             }
-            std::fs::create_dir_all(out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
             // The key is made here and never leaves this machine.
             let key = rcgen::KeyPair::generate().context("cannot generate a key")?;
             let mut params = rcgen::CertificateParams::default();
@@ -210,6 +208,9 @@ pub async fn cert(admin: &Admin, format: Format, command: &CertCommand) -> anyho
                 })
                 .await?
                 .into_inner();
+            // Only once the controller signed: a refusal leaves no trace.
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
             write_new_private(&files[0], key.serialize_pem().as_bytes())?;
             write_new_private(&files[1], signed.certificate_pem.as_bytes())?;
             write_new_private(&files[2], signed.ca_pem.as_bytes())?;

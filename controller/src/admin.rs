@@ -40,6 +40,7 @@ impl From<CredentialError> for Status {
     fn from(e: CredentialError) -> Self {
         match e {
             CredentialError::Invalid(m) => Status::invalid_argument(m),
+            CredentialError::Subject(e) => Status::invalid_argument(e.to_string()),
             CredentialError::NotFound(_) => Status::not_found(e.to_string()),
             other => Status::internal(other.to_string()),
         }

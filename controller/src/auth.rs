@@ -129,7 +129,9 @@ impl Authenticator {
             .map(|c| self.credentials.verify_certificate(&c))
             .transpose();
         let refused = |what: &str, e: CredentialError| match e {
-            CredentialError::Invalid(_) | CredentialError::NotFound(_) => {
+            CredentialError::Invalid(_)
+            | CredentialError::NotFound(_)
+            | CredentialError::Subject(_) => {
                 Status::unauthenticated(format!("{what} refused: {e}"))
             }
             // The controller's own trouble, not the caller's credential.
@@ -245,8 +247,8 @@ impl Authorizer {
         if berth_drivers::VolumeName::parse(service).is_err() {
             // Configured services all have valid names: this reveals nothing.
             return Err(Status::invalid_argument(format!(
-                "{:?} is not a service name: 1 to 128 characters of [A-Za-z0-9][A-Za-z0-9_.-]*",
-                service.chars().take(64).collect::<String>()
+                "\"{}\" is not a service name: 1 to 128 characters of [A-Za-z0-9][A-Za-z0-9_.-]*",
+                crate::credentials::shown(service)
             )));
         }
         match self.decide(who, service) {

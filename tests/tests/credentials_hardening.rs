@@ -2,20 +2,25 @@
 //! names that must not deceive, through real `berthd` and `berth` processes
 //! and a real gRPC/TLS client:
 //!
+//! * a client certificate that expires while its connection is open is
+//!   refused on that connection at the next call;
 //! * a caller not allowed a service gets the same status and message
-//!   whether the service exists or not, on every RPC that names one.
+//!   whether the service exists or not, on every RPC that names one;
+//! * subjects with invisible or bidirectional characters are refused at
+//!   issue time, at verification and in the config's allow and deny lists,
+//!   and what is kept is in normal form C, so a deny list cannot be bypassed;
 //!
 //! Every refusal is checked to change nothing.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use berth_client::connect::{self, ClientIdentity, ServerTrust};
 use berth_client::pinning::PinSource;
 use berth_proto::v1 as pb;
-use berth_tests::{bin, entries, Berthd, Run};
+use berth_tests::{bin, entries, Berthd, Run, START_TIMEOUT};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -42,6 +47,47 @@ fn tree(root: &Path) -> BTreeSet<String> {
     out
 }
 
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (these tests need it on PATH)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A P-256 key and CSR whose CN is `cn` (UTF-8): (key, csr).
+fn openssl_csr(dir: &Path, file: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let (key, csr) = (
+        dir.join(format!("{file}.key")),
+        dir.join(format!("{file}.csr")),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-utf8",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            s(&key),
+            "-out",
+            s(&csr),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    (key, csr)
+}
+
 /// A controller serving `fast` and `bulk` (vfs), each section taking the
 /// extra TOML lines given.
 struct Ctl {
@@ -49,7 +95,7 @@ struct Ctl {
     d: Berthd,
     fast: PathBuf,
     bulk: PathBuf,
-    _work: tempfile::TempDir,
+    work: tempfile::TempDir,
 }
 
 /// What a refusal must leave alone.
@@ -83,7 +129,7 @@ fn two_services(fast_extra: &str, bulk_extra: &str, args: &[&str]) -> Ctl {
         d,
         fast: work.path().join("fast-root"),
         bulk: work.path().join("bulk-root"),
-        _work: work,
+        work,
     }
 }
 
@@ -102,6 +148,10 @@ fn names(list: &serde_json::Value, fields: &[&str]) -> BTreeSet<String> {
 }
 
 impl Ctl {
+    fn dir(&self) -> &Path {
+        self.work.path()
+    }
+
     fn state(&self) -> State {
         let d = &self.d;
         State {
@@ -191,6 +241,116 @@ fn with<T>(token: &str, message: T) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("ascii"),
     );
     request
+}
+
+/// Runs `berthd` on `d`'s data directory with `args`, expecting it to
+/// refuse to start; returns its stderr. A controller that starts instead is
+/// killed (after START_TIMEOUT at most) and the test fails.
+fn start_fails(d: &Berthd, args: &[&str]) -> String {
+    let mut cmd = Command::new(bin("berthd"));
+    d.env(&mut cmd);
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0", "--data-dir", s(&d.data_dir)])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berthd");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("berthd output");
+        panic!(
+            "berthd started when it should have refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = child.wait_with_output().expect("berthd output");
+    assert!(!out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "it must not have listened"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+// ---- 1. an expired certificate on an open connection ----
+
+#[tokio::test]
+async fn a_certificate_that_expires_mid_connection_is_refused_on_it() {
+    let d = Berthd::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("carol");
+    let ttl = Duration::from_secs(4);
+    d.berth(&[
+        "cert",
+        "issue",
+        "carol",
+        "--services",
+        "*",
+        "--ttl",
+        "4s",
+        "--out",
+        s(&dir),
+    ])
+    .success();
+    let issued = Instant::now();
+    let serial = list_of(&d, "cert")[0]["serial"]
+        .as_str()
+        .expect("serial")
+        .to_owned();
+    let identity =
+        connect::read_identity(&dir.join("carol.crt"), &dir.join("carol.key")).expect("identity");
+    let channel = channel(&d, Some(identity)).await;
+    let mut catalog = pb::service_catalog_client::ServiceCatalogClient::new(channel.clone());
+    let mut volumes = pb::volumes_client::VolumesClient::new(channel);
+    let before = catalog
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect("carol may list while her certificate is valid")
+        .into_inner();
+    assert_eq!(before.services.len(), 1);
+    let root = d.data_dir.join("volumes");
+    let files = tree(&root);
+
+    // Past not_after (the certificate's dates have whole seconds).
+    let wait = (ttl + Duration::from_secs(2)).saturating_sub(issued.elapsed());
+    tokio::time::sleep(wait).await;
+
+    let err = catalog
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect_err("refused on the same connection after expiry");
+    // Unauthenticated, not a transport error: the same connection answered
+    // (a new handshake with this certificate would fail).
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message().contains("expired") && err.message().contains(&serial),
+        "{err:?}"
+    );
+    let err = volumes
+        .create_volume(pb::CreateVolumeRequest {
+            service: "local".into(),
+            name: "after-expiry".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a create after expiry");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(tree(&root), files, "nothing created");
+    assert!(d
+        .berth(&["volume", "list", "-o", "json"])
+        .json()
+        .as_array()
+        .expect("array")
+        .is_empty());
 }
 
 // ---- 2. authorization before existence ----
@@ -393,4 +553,181 @@ async fn a_forbidden_service_and_a_missing_one_answer_alike() {
         assert_eq!(code, Code::NotFound, "admin {rpc}: {message}");
     }
     assert_eq!(c.state(), before, "a refused call changed something");
+}
+
+// ---- 3. subjects ----
+
+#[test]
+fn invisible_subjects_are_refused_at_issue_and_change_nothing() {
+    let c = two_services("deny = [\"mallory\", \"jos\u{e9}\"]", "", &[]);
+    let before = c.state();
+    for hidden in [
+        "mallory\u{200b}",
+        "\u{202e}yrollam",
+        "\u{feff}mallory",
+        "mal\u{2066}lory",
+    ] {
+        let err = refused(
+            &c.d.berth(&["token", "issue", hidden, "--services", "fast"]),
+            "error: invalid argument: subject ",
+        );
+        assert!(err.contains("U+"), "{err}");
+        let bad = hidden.chars().find(|ch| !ch.is_ascii()).expect("hidden");
+        assert!(!err.contains(bad), "the error must escape it: {err:?}");
+
+        let (_, csr) = openssl_csr(c.dir(), "hidden", hidden);
+        refused(
+            &c.d.berth(&["cert", "sign", "--csr", s(&csr), "--services", "fast"]),
+            "error: invalid argument: subject ",
+        );
+        let out = c.dir().join("hidden-out");
+        refused(
+            &c.d.berth(&[
+                "cert",
+                "issue",
+                hidden,
+                "--services",
+                "fast",
+                "--out",
+                s(&out),
+            ]),
+            "error: invalid argument: subject ",
+        );
+        assert!(!out.exists(), "cert issue left {}", out.display());
+        assert_eq!(
+            c.state(),
+            before,
+            "{hidden:?}: a refused issue changed something"
+        );
+    }
+    // What is kept is NFC: `jose` + U+0301 is the `jos\u{e9}` the deny list
+    // names, so it cannot slip past it.
+    let decomposed = issue(&c.d, &["jose\u{301}", "--services", "fast"]);
+    let tokens = list_of(&c.d, "token");
+    assert!(
+        tokens.iter().any(|t| t["subject"] == "jos\u{e9}"),
+        "stored in NFC: {tokens:?}"
+    );
+    let err = refused(
+        &c.d.berth(&[
+            "--token",
+            &decomposed,
+            "volume",
+            "create",
+            "x",
+            "--service",
+            "fast",
+        ]),
+        "error: permission denied: ",
+    );
+    assert!(err.contains("jos\u{e9}"), "{err}");
+    assert!(tree(&c.fast).iter().all(|p| !p.starts_with('x')));
+    assert!(
+        !c.d.log().contains('\u{200b}') && !c.d.log().contains('\u{202e}'),
+        "the log carries an invisible character"
+    );
+}
+
+#[test]
+fn an_operator_certificate_with_an_invisible_cn_is_refused_at_verification() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=operator-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    let (key, csr) = openssl_csr(dir, "ext", "mallory\u{200b}");
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext.cnf");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            s(&csr),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "ext.crt",
+            "-days",
+            "30",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    // bulk's allow list names mallory: a look-alike must not get it, nor
+    // appear in the audit log.
+    let c = two_services(
+        "",
+        "allow = [\"mallory\"]",
+        &["--client-ca", s(&dir.join("ca.pem"))],
+    );
+    let before = c.state();
+    let crt = dir.join("ext.crt");
+    for args in [
+        &["service", "list"][..],
+        &["volume", "create", "x", "--service", "bulk"],
+    ] {
+        let mut all = vec!["--cert", s(&crt), "--key", s(&key)];
+        all.extend_from_slice(args);
+        let err = refused(&c.d.berth(&all), "error: not authenticated: ");
+        assert!(err.contains("U+200B"), "{err}");
+    }
+    assert_eq!(c.state(), before);
+    assert!(!c.d.log().contains('\u{200b}'), "the log carries U+200B");
+}
+
+#[test]
+fn allow_and_deny_entries_with_invisible_characters_stop_start_up() {
+    let d = Berthd::start();
+    let mut d = d;
+    d.kill9();
+    let work = tempfile::tempdir().expect("tempdir");
+    for (fast, problem) in [
+        ("deny = [\"mallory\\u200B\"]", "deny list entry"),
+        ("allow = [\"\\u202Eyrollam\"]", "allow list entry"),
+    ] {
+        let config = work.path().join("berthd.toml");
+        std::fs::write(&config, config_text(work.path(), fast, "")).expect("config");
+        let files = tree(&d.data_dir);
+        let err = start_fails(&d, &["--config", s(&config)]);
+        assert!(
+            err.contains(s(&config)) && err.contains("\"fast\"") && err.contains(problem),
+            "{err}"
+        );
+        assert!(err.contains("U+200B") || err.contains("U+202E"), "{err}");
+        assert_eq!(
+            tree(&d.data_dir),
+            files,
+            "a refused start changed the data directory"
+        );
+        assert!(!work.path().join("fast-root").exists());
+    }
 }
