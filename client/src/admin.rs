@@ -35,6 +35,7 @@ fn token_json(t: &pb::TokenInfo) -> serde_json::Value {
         "issued_at": output::time(t.issued_at.as_ref()),
         "expires_at": output::time(t.expires_at.as_ref()),
         "revoked": t.revoked,
+        "bootstrap": t.bootstrap,
     })
 }
 
@@ -126,6 +127,30 @@ pub async fn token(admin: &Admin, format: Format, command: &TokenCommand) -> any
             match format {
                 Format::Json => print_json(&token_json(&info))?,
                 Format::Table => println!("revoked token {} of {}", info.jti, info.subject),
+            }
+        }
+        TokenCommand::RotateAdmin => {
+            let rotated = admin
+                .rotate_admin_token(pb::RotateAdminTokenRequest {})
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => {
+                    let mut v = rotated.info.as_ref().map(token_json).unwrap_or_default();
+                    v["path"] = json!(rotated.path);
+                    v["revoked_jtis"] = json!(rotated.revoked_jtis);
+                    print_json(&v)?;
+                }
+                Format::Table => {
+                    let jti = rotated.info.as_ref().map(|i| i.jti.as_str()).unwrap_or("?");
+                    println!(
+                        "wrote a new bootstrap admin token {jti} to {} on the controller's machine",
+                        rotated.path
+                    );
+                    for old in &rotated.revoked_jtis {
+                        println!("revoked the previous bootstrap admin token {old}");
+                    }
+                }
             }
         }
     }

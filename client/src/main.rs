@@ -153,6 +153,9 @@ enum TokenCommand {
     List,
     /// Revoke a token by its id (jti).
     Revoke { jti: String },
+    /// Replace the bootstrap admin token (admin.token on the controller's
+    /// machine) with a new one and revoke every earlier one.
+    RotateAdmin,
 }
 
 #[derive(Subcommand, Debug)]

@@ -90,6 +90,7 @@ fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         issued_at: ts(r.issued_at),
         expires_at: ts(r.expires_at),
         revoked: r.revoked,
+        bootstrap: r.bootstrap,
     }
 }
 
@@ -226,6 +227,22 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(pb::GetCaResponse {
             ca_pem: ca.cert_pem.clone(),
             fingerprint: ca.fingerprint(),
+        }))
+    }
+
+    async fn rotate_admin_token(
+        &self,
+        request: Request<pb::RotateAdminTokenRequest>,
+    ) -> Result<Response<pb::RotateAdminTokenResponse>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "RotateAdminToken")?;
+        let (record, revoked) = self.credentials.rotate_admin_token()?;
+        self.durable().await?;
+        tracing::info!(target: AUDIT, subject = %who.subject, jti = %record.jti, revoked = ?revoked, "rotated the bootstrap admin token");
+        Ok(Response::new(pb::RotateAdminTokenResponse {
+            info: Some(token_info(&record)),
+            revoked_jtis: revoked,
+            path: self.credentials.admin_token_path().display().to_string(),
         }))
     }
 }

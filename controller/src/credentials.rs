@@ -33,6 +33,8 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Lifetime of the bootstrap admin token.
 pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The bootstrap admin token's file name in the auth directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Clock skew tolerated on `exp`/`nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
@@ -57,6 +59,10 @@ pub struct TokenRecord {
     pub issued_at: u64,
     pub expires_at: u64,
     pub revoked: bool,
+    /// Whether this is a bootstrap admin token (the one written to
+    /// `admin.token`); rotating that file revokes every earlier one.
+    #[serde(default)]
+    pub bootstrap: bool,
 }
 
 /// What the controller remembers of a client certificate it signed.
@@ -132,6 +138,8 @@ pub struct Credentials {
     certs: sled::Tree,
     ca: Arc<Ca>,
     dir: PathBuf,
+    /// Serialises rotations of the bootstrap admin token.
+    rotation: std::sync::Mutex<()>,
 }
 
 fn now_secs() -> u64 {
@@ -303,6 +311,12 @@ impl Credentials {
     /// the credential trees in `db`.
     pub fn open(dir: &Path, db: &sled::Db, ca: Arc<Ca>) -> Result<Self, CredentialError> {
         crate::paths::create_private_dir(dir).map_err(PkiError::from)?;
+        // Checked before anything is created or replaced: a token others
+        // can read is refused like an exposed key.
+        let admin_token = dir.join(ADMIN_TOKEN_FILE);
+        if admin_token.exists() {
+            pki::check_private(&admin_token)?;
+        }
         let (key_path, pub_path) = (dir.join("signing.key"), dir.join("signing.pub"));
         if !key_path.exists() {
             let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(PkiError::from)?;
@@ -347,6 +361,7 @@ impl Credentials {
             certs: db.open_tree("certs")?,
             ca,
             dir: dir.to_owned(),
+            rotation: std::sync::Mutex::new(()),
         })
     }
 
@@ -356,6 +371,16 @@ impl Credentials {
         subject: &str,
         scope: Scope,
         ttl: Duration,
+    ) -> Result<(String, TokenRecord), CredentialError> {
+        self.issue_token_as(subject, scope, ttl, false)
+    }
+
+    fn issue_token_as(
+        &self,
+        subject: &str,
+        scope: Scope,
+        ttl: Duration,
+        bootstrap: bool,
     ) -> Result<(String, TokenRecord), CredentialError> {
         let subject = normalize_subject(subject)?;
         check_scope(&scope)?;
@@ -378,6 +403,7 @@ impl Credentials {
             issued_at: now,
             expires_at: claims.exp,
             revoked: false,
+            bootstrap,
         };
         self.tokens.insert(record.jti.as_bytes(), encode(&record))?;
         Ok((token, record))
@@ -747,33 +773,103 @@ impl Credentials {
         &self.ca
     }
 
-    /// Creates the bootstrap admin token file if it is missing (or no longer
-    /// valid). Returns its path.
-    pub fn ensure_admin_token(&self) -> Result<PathBuf, CredentialError> {
-        let path = self.dir.join("admin.token");
-        if let Ok(existing) = std::fs::read_to_string(&path) {
-            match self.verify_token(existing.trim()) {
-                Ok(id) if id.scope.role == Role::Admin => return Ok(path),
-                _ => {
-                    tracing::warn!(path = %path.display(), "the bootstrap admin token is no longer valid; issuing a new one");
-                    std::fs::remove_file(&path).map_err(|source| PkiError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                }
-            }
-        }
-        let (token, record) = self.issue_token(
+    /// The bootstrap admin token file, `<auth-dir>/admin.token`.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.dir.join(ADMIN_TOKEN_FILE)
+    }
+
+    fn rotation_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, CredentialError> {
+        self.rotation
+            .lock()
+            .map_err(|_| CredentialError::Corrupt("a rotation of the admin token panicked".into()))
+    }
+
+    fn issue_bootstrap(&self) -> Result<(String, TokenRecord), CredentialError> {
+        self.issue_token_as(
             "admin",
             Scope {
                 role: Role::Admin,
                 services: ["*".to_owned()].into(),
             },
             ADMIN_TOKEN_TTL,
-        )?;
+            true,
+        )
+    }
+
+    /// Revokes every bootstrap token but `keep`; returns their ids.
+    fn revoke_bootstrap_except(&self, keep: &str) -> Result<Vec<String>, CredentialError> {
+        let mut revoked = Vec::new();
+        for record in self.list_tokens()? {
+            if record.bootstrap && !record.revoked && record.jti != keep {
+                self.revoke_token(&record.jti)?;
+                revoked.push(record.jti);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Makes sure `admin.token` holds a valid bootstrap admin token, and that
+    /// no earlier bootstrap token is still valid. A missing file (deleted by
+    /// an operator to rotate it offline), or one that no longer verifies, is
+    /// replaced by a new token, and every earlier bootstrap token is
+    /// revoked. A file holding a valid admin token is kept and marked as the
+    /// bootstrap token (data directories from before the mark existed).
+    /// Returns its path; the changes are durable once the store is flushed.
+    pub fn ensure_admin_token(&self) -> Result<PathBuf, CredentialError> {
+        let _rotation = self.rotation_lock()?;
+        let path = self.admin_token_path();
+        let current = match std::fs::read(&path) {
+            Ok(bytes) => match self.verify_token_fully(String::from_utf8_lossy(&bytes).trim()) {
+                Ok((id, jti, _)) if id.scope.role == Role::Admin => Some(jti),
+                _ => {
+                    tracing::warn!(path = %path.display(), "the bootstrap admin token is no longer valid; issuing a new one");
+                    std::fs::remove_file(&path).map_err(|source| PkiError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(PkiError::Io { path, source }.into()),
+        };
+        if let Some(jti) = current {
+            if let Some(raw) = self.tokens.get(jti.as_bytes())? {
+                let mut record: TokenRecord = decode(&raw)?;
+                if !record.bootstrap {
+                    record.bootstrap = true;
+                    self.tokens.insert(jti.as_bytes(), encode(&record))?;
+                }
+            }
+            // Finishes a rotation a crash interrupted after the new file
+            // was written.
+            for old in self.revoke_bootstrap_except(&jti)? {
+                tracing::info!(jti = %old, "revoked an earlier bootstrap admin token");
+            }
+            return Ok(path);
+        }
+        let (token, record) = self.issue_bootstrap()?;
         pki::write_private_new(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), jti = %record.jti, "created the bootstrap admin token");
+        for old in self.revoke_bootstrap_except(&record.jti)? {
+            tracing::info!(jti = %old, "revoked the previous bootstrap admin token");
+        }
         Ok(path)
+    }
+
+    /// Rotates the bootstrap admin token while the controller runs: issues
+    /// a new one, replaces `admin.token` with it (atomically, 0600) and
+    /// revokes every earlier bootstrap token, effective at their next
+    /// request. Returns the new record and the revoked ids; durable once the
+    /// store is flushed. A crash part-way is completed at the next start by
+    /// [`Credentials::ensure_admin_token`].
+    pub fn rotate_admin_token(&self) -> Result<(TokenRecord, Vec<String>), CredentialError> {
+        let _rotation = self.rotation_lock()?;
+        let path = self.admin_token_path();
+        let (token, record) = self.issue_bootstrap()?;
+        pki::replace_file(&path, format!("{token}\n").as_bytes(), 0o600)?;
+        let revoked = self.revoke_bootstrap_except(&record.jti)?;
+        Ok((record, revoked))
     }
 }
 
@@ -901,5 +997,26 @@ mod tests {
             .verify_certificate(&short)
             .expect_err("expired while remembered");
         assert!(err.to_string().contains("expired at"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_admin_token_is_replaced_and_the_old_one_revoked() {
+        let (dir, c) = credentials();
+        let path = c.ensure_admin_token().expect("first");
+        let old = std::fs::read_to_string(&path).expect("read");
+        assert!(c.verify_token(old.trim()).is_ok());
+        std::fs::remove_file(&path).expect("delete");
+        c.ensure_admin_token().expect("again");
+        let new = std::fs::read_to_string(&path).expect("read");
+        assert_ne!(old, new);
+        assert!(
+            c.verify_token(old.trim()).is_err(),
+            "the old one is revoked"
+        );
+        assert!(c.verify_token(new.trim()).is_ok());
+        let (_, revoked) = c.rotate_admin_token().expect("rotate");
+        assert_eq!(revoked.len(), 1);
+        assert!(c.verify_token(new.trim()).is_err());
+        drop(dir);
     }
 }

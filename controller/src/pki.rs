@@ -51,9 +51,13 @@ pub enum PkiError {
     #[error("generating a certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error(
-        "{path} is readable by group or others (mode {mode:o}); a private key must be private: run `chmod 600 {path}`"
+        "{path} is readable by group or others (mode {mode:o}); a private key or token must be private: run `chmod 600 {path}`"
     )]
     KeyExposed { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is owned by uid {owner}, not by uid {me} that berthd runs as, so its owner could read or replace it: run `chown {me} {path}` (as root), or run berthd as its owner"
+    )]
+    KeyForeign { path: PathBuf, owner: u32, me: u32 },
     #[error("{0}")]
     Data(#[from] paths::DataDirError),
 }
@@ -109,17 +113,25 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError
     Ok(())
 }
 
-/// Refuses a private-key file that group or others can read.
+/// Refuses a private-key or token file that group or others can read, or
+/// that another user owns.
 pub fn check_private(path: &Path) -> Result<(), PkiError> {
-    let mode = fs::metadata(path)
-        .map_err(io_err(path))?
-        .permissions()
-        .mode()
-        & 0o777;
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(PkiError::KeyExposed {
             path: path.to_owned(),
             mode,
+        });
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(PkiError::KeyForeign {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
         });
     }
     Ok(())

@@ -9,10 +9,14 @@
 //! * subjects with invisible or bidirectional characters are refused at
 //!   issue time, at verification and in the config's allow and deny lists,
 //!   and what is kept is in normal form C, so a deny list cannot be bypassed;
+//! * the bootstrap admin token can be rotated (online, or by deleting
+//!   `admin.token` and restarting) and the old one stops working, and an
+//!   exposed or foreign-owned `admin.token` stops start-up;
 //!
 //! Every refusal is checked to change nothing.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -279,6 +283,19 @@ fn start_fails(d: &Berthd, args: &[&str]) -> String {
         "it must not have listened"
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every file under the auth directory with its mode and contents.
+fn auth_files(d: &Berthd) -> Vec<(String, u32, Vec<u8>)> {
+    let dir = d.data_dir.join("auth");
+    entries(&dir)
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o7777;
+            (name, mode, std::fs::read(&path).unwrap_or_default())
+        })
+        .collect()
 }
 
 // ---- 1. an expired certificate on an open connection ----
@@ -730,4 +747,116 @@ fn allow_and_deny_entries_with_invisible_characters_stop_start_up() {
         );
         assert!(!work.path().join("fast-root").exists());
     }
+}
+
+// ---- 4. the bootstrap admin token ----
+
+/// The bootstrap tokens that are still valid, from `berth token list`.
+fn live_bootstrap(d: &Berthd) -> usize {
+    list_of(d, "token")
+        .iter()
+        .filter(|t| t["bootstrap"] == true && t["revoked"] == false)
+        .count()
+}
+
+#[test]
+fn deleting_admin_token_and_restarting_revokes_the_old_one() {
+    let mut d = Berthd::start();
+    let old = admin_token(&d);
+    d.berth(&["--token", &old, "volume", "create", "v"])
+        .success();
+    std::fs::remove_file(d.data_dir.join("auth/admin.token")).expect("delete");
+    d.restart();
+    let new = admin_token(&d);
+    assert_ne!(new, old);
+    let err = refused(
+        &d.berth(&["--token", &old, "volume", "list"]),
+        "error: not authenticated: ",
+    );
+    assert!(err.contains("revoked"), "{err}");
+    d.berth(&["--token", &new, "volume", "list"]).success();
+    // A restart with the file in place keeps it.
+    d.restart();
+    assert_eq!(admin_token(&d), new);
+    d.berth(&["--token", &new, "volume", "list"]).success();
+    assert_eq!(live_bootstrap(&d), 1);
+}
+
+#[test]
+fn rotating_the_admin_token_online_revokes_the_old_one() {
+    let d = Berthd::start();
+    let old = admin_token(&d);
+    let out = d.berth(&["token", "rotate-admin"]).success();
+    assert!(out.contains("admin.token"), "{out}");
+    let new = admin_token(&d);
+    assert_ne!(old, new);
+    let mode = std::fs::metadata(d.data_dir.join("auth/admin.token"))
+        .expect("admin.token")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let err = refused(
+        &d.berth(&["--token", &old, "token", "list"]),
+        "error: not authenticated: ",
+    );
+    assert!(err.contains("revoked"), "{err}");
+    // The client profile reads the file: the new token is used as is.
+    d.berth(&["token", "list"]).success();
+    d.berth(&["--token", &new, "volume", "create", "v"])
+        .success();
+    assert_eq!(live_bootstrap(&d), 1);
+    // A user may not rotate it.
+    let bob = issue(&d, &["bob", "--services", "*"]);
+    let err = refused(
+        &d.berth(&["--token", &bob, "token", "rotate-admin"]),
+        "error: permission denied: ",
+    );
+    assert!(err.contains("admin role"), "{err}");
+    assert_eq!(
+        admin_token(&d),
+        new,
+        "a refused rotation changed admin.token"
+    );
+}
+
+#[test]
+fn an_exposed_or_foreign_admin_token_stops_start_up_and_changes_nothing() {
+    let mut d = Berthd::start();
+    let token = admin_token(&d);
+    let tokens = list_of(&d, "token");
+    d.kill9();
+    let path = d.data_dir.join("auth/admin.token");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let before = auth_files(&d);
+    let err = start_fails(&d, &[]);
+    assert!(
+        err.contains(&format!("chmod 600 {}", s(&path))),
+        "says how to fix it: {err}"
+    );
+    assert_eq!(
+        auth_files(&d),
+        before,
+        "a refused start changed the auth directory"
+    );
+
+    let me = Command::new("id").arg("-u").output().expect("id -u");
+    if String::from_utf8_lossy(&me.stdout).trim() == "0" {
+        // Only root can give a file away; as root, check the owner too.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let uid = std::fs::metadata(&path).expect("meta").uid();
+        std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");
+        let before = auth_files(&d);
+        let err = start_fails(&d, &[]);
+        assert!(err.contains("chown"), "says how to fix it: {err}");
+        assert_eq!(auth_files(&d), before);
+        std::os::unix::fs::chown(&path, Some(uid), None).expect("chown back");
+    } else {
+        eprintln!("not root: the foreign-owner case is not exercised");
+    }
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    d.restart();
+    assert_eq!(admin_token(&d), token, "the token was kept");
+    assert_eq!(list_of(&d, "token"), tokens, "no token issued or revoked");
+    d.berth(&["--token", &token, "volume", "list"]).success();
 }
