@@ -64,6 +64,7 @@ pub async fn token(admin: &Admin, format: Format, command: &TokenCommand) -> any
                     subject: subject.clone(),
                     scope: Some(scope.to_proto()),
                     ttl_seconds: *ttl,
+                    allow_unknown_services: scope.allow_unknown,
                 })
                 .await?
                 .into_inner();
@@ -182,6 +183,7 @@ pub async fn cert(admin: &Admin, format: Format, command: &CertCommand) -> anyho
                     csr_pem,
                     scope: Some(scope.to_proto()),
                     ttl_seconds: *ttl,
+                    allow_unknown_services: scope.allow_unknown,
                 })
                 .await?
                 .into_inner();
@@ -230,6 +232,7 @@ pub async fn cert(admin: &Admin, format: Format, command: &CertCommand) -> anyho
                     csr_pem: csr.pem().context("cannot encode the certificate request")?,
                     scope: Some(scope.to_proto()),
                     ttl_seconds: *ttl,
+                    allow_unknown_services: scope.allow_unknown,
                 })
                 .await?
                 .into_inner();

@@ -98,6 +98,9 @@ struct ScopeArgs {
     /// Services it may use: a,b or * (default: * for admins).
     #[arg(long, value_delimiter = ',')]
     services: Vec<String>,
+    /// Accept services that are not configured yet (otherwise refused).
+    #[arg(long)]
+    allow_unknown: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -118,6 +118,37 @@ fn ttl(seconds: u64, default: Duration) -> Result<Duration, Status> {
     }
 }
 
+impl AdminApi {
+    /// Refuses a scope naming services that are not configured, unless the
+    /// admin asked for it (`--allow-unknown`: services configured later).
+    /// A typo would otherwise issue a credential that silently grants
+    /// nothing, or grants a service created later under that name.
+    fn check_services(&self, scope: &Scope, allow_unknown: bool) -> Result<(), Status> {
+        let catalog = self.authz.catalog();
+        let unknown: Vec<&str> = scope
+            .services
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != "*" && catalog.get(s).is_none())
+            .collect();
+        if unknown.is_empty() || allow_unknown {
+            return Ok(());
+        }
+        let quoted = |names: Vec<&str>| {
+            names
+                .iter()
+                .map(|n| format!("\"{}\"", credentials::shown(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(Status::invalid_argument(format!(
+            "the scope names services that are not configured: {}; the configured services are {}. Fix the names, or pass --allow-unknown (allow_unknown_services) to issue it for services configured later",
+            quoted(unknown),
+            quoted(catalog.names().collect()),
+        )))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminApi {
     async fn issue_token(
@@ -128,6 +159,7 @@ impl pb::admin_server::Admin for AdminApi {
         self.authz.admin(&who, "IssueToken")?;
         let req = request.into_inner();
         let scope = scope_from(req.scope)?;
+        self.check_services(&scope, req.allow_unknown_services)?;
         let (token, record) = self.credentials.issue_token(
             &req.subject,
             scope,
@@ -176,6 +208,7 @@ impl pb::admin_server::Admin for AdminApi {
         self.authz.admin(&who, "SignCertificate")?;
         let req = request.into_inner();
         let scope = scope_from(req.scope)?;
+        self.check_services(&scope, req.allow_unknown_services)?;
         let (certificate_pem, record) = self.credentials.sign_csr(
             &req.csr_pem,
             scope,

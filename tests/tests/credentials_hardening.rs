@@ -12,6 +12,8 @@
 //! * the bootstrap admin token can be rotated (online, or by deleting
 //!   `admin.token` and restarting) and the old one stops working, and an
 //!   exposed or foreign-owned `admin.token` stops start-up;
+//! * credentials naming services that are not configured are refused
+//!   unless `--allow-unknown` is given.
 //!
 //! Every refusal is checked to change nothing.
 
@@ -859,4 +861,63 @@ fn an_exposed_or_foreign_admin_token_stops_start_up_and_changes_nothing() {
     assert_eq!(admin_token(&d), token, "the token was kept");
     assert_eq!(list_of(&d, "token"), tokens, "no token issued or revoked");
     d.berth(&["--token", &token, "volume", "list"]).success();
+}
+
+// ---- 5. unknown services ----
+
+#[test]
+fn credentials_for_unknown_services_are_refused_unless_asked() {
+    let c = two_services("", "", &[]);
+    let before = c.state();
+    let (_, csr) = openssl_csr(c.dir(), "bob", "bob");
+    let out = c.dir().join("bob-out");
+    let attempts: [Vec<&str>; 4] = [
+        vec!["token", "issue", "bob", "--services", "nosuch"],
+        vec!["token", "issue", "bob", "--services", "fast,nosuch"],
+        vec!["cert", "sign", "--csr", s(&csr), "--services", "nosuch"],
+        vec![
+            "cert",
+            "issue",
+            "bob",
+            "--services",
+            "nosuch",
+            "--out",
+            s(&out),
+        ],
+    ];
+    for args in &attempts {
+        let err = refused(&c.d.berth(args), "error: invalid argument: ");
+        assert!(
+            err.contains("\"nosuch\"")
+                && err.contains("\"bulk\", \"fast\"")
+                && err.contains("--allow-unknown"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("\"fast\", \"nosuch\""),
+            "only the unknown one is named: {err}"
+        );
+        assert_eq!(
+            c.state(),
+            before,
+            "{args:?}: a refused issue changed something"
+        );
+    }
+    assert!(!out.exists(), "cert issue left {}", out.display());
+
+    for args in &attempts {
+        let mut all = args.clone();
+        all.push("--allow-unknown");
+        c.d.berth(&all).success();
+    }
+    let after = c.state();
+    assert_eq!(after.tokens.len(), before.tokens.len() + 2);
+    assert_eq!(after.certs.len(), before.certs.len() + 2);
+    assert!(after
+        .tokens
+        .iter()
+        .any(|t| t["services"] == serde_json::json!(["nosuch"])));
+    // '*' is not a service name but all of them.
+    c.d.berth(&["token", "issue", "carol", "--services", "*"])
+        .success();
 }
