@@ -35,6 +35,7 @@ fn token_json(t: &pb::TokenInfo) -> serde_json::Value {
         "issued_at": output::time(t.issued_at.as_ref()),
         "expires_at": output::time(t.expires_at.as_ref()),
         "revoked": t.revoked,
+        "bootstrap": t.bootstrap,
     })
 }
 
@@ -63,6 +64,7 @@ pub async fn token(admin: &Admin, format: Format, command: &TokenCommand) -> any
                     subject: subject.clone(),
                     scope: Some(scope.to_proto()),
                     ttl_seconds: *ttl,
+                    allow_unknown_services: scope.allow_unknown,
                 })
                 .await?
                 .into_inner();
@@ -128,6 +130,30 @@ pub async fn token(admin: &Admin, format: Format, command: &TokenCommand) -> any
                 Format::Table => println!("revoked token {} of {}", info.jti, info.subject),
             }
         }
+        TokenCommand::RotateAdmin => {
+            let rotated = admin
+                .rotate_admin_token(pb::RotateAdminTokenRequest {})
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => {
+                    let mut v = rotated.info.as_ref().map(token_json).unwrap_or_default();
+                    v["path"] = json!(rotated.path);
+                    v["revoked_jtis"] = json!(rotated.revoked_jtis);
+                    print_json(&v)?;
+                }
+                Format::Table => {
+                    let jti = rotated.info.as_ref().map(|i| i.jti.as_str()).unwrap_or("?");
+                    println!(
+                        "wrote a new bootstrap admin token {jti} to {} on the controller's machine",
+                        rotated.path
+                    );
+                    for old in &rotated.revoked_jtis {
+                        println!("revoked the previous bootstrap admin token {old}");
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -157,6 +183,7 @@ pub async fn cert(admin: &Admin, format: Format, command: &CertCommand) -> anyho
                     csr_pem,
                     scope: Some(scope.to_proto()),
                     ttl_seconds: *ttl,
+                    allow_unknown_services: scope.allow_unknown,
                 })
                 .await?
                 .into_inner();
@@ -190,8 +217,6 @@ pub async fn cert(admin: &Admin, format: Format, command: &CertCommand) -> anyho
                     existing.display()
                 );
             }
-            std::fs::create_dir_all(out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
             // The key is made here and never leaves this machine.
             let key = rcgen::KeyPair::generate().context("cannot generate a key")?;
             let mut params = rcgen::CertificateParams::default();
@@ -207,9 +232,13 @@ pub async fn cert(admin: &Admin, format: Format, command: &CertCommand) -> anyho
                     csr_pem: csr.pem().context("cannot encode the certificate request")?,
                     scope: Some(scope.to_proto()),
                     ttl_seconds: *ttl,
+                    allow_unknown_services: scope.allow_unknown,
                 })
                 .await?
                 .into_inner();
+            // Only once the controller signed: a refusal leaves no trace.
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
             write_new_private(&files[0], key.serialize_pem().as_bytes())?;
             write_new_private(&files[1], signed.certificate_pem.as_bytes())?;
             write_new_private(&files[2], signed.ca_pem.as_bytes())?;

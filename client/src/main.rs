@@ -103,6 +103,9 @@ struct ScopeArgs {
     /// Services it may use: a,b or * (default: * for admins).
     #[arg(long, value_delimiter = ',')]
     services: Vec<String>,
+    /// Accept services that are not configured yet (otherwise refused).
+    #[arg(long)]
+    allow_unknown: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -166,6 +169,9 @@ enum TokenCommand {
     List,
     /// Revoke a token by its id (jti).
     Revoke { jti: String },
+    /// Replace the bootstrap admin token (admin.token on the controller's
+    /// machine) with a new one and revoke every earlier one.
+    RotateAdmin,
 }
 
 #[derive(Subcommand, Debug)]

@@ -40,6 +40,7 @@ impl From<CredentialError> for Status {
     fn from(e: CredentialError) -> Self {
         match e {
             CredentialError::Invalid(m) => Status::invalid_argument(m),
+            CredentialError::Subject(e) => Status::invalid_argument(e.to_string()),
             CredentialError::NotFound(_) => Status::not_found(e.to_string()),
             other => Status::internal(other.to_string()),
         }
@@ -89,6 +90,7 @@ fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         issued_at: ts(r.issued_at),
         expires_at: ts(r.expires_at),
         revoked: r.revoked,
+        bootstrap: r.bootstrap,
     }
 }
 
@@ -116,6 +118,37 @@ fn ttl(seconds: u64, default: Duration) -> Result<Duration, Status> {
     }
 }
 
+impl AdminApi {
+    /// Refuses a scope naming services that are not configured, unless the
+    /// admin asked for it (`--allow-unknown`: services configured later).
+    /// A typo would otherwise issue a credential that silently grants
+    /// nothing, or grants a service created later under that name.
+    fn check_services(&self, scope: &Scope, allow_unknown: bool) -> Result<(), Status> {
+        let catalog = self.authz.catalog();
+        let unknown: Vec<&str> = scope
+            .services
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != "*" && catalog.get(s).is_none())
+            .collect();
+        if unknown.is_empty() || allow_unknown {
+            return Ok(());
+        }
+        let quoted = |names: Vec<&str>| {
+            names
+                .iter()
+                .map(|n| format!("\"{}\"", credentials::shown(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(Status::invalid_argument(format!(
+            "the scope names services that are not configured: {}; the configured services are {}. Fix the names, or pass --allow-unknown (allow_unknown_services) to issue it for services configured later",
+            quoted(unknown),
+            quoted(catalog.names().collect()),
+        )))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminApi {
     async fn issue_token(
@@ -126,6 +159,7 @@ impl pb::admin_server::Admin for AdminApi {
         self.authz.admin(&who, "IssueToken")?;
         let req = request.into_inner();
         let scope = scope_from(req.scope)?;
+        self.check_services(&scope, req.allow_unknown_services)?;
         let (token, record) = self.credentials.issue_token(
             &req.subject,
             scope,
@@ -174,6 +208,7 @@ impl pb::admin_server::Admin for AdminApi {
         self.authz.admin(&who, "SignCertificate")?;
         let req = request.into_inner();
         let scope = scope_from(req.scope)?;
+        self.check_services(&scope, req.allow_unknown_services)?;
         let (certificate_pem, record) = self.credentials.sign_csr(
             &req.csr_pem,
             scope,
@@ -225,6 +260,22 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(pb::GetCaResponse {
             ca_pem: ca.cert_pem.clone(),
             fingerprint: ca.fingerprint(),
+        }))
+    }
+
+    async fn rotate_admin_token(
+        &self,
+        request: Request<pb::RotateAdminTokenRequest>,
+    ) -> Result<Response<pb::RotateAdminTokenResponse>, Status> {
+        let who = identity(&request)?;
+        self.authz.admin(&who, "RotateAdminToken")?;
+        let (record, revoked) = self.credentials.rotate_admin_token()?;
+        self.durable().await?;
+        tracing::info!(target: AUDIT, subject = %who.subject, jti = %record.jti, revoked = ?revoked, "rotated the bootstrap admin token");
+        Ok(Response::new(pb::RotateAdminTokenResponse {
+            info: Some(token_info(&record)),
+            revoked_jtis: revoked,
+            path: self.credentials.admin_token_path().display().to_string(),
         }))
     }
 }

@@ -206,7 +206,7 @@ impl pb::volumes_server::Volumes for Api {
         let req = request.into_inner();
         let service = (!req.service.is_empty()).then_some(req.service);
         if let Some(service) = &service {
-            self.volumes.service(service)?;
+            // Authorised before any lookup: see Authorizer::check.
             self.authz.check(&who, "ListVolumes", service)?;
         }
         let after = match req.page_token.as_str() {
@@ -258,7 +258,7 @@ impl pb::volumes_server::Volumes for Api {
     ) -> Result<Response<pb::Volume>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "GetVolume", &req.service)?;
         let record = self.volumes.get(&req.service, &req.name)?;
         Ok(Response::new(to_proto(record)))
@@ -270,7 +270,7 @@ impl pb::volumes_server::Volumes for Api {
     ) -> Result<Response<pb::Volume>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "CreateVolume", &req.service)?;
         let volumes = Arc::clone(&self.volumes);
         let record = detached(async move {
@@ -294,7 +294,7 @@ impl pb::volumes_server::Volumes for Api {
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "DeleteVolume", &req.service)?;
         let volumes = Arc::clone(&self.volumes);
         detached(async move { volumes.delete(&req.service, &req.name, req.force).await }).await?;
@@ -307,7 +307,7 @@ impl pb::volumes_server::Volumes for Api {
     ) -> Result<Response<pb::AttachVolumeResponse>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "AttachVolume", &req.service)?;
         let volumes = Arc::clone(&self.volumes);
         let (record, attachment) =
@@ -325,7 +325,7 @@ impl pb::volumes_server::Volumes for Api {
     ) -> Result<Response<pb::Volume>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "DetachVolume", &req.service)?;
         let volumes = Arc::clone(&self.volumes);
         let record = detached(async move {
@@ -343,7 +343,7 @@ impl pb::volumes_server::Volumes for Api {
     ) -> Result<Response<pb::Volume>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "CopyVolume", &req.service)?;
         let volumes = Arc::clone(&self.volumes);
         let record =
@@ -361,7 +361,7 @@ impl pb::snapshots_server::Snapshots for Api {
     ) -> Result<Response<pb::Snapshot>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "CreateSnapshot", &req.service)?;
         let volumes = Arc::clone(&self.volumes);
         let record = detached(async move {
@@ -387,7 +387,7 @@ impl pb::snapshots_server::Snapshots for Api {
             ));
         }
         if let Some(service) = service {
-            self.volumes.service(service)?;
+            // Authorised before any lookup: see Authorizer::check.
             self.authz.check(&who, "ListSnapshots", service)?;
         }
         let services = self.visible_services(&who, service);
@@ -406,7 +406,7 @@ impl pb::snapshots_server::Snapshots for Api {
     ) -> Result<Response<pb::Snapshot>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "GetSnapshot", &req.service)?;
         Ok(Response::new(snapshot_to_proto(
             self.volumes.get_snapshot(&req.service, &req.name)?,
@@ -419,7 +419,7 @@ impl pb::snapshots_server::Snapshots for Api {
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         let who = identity(&request)?;
         let req = request.into_inner();
-        self.volumes.service(&req.service)?;
+        // Authorised before any lookup: see Authorizer::check.
         self.authz.check(&who, "DeleteSnapshot", &req.service)?;
         let volumes = Arc::clone(&self.volumes);
         detached(async move { volumes.delete_snapshot(&req.service, &req.name).await }).await?;

@@ -129,7 +129,9 @@ impl Authenticator {
             .map(|c| self.credentials.verify_certificate(&c))
             .transpose();
         let refused = |what: &str, e: CredentialError| match e {
-            CredentialError::Invalid(_) | CredentialError::NotFound(_) => {
+            CredentialError::Invalid(_)
+            | CredentialError::NotFound(_)
+            | CredentialError::Subject(_) => {
                 Status::unauthenticated(format!("{what} refused: {e}"))
             }
             // The controller's own trouble, not the caller's credential.
@@ -157,6 +159,44 @@ impl Authenticator {
     }
 }
 
+/// Why an identity may not use a service. Only the audit log tells these
+/// apart; callers are told what [`Refusal::public`] says, which never
+/// depends on whether the service exists unless the caller is an admin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Neither the credential's scope nor the service's allow list names
+    /// the subject (whether or not the service exists).
+    OutOfScope,
+    /// The service's deny list names the subject.
+    Denied,
+    /// The scope would cover the service, but none is configured by that
+    /// name.
+    Unknown,
+}
+
+impl Refusal {
+    /// The precise reason, for the audit log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::OutOfScope => "the credential's scope does not include this service",
+            Refusal::Denied => "the service's deny list names this subject",
+            Refusal::Unknown => "the service is not configured",
+        }
+    }
+
+    /// What a non-admin caller is told: a denied service and one that does
+    /// not exist read the same, so a refusal reveals nothing about which
+    /// services exist.
+    pub fn public(self) -> &'static str {
+        match self {
+            Refusal::OutOfScope => Refusal::OutOfScope.reason(),
+            Refusal::Denied | Refusal::Unknown => {
+                "the service is closed to this subject (it is not configured, or its deny list names the subject); `berth service list` shows the services you may use"
+            }
+        }
+    }
+}
+
 /// Decides what an identity may do, with the operator's per-service lists.
 #[derive(Clone)]
 pub struct Authorizer {
@@ -164,39 +204,76 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
+    /// An authorizer over the configured services.
     pub fn new(catalog: Arc<Catalog>) -> Self {
         Self { catalog }
     }
 
-    /// Whether `who` may use `service`, and if not, why. Deny lists win over
-    /// everything; allow lists grant a subject a service its credentials do
-    /// not name.
-    pub fn decide(&self, who: &Identity, service: &str) -> Result<(), String> {
-        let Some(svc) = self.catalog.get(service) else {
-            // Records of a service no longer configured are shown to nobody.
-            return Err("the service is not configured".into());
-        };
-        if svc.deny.iter().any(|s| s == &who.subject) {
-            return Err("the service's deny list names this subject".into());
-        }
-        if who.scope.covers(service) || svc.allow.iter().any(|s| s == &who.subject) {
-            return Ok(());
-        }
-        Err("the credential's scope does not include this service".into())
+    /// The configured services.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
-    /// Authorises one call on one service, logging the decision.
+    /// Whether `who` may use `service`, and if not, why. The scope (or an
+    /// allow list) is consulted first, so a caller it does not cover gets
+    /// the same refusal for every service, configured or not; then deny
+    /// lists, which win over everything; then existence.
+    pub fn decide(&self, who: &Identity, service: &str) -> Result<(), Refusal> {
+        let svc = self.catalog.get(service);
+        let allowed = svc.is_some_and(|s| s.allow.iter().any(|a| a == &who.subject));
+        if !who.scope.covers(service) && !allowed {
+            return Err(Refusal::OutOfScope);
+        }
+        let Some(svc) = svc else {
+            // Records of a service no longer configured are shown to nobody.
+            return Err(Refusal::Unknown);
+        };
+        if svc.deny.iter().any(|s| s == &who.subject) {
+            return Err(Refusal::Denied);
+        }
+        Ok(())
+    }
+
+    /// Authorises one call on one service, logging the decision. This comes
+    /// before any lookup of the service: a caller not allowed a service is
+    /// refused with PermissionDenied and the same message whether it exists
+    /// or not. Admins, who may see every service, learn NotFound.
     pub fn check(&self, who: &Identity, method: &str, service: &str) -> Result<(), Status> {
+        if service.is_empty() {
+            return Err(Status::invalid_argument(
+                "service is required: name one of the configured services",
+            ));
+        }
+        if berth_drivers::VolumeName::parse(service).is_err() {
+            // Configured services all have valid names: this reveals nothing.
+            return Err(Status::invalid_argument(format!(
+                "\"{}\" is not a service name: 1 to 128 characters of [A-Za-z0-9][A-Za-z0-9_.-]*",
+                crate::credentials::shown(service)
+            )));
+        }
         match self.decide(who, service) {
             Ok(()) => {
                 tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, service, decision = "allowed");
                 Ok(())
             }
             Err(why) => {
-                tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, service, decision = "denied", reason = %why);
+                tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, service, decision = "denied", reason = %why.reason());
+                if who.scope.role == Role::Admin {
+                    if why == Refusal::Unknown {
+                        return Err(Status::not_found(format!(
+                            "service {service:?} does not exist; `berth service list` shows the services you may use"
+                        )));
+                    }
+                    return Err(Status::permission_denied(format!(
+                        "{} may not use service {service}: {}",
+                        who.subject,
+                        why.reason()
+                    )));
+                }
                 Err(Status::permission_denied(format!(
-                    "{} may not use service {service}: {why}",
-                    who.subject
+                    "{} may not use service {service}: {}",
+                    who.subject,
+                    why.public()
                 )))
             }
         }

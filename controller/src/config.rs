@@ -69,12 +69,12 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
         let mut seen = BTreeSet::new();
-        for service in &file.services {
+        for service in &mut file.services {
             let fail = |problem: String| ConfigError::Service {
                 path: path.to_owned(),
                 service: service.name.clone(),
@@ -83,8 +83,17 @@ impl ConfigFile {
             if let Err(e) = berth_drivers::VolumeName::parse(&service.name) {
                 return Err(fail(format!("bad service name: {e}")));
             }
-            if !seen.insert(service.name.as_str()) {
+            if !seen.insert(service.name.clone()) {
                 return Err(fail("is declared more than once".into()));
+            }
+            // Subjects are compared in normal form C; an entry with an
+            // invisible or bidirectional character could never match a
+            // subject (they are refused too) and would only mislead.
+            for (list, entries) in [("allow", &mut service.allow), ("deny", &mut service.deny)] {
+                for entry in entries.iter_mut() {
+                    *entry = crate::credentials::normalize_subject(entry)
+                        .map_err(|e| fail(format!("{list} list entry refused: {e}")))?;
+                }
             }
         }
         if file.services.is_empty() {

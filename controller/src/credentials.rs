@@ -33,6 +33,8 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Lifetime of the bootstrap admin token.
 pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The bootstrap admin token's file name in the auth directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Clock skew tolerated on `exp`/`nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
@@ -57,6 +59,10 @@ pub struct TokenRecord {
     pub issued_at: u64,
     pub expires_at: u64,
     pub revoked: bool,
+    /// Whether this is a bootstrap admin token (the one written to
+    /// `admin.token`); rotating that file revokes every earlier one.
+    #[serde(default)]
+    pub bootstrap: bool,
 }
 
 /// What the controller remembers of a client certificate it signed.
@@ -81,6 +87,8 @@ pub enum CredentialError {
     /// The controller's own records are damaged (Internal).
     #[error("{0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
     #[error("{0}")]
     Pki(#[from] PkiError),
     #[error("credential database error: {0}")]
@@ -88,14 +96,31 @@ pub enum CredentialError {
 }
 
 /// A verified credential, remembered by the SHA-256 of its bytes so that
-/// repeated requests skip signature checks and parsing. Entries go when the
-/// credential expires or is revoked.
+/// repeated requests skip signature checks and parsing. An entry is used
+/// only while the clock is inside its validity window (checked on every
+/// call, so a credential stops working on an open connection the second it
+/// expires) and goes when the credential is revoked.
 #[derive(Clone)]
 struct Verified {
     identity: Identity,
     /// The jti or serial revocation names.
     id: String,
-    expires_at: u64,
+    /// First second the credential is accepted (leeway included).
+    valid_from: u64,
+    /// Last second the credential is accepted (leeway included).
+    valid_until: u64,
+}
+
+impl Verified {
+    fn current(&self, now: u64) -> bool {
+        self.valid_from <= now && now <= self.valid_until
+    }
+}
+
+/// The dates a verified credential is accepted between, inclusive.
+struct Window {
+    from: u64,
+    until: u64,
 }
 
 /// The most verified credentials remembered at once.
@@ -113,6 +138,8 @@ pub struct Credentials {
     certs: sled::Tree,
     ca: Arc<Ca>,
     dir: PathBuf,
+    /// Serialises rotations of the bootstrap admin token.
+    rotation: std::sync::Mutex<()>,
 }
 
 fn now_secs() -> u64 {
@@ -131,14 +158,135 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// Checks a subject name: printable, 1 to 128 characters.
-pub fn check_subject(subject: &str) -> Result<(), CredentialError> {
-    if subject.is_empty() || subject.len() > 128 || subject.chars().any(|c| c.is_control()) {
-        return Err(CredentialError::Invalid(format!(
-            "subject {subject:?} must be 1 to 128 printable characters"
-        )));
+/// The longest subject name, in bytes of UTF-8.
+pub const SUBJECT_MAX_BYTES: usize = 128;
+
+/// Why a subject name (a token's subject, a certificate's CN, an allow or
+/// deny list entry) is refused. Each message shows the name with every
+/// refused character escaped, so that it cannot reorder or hide text in a
+/// terminal or a log.
+#[derive(Debug, thiserror::Error)]
+pub enum SubjectError {
+    #[error("a subject cannot be empty")]
+    Empty,
+    #[error(
+        "subject \"{shown}\" is {len} bytes long; the limit is {SUBJECT_MAX_BYTES} bytes of UTF-8"
+    )]
+    TooLong { shown: String, len: usize },
+    #[error(
+        "subject \"{shown}\" holds U+{code:04X} ({kind}) at character {position}: subjects may hold only visible characters and inner ASCII spaces; remove it"
+    )]
+    Hidden {
+        shown: String,
+        code: u32,
+        kind: &'static str,
+        position: usize,
+    },
+    #[error("subject \"{shown}\" starts or ends with a space; remove it")]
+    EdgeSpace { shown: String },
+    #[error("subject \"{shown}\" starts with a combining mark, which joins what comes before it; remove it")]
+    LeadingMark { shown: String },
+}
+
+/// What kind of invisible or look-alike-making character `c` is, if it is
+/// one a subject may not hold: controls, format characters (zero-width,
+/// bidirectional controls, the byte-order mark, tags), separators other than
+/// the ASCII space, private-use and unassigned code points, and the other
+/// default-ignorable characters that render as nothing (variation selectors,
+/// Hangul fillers, the combining grapheme joiner), plus the blank braille
+/// pattern.
+fn hidden_kind(c: char) -> Option<&'static str> {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
+    match c.general_category() {
+        G::Control => return Some("a control character"),
+        G::Format => return Some(
+            "an invisible format character: zero-width, bidirectional control or byte-order mark",
+        ),
+        G::SpaceSeparator if c != ' ' => return Some("a space other than the ASCII space"),
+        G::LineSeparator | G::ParagraphSeparator => return Some("a line or paragraph separator"),
+        G::PrivateUse => return Some("a private-use character"),
+        G::Unassigned | G::Surrogate => return Some("an unassigned code point"),
+        _ => {}
     }
-    Ok(())
+    matches!(
+        c,
+        '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FFA0}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
+    .then_some("a character that renders as nothing")
+}
+
+/// `text` for a message: quotes, backslashes and every character a subject
+/// may not hold escaped, at most 64 characters.
+pub fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == 64 {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if hidden_kind(c).is_some() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Checks a subject name and returns it in Unicode normal form C.
+///
+/// Refused: empty names, names over [`SUBJECT_MAX_BYTES`], names with a
+/// character that is invisible or changes how the text around it reads
+/// (see `hidden_kind`), leading or trailing spaces, and a leading combining
+/// mark. What is kept is NFC, so that `e` + U+0301 and `é` are one subject
+/// and a deny list on one form refuses the other.
+pub fn normalize_subject(raw: &str) -> Result<String, SubjectError> {
+    use unicode_normalization::UnicodeNormalization as _;
+    use unicode_properties::{GeneralCategoryGroup as GG, UnicodeGeneralCategory as _};
+    if raw.is_empty() {
+        return Err(SubjectError::Empty);
+    }
+    for (i, c) in raw.chars().enumerate() {
+        if let Some(kind) = hidden_kind(c) {
+            return Err(SubjectError::Hidden {
+                shown: shown(raw),
+                code: c as u32,
+                kind,
+                position: i + 1,
+            });
+        }
+    }
+    if raw.starts_with(' ') || raw.ends_with(' ') {
+        return Err(SubjectError::EdgeSpace { shown: shown(raw) });
+    }
+    if raw
+        .chars()
+        .next()
+        .is_some_and(|c| c.general_category_group() == GG::Mark)
+    {
+        return Err(SubjectError::LeadingMark { shown: shown(raw) });
+    }
+    let normal: String = raw.nfc().collect();
+    if normal.len() > SUBJECT_MAX_BYTES {
+        return Err(SubjectError::TooLong {
+            shown: shown(&normal),
+            len: normal.len(),
+        });
+    }
+    Ok(normal)
 }
 
 /// Checks a scope: users need at least one service.
@@ -163,6 +311,12 @@ impl Credentials {
     /// the credential trees in `db`.
     pub fn open(dir: &Path, db: &sled::Db, ca: Arc<Ca>) -> Result<Self, CredentialError> {
         crate::paths::create_private_dir(dir).map_err(PkiError::from)?;
+        // Checked before anything is created or replaced: a token others
+        // can read is refused like an exposed key.
+        let admin_token = dir.join(ADMIN_TOKEN_FILE);
+        if admin_token.exists() {
+            pki::check_private(&admin_token)?;
+        }
         let (key_path, pub_path) = (dir.join("signing.key"), dir.join("signing.pub"));
         if !key_path.exists() {
             let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(PkiError::from)?;
@@ -207,6 +361,7 @@ impl Credentials {
             certs: db.open_tree("certs")?,
             ca,
             dir: dir.to_owned(),
+            rotation: std::sync::Mutex::new(()),
         })
     }
 
@@ -217,11 +372,21 @@ impl Credentials {
         scope: Scope,
         ttl: Duration,
     ) -> Result<(String, TokenRecord), CredentialError> {
-        check_subject(subject)?;
+        self.issue_token_as(subject, scope, ttl, false)
+    }
+
+    fn issue_token_as(
+        &self,
+        subject: &str,
+        scope: Scope,
+        ttl: Duration,
+        bootstrap: bool,
+    ) -> Result<(String, TokenRecord), CredentialError> {
+        let subject = normalize_subject(subject)?;
         check_scope(&scope)?;
         let now = now_secs();
         let claims = Claims {
-            sub: subject.to_owned(),
+            sub: subject,
             iat: now,
             nbf: now,
             exp: now.saturating_add(ttl.as_secs()),
@@ -238,15 +403,19 @@ impl Credentials {
             issued_at: now,
             expires_at: claims.exp,
             revoked: false,
+            bootstrap,
         };
         self.tokens.insert(record.jti.as_bytes(), encode(&record))?;
         Ok((token, record))
     }
 
+    /// The identity of a remembered credential, if it is still inside its
+    /// validity window now; outside it, the caller verifies in full and gets
+    /// the precise refusal.
     fn remembered(&self, digest: &[u8; 32]) -> Option<Identity> {
         let cache = self.verified.read().ok()?;
         let hit = cache.get(digest)?;
-        (now_secs() <= hit.expires_at.saturating_add(LEEWAY_SECS)).then(|| hit.identity.clone())
+        hit.current(now_secs()).then(|| hit.identity.clone())
     }
 
     /// Remembers a credential verified while the revocation generation was
@@ -259,7 +428,7 @@ impl Credentials {
             }
             if cache.len() >= CACHE_LIMIT {
                 let now = now_secs();
-                cache.retain(|_, v| now <= v.expires_at.saturating_add(LEEWAY_SECS));
+                cache.retain(|_, v| v.current(now));
                 if cache.len() >= CACHE_LIMIT {
                     cache.clear();
                 }
@@ -286,20 +455,24 @@ impl Credentials {
             return Ok(identity);
         }
         let generation = self.revocations.load(std::sync::atomic::Ordering::SeqCst);
-        let (identity, jti, exp) = self.verify_token_fully(token)?;
+        let (identity, jti, window) = self.verify_token_fully(token)?;
         self.remember(
             digest,
             Verified {
                 identity: identity.clone(),
                 id: jti,
-                expires_at: exp,
+                valid_from: window.from,
+                valid_until: window.until,
             },
             generation,
         );
         Ok(identity)
     }
 
-    fn verify_token_fully(&self, token: &str) -> Result<(Identity, String, u64), CredentialError> {
+    fn verify_token_fully(
+        &self,
+        token: &str,
+    ) -> Result<(Identity, String, Window), CredentialError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
@@ -344,12 +517,25 @@ impl Credentials {
                 claims.jti
             )));
         }
+        // Records made before subjects were checked may hold invisible
+        // characters: such a token no longer authenticates.
+        let subject = normalize_subject(&record.subject).map_err(|e| {
+            CredentialError::Invalid(format!(
+                "token {} names a subject that is no longer accepted ({e}); revoke it and issue a new one",
+                record.jti
+            ))
+        })?;
         let identity = Identity {
-            subject: record.subject,
+            subject,
             scope: record.scope,
             via: Via::Token,
         };
-        Ok((identity, record.jti, record.expires_at))
+        // The same window jsonwebtoken just checked, leeway included.
+        let window = Window {
+            from: claims.nbf.saturating_sub(LEEWAY_SECS),
+            until: record.expires_at.saturating_add(LEEWAY_SECS),
+        };
+        Ok((identity, record.jti, window))
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, CredentialError> {
@@ -399,9 +585,8 @@ impl Credentials {
             .and_then(|cn| cn.as_str().ok())
             .ok_or_else(|| {
                 CredentialError::Invalid("the certificate request has no subject CN".into())
-            })?
-            .to_owned();
-        check_subject(&subject)?;
+            })?;
+        let subject = normalize_subject(subject)?;
         let public_key = SubjectPublicKeyInfo::from_der(info.subject_pki.raw).map_err(|e| {
             CredentialError::Invalid(format!("the request's public key is not supported: {e}"))
         })?;
@@ -460,13 +645,14 @@ impl Credentials {
             return Ok(identity);
         }
         let generation = self.revocations.load(std::sync::atomic::Ordering::SeqCst);
-        let (identity, serial, not_after) = self.verify_certificate_fully(der)?;
+        let (identity, serial, window) = self.verify_certificate_fully(der)?;
         self.remember(
             digest,
             Verified {
                 identity: identity.clone(),
                 id: serial,
-                expires_at: not_after,
+                valid_from: window.from,
+                valid_until: window.until,
             },
             generation,
         );
@@ -476,7 +662,7 @@ impl Credentials {
     fn verify_certificate_fully(
         &self,
         der: &CertificateDer<'_>,
-    ) -> Result<(Identity, String, u64), CredentialError> {
+    ) -> Result<(Identity, String, Window), CredentialError> {
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
             .map_err(|e| CredentialError::Invalid(format!("it does not parse: {e}")))?;
         let client_auth =
@@ -486,14 +672,38 @@ impl Credentials {
                 "it lacks the clientAuth extended key usage".into(),
             ));
         }
-        let subject = cert
+        let serial = hex(cert.raw_serial());
+        // The TLS layer checked the dates at the handshake; a connection
+        // outlives them, so they are checked again on every call, exactly as
+        // the handshake does (no leeway: the controller back-dates the
+        // certificates it signs).
+        let validity = cert.validity();
+        let (not_before, not_after) = (
+            validity.not_before.timestamp(),
+            validity.not_after.timestamp(),
+        );
+        let now = i64::try_from(now_secs()).unwrap_or(i64::MAX);
+        if now > not_after {
+            return Err(CredentialError::Invalid(format!(
+                "certificate {serial} expired at {} (UTC); get a new one signed (berth cert sign)",
+                utc(not_after)
+            )));
+        }
+        if now < not_before {
+            return Err(CredentialError::Invalid(format!(
+                "certificate {serial} is not valid before {} (UTC); check this machine's clock",
+                utc(not_before)
+            )));
+        }
+        let cn = cert
             .subject()
             .iter_common_name()
             .next()
             .and_then(|cn| cn.as_str().ok())
-            .ok_or_else(|| CredentialError::Invalid("it has no subject CN".into()))?
-            .to_owned();
-        let serial = hex(cert.raw_serial());
+            .ok_or_else(|| CredentialError::Invalid("it has no subject CN".into()))?;
+        let subject = normalize_subject(cn).map_err(|e| {
+            CredentialError::Invalid(format!("certificate {serial} names a refused subject: {e}"))
+        })?;
         // Ours only if our CA's key signed it: a --client-ca CA can copy our
         // CA's name and a known serial, but not its signature.
         let (_, ca) =
@@ -505,9 +715,10 @@ impl Credentials {
         let scope = match self.certs.get(serial.as_bytes())? {
             Some(raw) if ours => {
                 let record: CertRecord = decode(&raw)?;
-                if record.subject != subject {
+                if record.subject != cn {
                     return Err(CredentialError::Invalid(format!(
-                        "certificate {serial} names {subject:?}, not the subject it was issued to"
+                        "certificate {serial} names \"{}\", not the subject it was issued to",
+                        shown(cn)
                     )));
                 }
                 if record.revoked {
@@ -527,8 +738,10 @@ impl Credentials {
                 services: BTreeSet::new(),
             },
         };
-        let not_after = cert.validity().not_after.timestamp().max(0) as u64;
-        // The cache must not outlive the TLS layer's date check.
+        let window = Window {
+            from: u64::try_from(not_before).unwrap_or(0),
+            until: u64::try_from(not_after).unwrap_or(0),
+        };
         Ok((
             Identity {
                 subject,
@@ -536,7 +749,7 @@ impl Credentials {
                 via: Via::Certificate,
             },
             serial,
-            not_after.saturating_sub(LEEWAY_SECS),
+            window,
         ))
     }
 
@@ -560,36 +773,250 @@ impl Credentials {
         &self.ca
     }
 
-    /// Creates the bootstrap admin token file if it is missing (or no longer
-    /// valid). Returns its path.
-    pub fn ensure_admin_token(&self) -> Result<PathBuf, CredentialError> {
-        let path = self.dir.join("admin.token");
-        if let Ok(existing) = std::fs::read_to_string(&path) {
-            match self.verify_token(existing.trim()) {
-                Ok(id) if id.scope.role == Role::Admin => return Ok(path),
-                _ => {
-                    tracing::warn!(path = %path.display(), "the bootstrap admin token is no longer valid; issuing a new one");
-                    std::fs::remove_file(&path).map_err(|source| PkiError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                }
-            }
-        }
-        let (token, record) = self.issue_token(
+    /// The bootstrap admin token file, `<auth-dir>/admin.token`.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.dir.join(ADMIN_TOKEN_FILE)
+    }
+
+    fn rotation_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, CredentialError> {
+        self.rotation
+            .lock()
+            .map_err(|_| CredentialError::Corrupt("a rotation of the admin token panicked".into()))
+    }
+
+    fn issue_bootstrap(&self) -> Result<(String, TokenRecord), CredentialError> {
+        self.issue_token_as(
             "admin",
             Scope {
                 role: Role::Admin,
                 services: ["*".to_owned()].into(),
             },
             ADMIN_TOKEN_TTL,
-        )?;
+            true,
+        )
+    }
+
+    /// Revokes every bootstrap token but `keep`; returns their ids.
+    fn revoke_bootstrap_except(&self, keep: &str) -> Result<Vec<String>, CredentialError> {
+        let mut revoked = Vec::new();
+        for record in self.list_tokens()? {
+            if record.bootstrap && !record.revoked && record.jti != keep {
+                self.revoke_token(&record.jti)?;
+                revoked.push(record.jti);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Makes sure `admin.token` holds a valid bootstrap admin token, and that
+    /// no earlier bootstrap token is still valid. A missing file (deleted by
+    /// an operator to rotate it offline), or one that no longer verifies, is
+    /// replaced by a new token, and every earlier bootstrap token is
+    /// revoked. A file holding a valid admin token is kept and marked as the
+    /// bootstrap token (data directories from before the mark existed).
+    /// Returns its path; the changes are durable once the store is flushed.
+    pub fn ensure_admin_token(&self) -> Result<PathBuf, CredentialError> {
+        let _rotation = self.rotation_lock()?;
+        let path = self.admin_token_path();
+        let current = match std::fs::read(&path) {
+            Ok(bytes) => match self.verify_token_fully(String::from_utf8_lossy(&bytes).trim()) {
+                Ok((id, jti, _)) if id.scope.role == Role::Admin => Some(jti),
+                _ => {
+                    tracing::warn!(path = %path.display(), "the bootstrap admin token is no longer valid; issuing a new one");
+                    std::fs::remove_file(&path).map_err(|source| PkiError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(PkiError::Io { path, source }.into()),
+        };
+        if let Some(jti) = current {
+            if let Some(raw) = self.tokens.get(jti.as_bytes())? {
+                let mut record: TokenRecord = decode(&raw)?;
+                if !record.bootstrap {
+                    record.bootstrap = true;
+                    self.tokens.insert(jti.as_bytes(), encode(&record))?;
+                }
+            }
+            // Finishes a rotation a crash interrupted after the new file
+            // was written.
+            for old in self.revoke_bootstrap_except(&jti)? {
+                tracing::info!(jti = %old, "revoked an earlier bootstrap admin token");
+            }
+            return Ok(path);
+        }
+        let (token, record) = self.issue_bootstrap()?;
         pki::write_private_new(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), jti = %record.jti, "created the bootstrap admin token");
+        for old in self.revoke_bootstrap_except(&record.jti)? {
+            tracing::info!(jti = %old, "revoked the previous bootstrap admin token");
+        }
         Ok(path)
     }
+
+    /// Rotates the bootstrap admin token while the controller runs: issues
+    /// a new one, replaces `admin.token` with it (atomically, 0600) and
+    /// revokes every earlier bootstrap token, effective at their next
+    /// request. Returns the new record and the revoked ids; durable once the
+    /// store is flushed. A crash part-way is completed at the next start by
+    /// [`Credentials::ensure_admin_token`].
+    pub fn rotate_admin_token(&self) -> Result<(TokenRecord, Vec<String>), CredentialError> {
+        let _rotation = self.rotation_lock()?;
+        let path = self.admin_token_path();
+        let (token, record) = self.issue_bootstrap()?;
+        pki::replace_file(&path, format!("{token}\n").as_bytes(), 0o600)?;
+        let revoked = self.revoke_bootstrap_except(&record.jti)?;
+        Ok((record, revoked))
+    }
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time, for messages.
+fn utc(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invisible_and_bidirectional_subjects_are_refused_with_the_code_point() {
+        for (raw, code) in [
+            ("mallory\u{200b}", "U+200B"),
+            ("\u{202e}yrollam", "U+202E"),
+            ("\u{feff}mallory", "U+FEFF"),
+            ("mal\u{00ad}lory", "U+00AD"),
+            ("mallory\u{2066}", "U+2066"),
+            ("mallory\u{e0041}", "U+E0041"),
+            ("mallory\u{3164}", "U+3164"),
+            ("mallory\u{fe0f}", "U+FE0F"),
+            ("mallory\u{034f}", "U+034F"),
+            ("mal\u{00a0}lory", "U+00A0"),
+            ("mal\tlory", "U+0009"),
+            ("mallory\u{e000}", "U+E000"),
+            ("mallory\u{2028}", "U+2028"),
+        ] {
+            let err = normalize_subject(raw).expect_err(raw).to_string();
+            assert!(err.contains(code), "{raw:?}: {err}");
+            // The message never carries the raw character itself.
+            let bad = raw
+                .chars()
+                .find(|c| hidden_kind(*c).is_some())
+                .expect("bad");
+            assert!(!err.contains(bad), "{raw:?}: {err}");
+        }
+        for raw in [" alice", "alice ", "\u{0301}alice", ""] {
+            assert!(normalize_subject(raw).is_err(), "{raw:?}");
+        }
+        assert!(normalize_subject(&"a".repeat(SUBJECT_MAX_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn kept_subjects_are_in_normal_form_c() {
+        assert_eq!(normalize_subject("jose\u{301}").expect("ok"), "jos\u{e9}");
+        assert_eq!(normalize_subject("jos\u{e9}").expect("ok"), "jos\u{e9}");
+        for kept in [
+            "alice",
+            "John Smith",
+            "backup-bot",
+            "\u{5c71}\u{7530}",
+            "ext.user@example",
+        ] {
+            assert_eq!(normalize_subject(kept).expect(kept), kept);
+        }
+    }
+
+    fn credentials() -> (tempfile::TempDir, Credentials) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Arc::new(Ca::load_or_create(&dir.path().join("tls")).expect("ca"));
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("db");
+        let creds = Credentials::open(&dir.path().join("auth"), &db, ca).expect("credentials");
+        (dir, creds)
+    }
+
+    /// A client certificate for `cn` signed by the controller's CA and
+    /// recorded, valid from `from` to `until` (seconds from now).
+    fn recorded_cert(c: &Credentials, cn: &str, from: i64, until: i64) -> CertificateDer<'static> {
+        let key = KeyPair::generate().expect("key");
+        let serial = pki::random_serial();
+        let now = time::OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(serial.clone());
+        params.not_before = now + time::Duration::seconds(from);
+        params.not_after = now + time::Duration::seconds(until);
+        let pem = c.ca.sign(&params, &key).expect("sign");
+        let record = CertRecord {
+            serial: hex(&serial.to_bytes()),
+            subject: cn.into(),
+            scope: Scope {
+                role: Role::User,
+                services: ["*".to_owned()].into(),
+            },
+            not_before: 0,
+            not_after: u64::MAX,
+            revoked: false,
+        };
+        c.certs
+            .insert(record.serial.as_bytes(), encode(&record))
+            .expect("record");
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("der")
+    }
+
+    #[test]
+    fn certificate_dates_are_checked_at_every_verification() {
+        let (_dir, c) = credentials();
+        let future = recorded_cert(&c, "early", 3600, 7200);
+        let err = c.verify_certificate(&future).expect_err("not yet valid");
+        assert!(err.to_string().contains("not valid before"), "{err}");
+        let past = recorded_cert(&c, "late", -7200, -3600);
+        let err = c.verify_certificate(&past).expect_err("expired");
+        assert!(err.to_string().contains("expired at"), "{err}");
+        // A remembered certificate is re-checked against its dates: it
+        // stops working the second after not_after.
+        let short = recorded_cert(&c, "short", -60, 2);
+        assert_eq!(
+            c.verify_certificate(&short).expect("valid now").subject,
+            "short"
+        );
+        std::thread::sleep(Duration::from_secs(4));
+        let err = c
+            .verify_certificate(&short)
+            .expect_err("expired while remembered");
+        assert!(err.to_string().contains("expired at"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_admin_token_is_replaced_and_the_old_one_revoked() {
+        let (dir, c) = credentials();
+        let path = c.ensure_admin_token().expect("first");
+        let old = std::fs::read_to_string(&path).expect("read");
+        assert!(c.verify_token(old.trim()).is_ok());
+        std::fs::remove_file(&path).expect("delete");
+        c.ensure_admin_token().expect("again");
+        let new = std::fs::read_to_string(&path).expect("read");
+        assert_ne!(old, new);
+        assert!(
+            c.verify_token(old.trim()).is_err(),
+            "the old one is revoked"
+        );
+        assert!(c.verify_token(new.trim()).is_ok());
+        let (_, revoked) = c.rotate_admin_token().expect("rotate");
+        assert_eq!(revoked.len(), 1);
+        assert!(c.verify_token(new.trim()).is_err());
+        drop(dir);
+    }
 }
