@@ -30,6 +30,17 @@ pub struct ClientConfig {
     pub controllers: BTreeMap<String, ControllerEntry>,
 }
 
+impl ClientConfig {
+    /// Parses the text of a configuration file; `path` only names it in the
+    /// error. This is what [`Loaded::load`] does after reading the file.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+}
+
 /// What the client knows about one controller.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,10 +98,7 @@ impl Loaded {
             path: path.clone(),
             source,
         })?;
-        let config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.clone(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
+        let config = ClientConfig::parse(&text, &path)?;
         Ok(Self {
             config,
             path: Some(path),

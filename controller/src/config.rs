@@ -66,7 +66,13 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks the text of a configuration file; `path` only names
+    /// it in errors. This is what [`ConfigFile::load`] does after reading it.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
