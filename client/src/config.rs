@@ -30,6 +30,17 @@ pub struct ClientConfig {
     pub controllers: BTreeMap<String, ControllerEntry>,
 }
 
+impl ClientConfig {
+    /// Parses the text of a configuration file; `path` only names it in the
+    /// error. This is what [`Loaded::load`] does after reading the file.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })
+    }
+}
+
 /// What the client knows about one controller.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +65,21 @@ pub enum ConfigError {
     },
     #[error("client config {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
+}
+
+/// A parser message as one line: its line breaks become spaces and other
+/// control characters (a stray `\r` or NUL echoed from the file) are
+/// escaped, so the message cannot break or overwrite a terminal line.
+fn one_line(message: &str) -> String {
+    message
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '\n' => " ".to_owned(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// The default location, `$XDG_CONFIG_HOME/berth/config.toml` or
@@ -87,10 +113,7 @@ impl Loaded {
             path: path.clone(),
             source,
         })?;
-        let config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.clone(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
+        let config = ClientConfig::parse(&text, &path)?;
         Ok(Self {
             config,
             path: Some(path),
@@ -117,5 +140,23 @@ impl Loaded {
             }
         }
         Some(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `client_config` fuzz target: a bad string holding a NUL
+    /// and a carriage return was echoed raw in the error, so the "one line"
+    /// could overwrite itself on a terminal.
+    #[test]
+    fn parse_errors_are_one_printable_line() {
+        let input = "hAst = \"):\0\r\n";
+        let err =
+            ClientConfig::parse(input, Path::new("/etc/berth/config.toml")).expect_err("not TOML");
+        let message = err.to_string();
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(message.contains(r#""):\u{0}\r"#), "{message:?}");
     }
 }

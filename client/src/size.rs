@@ -68,21 +68,39 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
 }
 
 /// Formats bytes for people: `10 GiB`, `1.5 TiB`, `512 B`.
+///
+/// A whole number (`10 GiB`) is exact; otherwise the value is rounded to a
+/// tenth of the largest unit it reaches (ties to even), moving up a unit when
+/// rounding reaches 1024 (`1048575` is `1.0 MiB`, not `1024.0 KiB`). Integer
+/// arithmetic throughout, so values past 2^53 are not rounded on the way.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
+    let value = u128::from(bytes);
     let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
+    while unit < UNITS.len() - 1 && value >= 1 << (10 * (unit + 1)) {
         unit += 1;
     }
     if unit == 0 {
-        format!("{bytes} B")
-    } else if value.fract() == 0.0 {
-        format!("{value} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+        return format!("{bytes} B");
     }
+    let scale = 1u128 << (10 * unit);
+    if value.is_multiple_of(scale) {
+        return format!("{} {}", value / scale, UNITS[unit]);
+    }
+    let tenths = |scale: u128| {
+        let (whole, rest) = (value * 10 / scale, value * 10 % scale);
+        match (rest * 2).cmp(&scale) {
+            std::cmp::Ordering::Greater => whole + 1,
+            std::cmp::Ordering::Equal => whole + whole % 2,
+            std::cmp::Ordering::Less => whole,
+        }
+    };
+    let mut shown = tenths(scale);
+    if shown >= 10 * 1024 && unit < UNITS.len() - 1 {
+        unit += 1;
+        shown = tenths(scale << 10);
+    }
+    format!("{}.{} {}", shown / 10, shown % 10, UNITS[unit])
 }
 
 #[cfg(test)]
@@ -126,5 +144,23 @@ mod tests {
         assert_eq!(format_size(512), "512 B");
         assert_eq!(format_size(10 << 30), "10 GiB");
         assert_eq!(format_size(3 << 39), "1.5 TiB");
+        assert_eq!(format_size(1025), "1.0 KiB");
+        assert_eq!(format_size(u64::MAX), "16384.0 PiB");
+    }
+
+    /// Found by the `sizes` fuzz target: one byte short of 1 MiB was shown
+    /// as `1024.0 KiB`.
+    #[test]
+    fn rounding_up_moves_to_the_next_unit() {
+        let bytes = parse_size("1048575B").expect("a size");
+        assert_eq!(format_size(bytes), "1.0 MiB");
+    }
+
+    /// Past 2^53 the float formatting dropped the odd byte and showed a
+    /// whole number, which this function promises is exact.
+    #[test]
+    fn whole_numbers_are_exact_past_2_pow_53() {
+        assert_eq!(format_size((1 << 53) + 1), "8.0 PiB");
+        assert_eq!(format_size(1 << 53), "8 PiB");
     }
 }

@@ -62,6 +62,21 @@ pub enum ConfigError {
     },
 }
 
+/// A parser message as one line: its line breaks become spaces and other
+/// control characters (a stray `\r` or NUL echoed from the file) are
+/// escaped, so the message cannot break or overwrite a terminal line.
+fn one_line(message: &str) -> String {
+    message
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '\n' => " ".to_owned(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 impl ConfigFile {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -69,9 +84,15 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })?;
-        let mut file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks the text of a configuration file; `path` only names
+    /// it in errors. This is what [`ConfigFile::load`] does after reading it.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
+            message: one_line(&e.to_string()),
         })?;
         let mut seen = BTreeSet::new();
         for service in &mut file.services {
@@ -121,5 +142,22 @@ impl ServiceConfig {
                 })
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `controller_config` fuzz target: NULs and a carriage
+    /// return inside a string were echoed raw in the error.
+    #[test]
+    fn parse_errors_are_one_printable_line() {
+        let input = "[[servZices]]\nname = \"lD\0\0\0\0\0\0\0riv \rer= 2vfs\"\n";
+        let err =
+            ConfigFile::parse(input, Path::new("/etc/berth/berthd.toml")).expect_err("not TOML");
+        let message = err.to_string();
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(message.contains(r"riv \rer"), "{message:?}");
     }
 }

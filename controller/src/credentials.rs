@@ -563,8 +563,10 @@ impl Credentials {
         ttl: Duration,
     ) -> Result<(String, CertRecord), CredentialError> {
         check_scope(&scope)?;
-        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-            .map_err(|e| CredentialError::Invalid(format!("not a PEM certificate request: {e}")))?;
+        let der =
+            CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|e| {
+                CredentialError::Invalid(format!("not a PEM certificate request: {}", brief(&e)))
+            })?;
         use x509_parser::prelude::FromDer;
         let (_, csr) =
             x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
@@ -879,6 +881,17 @@ fn utc(secs: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// The start of a parser's message: some echo parts of the input (the PEM
+/// parser lists a section label's bytes), which must not come back whole.
+fn brief(e: &dyn std::fmt::Display) -> String {
+    const MAX_CHARS: usize = 120;
+    let text = e.to_string();
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text,
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -1018,5 +1031,46 @@ mod tests {
         assert_eq!(revoked.len(), 1);
         assert!(c.verify_token(new.trim()).is_err());
         drop(dir);
+    }
+
+    fn open(dir: &Path) -> Credentials {
+        let ca = Arc::new(Ca::load_or_create(&dir.join("tls")).expect("CA"));
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("database");
+        Credentials::open(&dir.join("auth"), &db, ca).expect("credentials")
+    }
+
+    /// Found by the `csr` fuzz target (its first byte, the mode, dropped): a
+    /// PEM block whose label never ends was refused with every byte of the
+    /// label listed in decimal, six times the input's size.
+    #[test]
+    fn refused_pem_is_not_echoed_whole() {
+        let input: &[u8] = b"-----BEGIN CERTIFICAT\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
+            \xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
+            \xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
+            \xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
+            \xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
+            E R(EQUEST-----\nMIGPMEMCAQAwEDEOMAwGA1UEAwwFY2Fyb2wwKj.FBgMrZXA\
+            DIQBeaDylmuUFBbJ\x010\x81\x8f0C\x02\x01\x0020\x101\x0e0\x0c\x06\
+            \x03U\x04\x03";
+        let dir = tempfile::tempdir().expect("temp dir");
+        let credentials = open(dir.path());
+        let scope = Scope {
+            role: Role::User,
+            services: ["alpha".to_owned()].into(),
+        };
+        let pem = String::from_utf8_lossy(input);
+        let err = credentials
+            .sign_csr(&pem, scope, DEFAULT_CERT_TTL)
+            .expect_err("not a CSR");
+        let message = err.to_string();
+        assert!(matches!(err, CredentialError::Invalid(_)), "{err:?}");
+        assert!(
+            message.starts_with("not a PEM certificate request: "),
+            "{message}"
+        );
+        assert!(message.len() <= 200, "{} bytes: {message}", message.len());
     }
 }
