@@ -56,3 +56,29 @@ pub async fn channel(d: &Berthd) -> Channel {
 pub async fn admin_channel(d: &Berthd) -> Authed {
     InterceptedService::new(channel(d).await, Bearer::new(&d.admin_token()))
 }
+
+/// The names of every volume of `service`, following the page tokens.
+pub async fn volume_names(
+    client: &mut berth_proto::v1::volumes_client::VolumesClient<Authed>,
+    service: &str,
+) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut token = String::new();
+    for _ in 0..1000 {
+        let page = client
+            .list_volumes(berth_proto::v1::ListVolumesRequest {
+                service: service.into(),
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("ListVolumes")
+            .into_inner();
+        names.extend(page.volumes.into_iter().map(|v| v.name));
+        if page.next_page_token.is_empty() {
+            return names;
+        }
+        token = page.next_page_token;
+    }
+    panic!("ListVolumes never ended");
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_proto::v1 as pb;
-use berth_tests::grpc::{admin_channel, Authed};
+use berth_tests::grpc::{admin_channel, volume_names, Authed};
 use berth_tests::{vfs_metadata, vfs_root, volume_dirs, Berthd};
 use pb::volumes_client::VolumesClient;
 
@@ -105,26 +105,7 @@ async fn client_loop(
 }
 
 async fn listed(d: &Berthd) -> BTreeSet<String> {
-    let mut client = VolumesClient::new(admin_channel(d).await);
-    let mut names = BTreeSet::new();
-    let mut token = String::new();
-    for _ in 0..1000 {
-        let page = client
-            .list_volumes(pb::ListVolumesRequest {
-                service: "local".into(),
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .expect("ListVolumes after restart")
-            .into_inner();
-        names.extend(page.volumes.into_iter().map(|v| v.name));
-        if page.next_page_token.is_empty() {
-            return names;
-        }
-        token = page.next_page_token;
-    }
-    panic!("ListVolumes never ended");
+    volume_names(&mut VolumesClient::new(admin_channel(d).await), "local").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::v1 as pb;
-use berth_tests::grpc::{admin_channel, Authed};
+use berth_tests::grpc::{admin_channel, volume_names, Authed};
 use berth_tests::{vfs_root, volume_dirs, Berthd};
 use pb::volumes_client::VolumesClient;
 
@@ -62,28 +62,6 @@ async fn call(client: &mut VolumesClient<Authed>, op: &Op) -> Result<(), tonic::
             .await
             .map(drop),
     }
-}
-
-async fn listed_names(client: &mut VolumesClient<Authed>) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut token = String::new();
-    for _ in 0..100 {
-        let page = client
-            .list_volumes(pb::ListVolumesRequest {
-                service: "local".into(),
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .expect("ListVolumes")
-            .into_inner();
-        names.extend(page.volumes.into_iter().map(|v| v.name));
-        if page.next_page_token.is_empty() {
-            return names;
-        }
-        token = page.next_page_token;
-    }
-    panic!("ListVolumes never ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -149,7 +127,7 @@ async fn thousands_of_concurrent_creates_and_removes_all_answer_in_time() {
     assert!(unsure.is_empty());
 
     let mut client = clients[0].clone();
-    let listed = listed_names(&mut client).await;
+    let listed = volume_names(&mut client, "local").await;
     assert_eq!(
         listed, acknowledged,
         "records differ from the acknowledged answers"
