@@ -14,12 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_proto::v1 as pb;
+use berth_tests::grpc::admin_channel;
 use berth_tests::{bin, listed, vfs_metadata, vfs_root, volume_dirs, Berthd};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::Code;
 
 /// How long a refused start may take before the test calls it a hang.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -487,53 +484,10 @@ fn impossible_sizes_are_out_of_range_and_leave_no_file_and_no_record() {
 
 // ---- 4. options ------------------------------------------------------------
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// A Volumes client with the bootstrap admin token (read from the token
-/// file the profile in the data directory names), over plaintext.
-async fn volumes(
-    d: &Berthd,
-) -> pb::volumes_client::VolumesClient<InterceptedService<Channel, Bearer>> {
-    let profile = std::fs::read_to_string(d.data_dir.join("client.toml")).expect("client.toml");
-    let token_file = profile
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token_file"))
-        .and_then(|rest| rest.trim().strip_prefix('='))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .expect("token_file in client.toml");
-    let token = std::fs::read_to_string(token_file).expect("admin token");
-    let channel = Endpoint::from_shared(format!("http://{}", d.addr))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .expect("connect");
-    pb::volumes_client::VolumesClient::with_interceptor(
-        channel,
-        Bearer(
-            format!("Bearer {}", token.trim())
-                .parse()
-                .expect("ASCII token"),
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_options_are_refused_and_never_echoed_in_full() {
     let d = Berthd::start_with(&["--insecure-plaintext"]);
-    let mut client = volumes(&d).await;
+    let mut client = pb::volumes_client::VolumesClient::new(admin_channel(&d).await);
     let root = vfs_root(&d);
     let (dirs_before, meta_before) = (volume_dirs(&root), vfs_metadata(&root));
     let one = |k: String, v: String| HashMap::from([(k, v)]);
