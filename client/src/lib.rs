@@ -9,6 +9,8 @@
 //! | [`connect`] | connection set-up and trust decisions, in one place |
 //! | [`deadline`] | the bound on every call (`--timeout`) |
 //! | [`pinning`] | fingerprints, the sled trust store, the pin verifier |
+//! | [`prompt`] | the first-contact question and the changed-fingerprint banner |
+//! | [`session`] | target, trust decision and credentials: an open session with the controller |
 //! | [`size`] | human sizes (`10GiB`) |
 //! | [`output`] | tables and JSON for people and scripts |
 
@@ -17,6 +19,8 @@ pub mod connect;
 pub mod deadline;
 pub mod output;
 pub mod pinning;
+pub mod prompt;
+pub mod session;
 pub mod size;
 
 pub use berth_proto::v1 as pb;

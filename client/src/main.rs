@@ -1,22 +1,17 @@
 //! `berth`: the Berth command-line client.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use berth_client::config::Loaded;
+use anyhow::bail;
 use berth_client::connect::{self, ConnectError, ServerTrust};
-use berth_client::deadline::{self, Deadline};
+use berth_client::deadline;
 use berth_client::output::{self, Format};
-use berth_client::pinning::{Fingerprint, PinSource, TrustStore};
+use berth_client::pinning::{Fingerprint, TrustStore};
+use berth_client::session::{Authed, Session, SessionError, SessionOptions, Target};
 use berth_client::{pb, size};
 use clap::{Args, Parser, Subcommand};
-use tonic::transport::Channel;
-
-/// The controller used when nothing else names one.
-const DEFAULT_HOST: &str = "127.0.0.1:7979";
 
 /// Talk to a Berth controller.
 #[derive(Parser, Debug)]
@@ -392,7 +387,13 @@ fn one_line(e: &anyhow::Error) -> String {
     }
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
-        let text = match cause.downcast_ref::<tonic::Status>() {
+        let status = cause.downcast_ref::<tonic::Status>().or_else(|| {
+            match cause.downcast_ref::<SessionError>() {
+                Some(SessionError::Status(status)) => Some(status),
+                _ => None,
+            }
+        });
+        let text = match status {
             Some(status) => status_line(status),
             None => cause.to_string(),
         };
@@ -430,332 +431,30 @@ fn status_line(status: &tonic::Status) -> String {
     format!("{word}: {}", status.message())
 }
 
-/// Everything the command line and the config file say about the target.
-struct Target {
-    host: String,
-    loaded: Loaded,
-}
-
-impl Target {
-    fn resolve(cli: &Cli) -> anyhow::Result<Self> {
-        let loaded = Loaded::load(cli.config.as_deref())?;
-        let host = cli
-            .host
-            .clone()
-            .or_else(|| loaded.config.host.clone())
-            .unwrap_or_else(|| DEFAULT_HOST.to_owned());
-        Ok(Self { host, loaded })
-    }
-
-    /// The trust decision: flags first, then the config file (preseeded,
-    /// never prompts), then the trust store (opened only if needed).
-    fn trust(&self, cli: &Cli) -> anyhow::Result<ServerTrust> {
-        if cli.plaintext {
-            return Ok(ServerTrust::DangerousPlaintext);
-        }
-        if let Some(roots) = &cli.ca {
-            return Ok(ServerTrust::Ca {
-                roots: roots.clone(),
-            });
-        }
-        if let Some(fingerprint) = cli.fingerprint {
-            return Ok(ServerTrust::Pinned {
-                fingerprint,
-                source: PinSource::Flag,
-            });
-        }
-        if let Some(entry) = self.loaded.controller(&self.host) {
-            if entry.plaintext {
-                return Ok(ServerTrust::DangerousPlaintext);
-            }
-            if let Some(roots) = entry.ca {
-                return Ok(ServerTrust::Ca { roots });
-            }
-            if let Some(fp) = entry.fingerprint {
-                let path = self.loaded.path.clone().unwrap_or_default();
-                let fingerprint = fp.parse().with_context(|| {
-                    format!("client config {}, controller {}", path.display(), self.host)
-                })?;
-                return Ok(ServerTrust::Pinned {
-                    fingerprint,
-                    source: PinSource::Config(path),
-                });
-            }
-        }
-        let store = TrustStore::open_default()?;
-        Ok(match store.get(&self.host)? {
-            Some(fingerprint) => ServerTrust::Pinned {
-                fingerprint,
-                source: PinSource::Store(store.path().to_owned()),
-            },
-            None => ServerTrust::FirstContact,
-        })
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Authed = tonic::service::interceptor::InterceptedService<Deadline<Channel>, Bearer>;
-
-struct Session {
-    channel: Deadline<Channel>,
-    bearer: Bearer,
-}
-
-impl Session {
-    /// Opens a session; with `--wait`, keeps trying (re-reading the config,
-    /// which a starting controller may be writing) while it is unreachable.
-    async fn open(cli: &Cli) -> anyhow::Result<Self> {
-        let deadline = std::time::Instant::now() + cli.wait;
-        loop {
-            match Self::open_once(cli).await {
-                Err(e)
-                    if std::time::Instant::now() < deadline
-                        && matches!(
-                            e.downcast_ref::<ConnectError>(),
-                            Some(ConnectError::Unreachable { .. })
-                        ) =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                other => return other,
-            }
+impl Cli {
+    /// The global options that say how to reach and trust the controller.
+    fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            host: self.host.clone(),
+            config: self.config.clone(),
+            fingerprint: self.fingerprint,
+            ca: self.ca.clone(),
+            plaintext: self.plaintext,
+            wait: self.wait,
+            timeout: self.timeout,
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            may_prompt: true,
         }
     }
-
-    async fn open_once(cli: &Cli) -> anyhow::Result<Self> {
-        let target = Target::resolve(cli)?;
-        let host = target.host.as_str();
-        let trust = target.trust(cli)?;
-        let entry = target.loaded.controller(host).unwrap_or_default();
-        // Credentials on the command line replace the config's entirely: a
-        // --cert alone authenticates with the certificate alone.
-        let from_flags = cli.token.is_some() || cli.token_file.is_some() || cli.cert.is_some();
-        let token = match (&cli.token, &cli.token_file) {
-            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_owned()),
-            (Some(_), _) => bail!("--token (or BERTH_TOKEN) is empty"),
-            (None, Some(f)) => Some(read_token(f)?),
-            (None, None) if from_flags => None,
-            (None, None) => match (&entry.token, &entry.token_file) {
-                (Some(t), _) => Some(t.trim().to_owned()),
-                (None, Some(f)) => Some(read_token(f)?),
-                (None, None) => None,
-            },
-        };
-        let bearer = match token {
-            Some(t) => Bearer(Some(format!("Bearer {t}").parse().map_err(|_| {
-                anyhow::anyhow!("the token holds characters that cannot be sent")
-            })?)),
-            None => Bearer(None),
-        };
-        let (cert, key) = if from_flags {
-            (cli.cert.as_ref(), cli.key.as_ref())
-        } else {
-            (entry.cert.as_ref(), entry.key.as_ref())
-        };
-        let identity = match (cert, key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            _ => bail!("a client certificate needs both cert and key"),
-        };
-        let id = || -> anyhow::Result<Option<connect::ClientIdentity>> {
-            identity
-                .as_ref()
-                .map(|(c, k)| connect::read_identity(c, k))
-                .transpose()
-                .map_err(Into::into)
-        };
-        let channel = match connect::connect(host, &trust, id()?, Duration::ZERO).await {
-            Ok(channel) => channel,
-            Err(ConnectError::Unknown { host, observed }) => {
-                if !ask_to_trust(&host, observed)? {
-                    bail!("the controller at {host} was not trusted; nothing was saved");
-                }
-                let store = TrustStore::open_default()?;
-                store.add(&host, observed)?;
-                let source = PinSource::Store(store.path().to_owned());
-                drop(store);
-                eprintln!("Saved the fingerprint of {host} in {source}.");
-                connect::connect(
-                    &host,
-                    &ServerTrust::Pinned {
-                        fingerprint: observed,
-                        source,
-                    },
-                    id()?,
-                    Duration::ZERO,
-                )
-                .await?
-            }
-            Err(ConnectError::Changed {
-                host,
-                pinned,
-                presented,
-                pin_source,
-            }) => {
-                eprintln!("{}", changed_banner(&host, pinned, presented, &pin_source));
-                bail!("refusing to talk to {host}: its fingerprint changed from {pinned} to {presented}");
-            }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Self {
-            channel: Deadline::new(channel, host, cli.timeout),
-            bearer,
-        })
-    }
-
-    fn catalog(&self) -> pb::service_catalog_client::ServiceCatalogClient<Authed> {
-        pb::service_catalog_client::ServiceCatalogClient::with_interceptor(
-            self.channel.clone(),
-            self.bearer.clone(),
-        )
-    }
-
-    fn volumes(&self) -> pb::volumes_client::VolumesClient<Authed> {
-        pb::volumes_client::VolumesClient::with_interceptor(
-            self.channel.clone(),
-            self.bearer.clone(),
-        )
-    }
-
-    fn snapshots(&self) -> pb::snapshots_client::SnapshotsClient<Authed> {
-        pb::snapshots_client::SnapshotsClient::with_interceptor(
-            self.channel.clone(),
-            self.bearer.clone(),
-        )
-    }
-
-    fn admin(&self) -> pb::admin_client::AdminClient<Authed> {
-        pb::admin_client::AdminClient::with_interceptor(self.channel.clone(), self.bearer.clone())
-    }
-
-    async fn services(&self) -> anyhow::Result<Vec<pb::Service>> {
-        Ok(self
-            .catalog()
-            .list_services(pb::ListServicesRequest {})
-            .await?
-            .into_inner()
-            .services)
-    }
-
-    /// The `--service` given, or the only service there is.
-    async fn service(&self, arg: &ServiceArg) -> anyhow::Result<String> {
-        if let Some(s) = &arg.service {
-            return Ok(s.clone());
-        }
-        let services = self.services().await?;
-        match services.as_slice() {
-            [only] => Ok(only.name.clone()),
-            [] => bail!("the controller has no service you may use"),
-            several => bail!(
-                "the controller has several services ({}): choose one with --service",
-                several
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
-    }
-}
-
-fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
-    }
-    Ok(token.to_owned())
-}
-
-/// First contact. On a terminal, asks; anywhere else, refuses with how to
-/// trust it. Never trusts silently.
-fn ask_to_trust(host: &str, fp: Fingerprint) -> anyhow::Result<bool> {
-    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    if !interactive {
-        bail!(
-            "the controller at {host} is not trusted yet; it presents fingerprint {fp}. \
-             Check it on the controller with `berthd fingerprint`, then trust it with \
-             `berth trust add {host} {fp}` or preseed it with `fingerprint = \"{fp}\"` under \
-             [controllers.\"{host}\"] in the client config (or pass --fingerprint for one command)"
-        );
-    }
-    let mut err = std::io::stderr().lock();
-    writeln!(err, "The controller at {host} is not known to this client.")?;
-    writeln!(
-        err,
-        "Its certificate authority has the SHA-256 fingerprint:"
-    )?;
-    writeln!(err, "  {fp}")?;
-    writeln!(
-        err,
-        "Check it on the controller's machine: `berthd fingerprint` prints the same value."
-    )?;
-    write!(err, "Trust this controller? [y/N] ")?;
-    err.flush()?;
-    drop(err);
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
-}
-
-fn changed_banner(
-    host: &str,
-    pinned: Fingerprint,
-    presented: Fingerprint,
-    source: &PinSource,
-) -> String {
-    let fix = match source {
-        PinSource::Flag => "drop or correct the --fingerprint option".to_owned(),
-        PinSource::Config(p) => format!(
-            "correct the `fingerprint` of [controllers.\"{host}\"] in {}",
-            p.display()
-        ),
-        PinSource::Store(_) => {
-            format!("remove the old pin with `berth trust remove {host}`, then connect again")
-        }
-    };
-    format!(
-        "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
-         @   WARNING: CONTROLLER IDENTIFICATION HAS CHANGED!          @\n\
-         @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
-         IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\n\
-         Someone could be intercepting your connection to {host} (a man-in-the-middle attack),\n\
-         or the controller's certificate authority was replaced.\n\
-         \x20 controller:  {host}\n\
-         \x20 pinned:      {pinned}\n\
-         \x20              (from {source})\n\
-         \x20 presented:   {presented}\n\
-         If the change is legitimate (compare with `berthd fingerprint` on the controller),\n\
-         {fix}.\n\
-         Nothing was sent to the controller."
-    )
 }
 
 async fn trust_command(cli: &Cli, command: &TrustCommand) -> anyhow::Result<()> {
     match command {
         TrustCommand::List => {
-            let target = Target::resolve(cli)?;
+            let target = Target::resolve(&cli.session_options())?;
             let mut rows: Vec<(String, String, String)> = Vec::new();
             if let Some(path) = &target.loaded.path {
                 for (host, entry) in &target.loaded.config.controllers {
@@ -809,7 +508,7 @@ async fn trust_command(cli: &Cli, command: &TrustCommand) -> anyhow::Result<()> 
         TrustCommand::Show { host } => {
             let host = match host {
                 Some(h) => h.clone(),
-                None => Target::resolve(cli)?.host,
+                None => Target::resolve(&cli.session_options())?.host,
             };
             match connect::connect(&host, &ServerTrust::FirstContact, None, cli.wait).await {
                 Err(ConnectError::Unknown { observed, .. }) => match cli.output {
@@ -833,7 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Trust(command) = &cli.command {
         return trust_command(&cli, command).await;
     }
-    let session = Session::open(&cli).await?;
+    let session = Session::open(&cli.session_options()).await?;
     match &cli.command {
         Command::Service(ServiceCommand::List) => {
             let services = session.services().await?;
@@ -883,7 +582,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             options,
             from_snapshot,
         }) => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             let volume = session
                 .volumes()
                 .create_volume(pb::CreateVolumeRequest {
@@ -898,7 +597,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_volume(cli.output, &volume)?;
         }
         Command::Volume(VolumeCommand::Inspect { name, service }) => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             let volume = session
                 .volumes()
                 .get_volume(pb::GetVolumeRequest {
@@ -914,7 +613,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             force,
         }) => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             session
                 .volumes()
                 .delete_volume(pb::DeleteVolumeRequest {
@@ -935,7 +634,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             instance,
         }) => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             let attached = session
                 .volumes()
                 .attach_volume(pb::AttachVolumeRequest {
@@ -965,7 +664,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             instance,
             force,
         }) => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             let volume = session
                 .volumes()
                 .detach_volume(pb::DetachVolumeRequest {
@@ -997,7 +696,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             destination,
             service,
         }) => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             let volume = session
                 .volumes()
                 .copy_volume(pb::CopyVolumeRequest {
@@ -1053,7 +752,7 @@ async fn snapshot_command(
             name,
             service,
         } => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             let snap = client
                 .create_snapshot(pb::CreateSnapshotRequest {
                     service,
@@ -1066,7 +765,7 @@ async fn snapshot_command(
         }
         SnapshotCommand::List { volume, service } => {
             let service = match (volume, service) {
-                (Some(_), None) => session.service(&ServiceArg { service: None }).await?,
+                (Some(_), None) => session.service(None).await?,
                 (_, s) => s.clone().unwrap_or_default(),
             };
             let snaps = client
@@ -1083,7 +782,7 @@ async fn snapshot_command(
             }
         }
         SnapshotCommand::Inspect { name, service } => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             let snap = client
                 .get_snapshot(pb::GetSnapshotRequest {
                     service,
@@ -1094,7 +793,7 @@ async fn snapshot_command(
             print_snapshot(format, &snap)?;
         }
         SnapshotCommand::Remove { name, service } => {
-            let service = session.service(service).await?;
+            let service = session.service(service.service.as_deref()).await?;
             client
                 .delete_snapshot(pb::DeleteSnapshotRequest {
                     service: service.clone(),
