@@ -45,26 +45,42 @@ impl ClientConfig {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerEntry {
+    /// The pinned SHA-256 fingerprint of its CA (parsed when used).
     pub fingerprint: Option<String>,
+    /// Verify it with WebPKI against this CA bundle instead of pinning.
     pub ca: Option<PathBuf>,
+    /// Talk to it without TLS (`--insecure-plaintext` controllers).
     #[serde(default)]
     pub plaintext: bool,
+    /// The bearer token to present.
     pub token: Option<String>,
+    /// A file holding the bearer token.
     pub token_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
     pub cert: Option<PathBuf>,
+    /// Private key of `cert` (PEM).
     pub key: Option<PathBuf>,
 }
 
 /// Problems with the configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read client config {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is not a valid client config.
     #[error("client config {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, on one line.
+        message: String,
+    },
 }
 
 /// A parser message as one line: its line breaks become spaces and other
@@ -95,7 +111,9 @@ pub fn default_path() -> Option<PathBuf> {
 /// A loaded configuration and where it came from.
 #[derive(Debug, Default, Clone)]
 pub struct Loaded {
+    /// The configuration (empty when there is no file).
     pub config: ClientConfig,
+    /// The file it was read from, if any.
     pub path: Option<PathBuf>,
 }
 

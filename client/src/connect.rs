@@ -24,11 +24,16 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ServerTrust {
     /// The root of the presented chain must have this fingerprint.
     Pinned {
+        /// The pinned fingerprint.
         fingerprint: Fingerprint,
+        /// Where the pin came from (named in errors).
         source: PinSource,
     },
     /// Standard WebPKI verification (chain and host name) against these CAs.
-    Ca { roots: PathBuf },
+    Ca {
+        /// The PEM bundle of trusted CAs.
+        roots: PathBuf,
+    },
     /// Nothing known yet: connect only to see what is presented, then refuse
     /// with [`ConnectError::Unknown`] so a person can decide.
     FirstContact,
@@ -39,31 +44,60 @@ pub enum ServerTrust {
 
 /// A client certificate and its key, presented for mutual TLS.
 pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
     pub key: PrivateKeyDer<'static>,
 }
 
 /// Why the client could not talk to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// No TCP connection could be made (a caller may wait and retry).
     #[error("cannot reach the controller at {host}: {reason}")]
-    Unreachable { host: String, reason: String },
+    Unreachable {
+        /// The controller.
+        host: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// First contact: nothing pins this controller yet.
     #[error("the controller at {host} is not trusted yet (fingerprint {observed})")]
-    Unknown { host: String, observed: Fingerprint },
+    Unknown {
+        /// The controller.
+        host: String,
+        /// The fingerprint of the CA it presented.
+        observed: Fingerprint,
+    },
+    /// The controller presented another CA than the pinned one.
     #[error("the controller at {host} presented fingerprint {presented}, but {pin_source} pins {pinned}")]
     Changed {
+        /// The controller.
         host: String,
+        /// The pin.
         pinned: Fingerprint,
+        /// What it presented.
         presented: Fingerprint,
+        /// Where the pin came from.
         pin_source: PinSource,
     },
+    /// The TLS handshake failed.
     #[error("TLS with the controller at {host} failed: {reason}")]
-    Tls { host: String, reason: String },
+    Tls {
+        /// The controller.
+        host: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The client's own TLS material (CA bundle, certificate, key) is unusable.
     #[error("{0}")]
     Setup(String),
+    /// The gRPC channel could not be built over the connection.
     #[error("cannot set up the gRPC channel to {host}: {source}")]
     Channel {
+        /// The controller.
         host: String,
+        /// The transport error.
         source: tonic::transport::Error,
     },
 }

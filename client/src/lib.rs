@@ -1,26 +1,35 @@
 //! `berth-client`: the thin Berth client library behind the `berth` command.
 //!
-//! It depends on the generated API (`berth-proto`) and nothing of the
-//! controller or the drivers.
-//!
 //! | module | what it is |
 //! | --- | --- |
 //! | [`config`] | the client configuration file |
 //! | [`connect`] | connection set-up and trust decisions, in one place |
 //! | [`deadline`] | the bound on every call (`--timeout`) |
+//! | [`instance`] | this machine as an instance (the default instance ID) |
+//! | [`output`] | tables and JSON for people and scripts |
 //! | [`pinning`] | fingerprints, the sled trust store, the pin verifier |
 //! | [`prompt`] | the first-contact question and the changed-fingerprint banner |
+//! | [`report`] | errors as one line for a person, gRPC codes in words |
 //! | [`session`] | target, trust decision and credentials: an open session with the controller |
 //! | [`size`] | human sizes (`10GiB`) |
-//! | [`output`] | tables and JSON for people and scripts |
+//!
+//! It depends on the generated API (`berth-proto`) and nothing of the
+//! controller or the drivers. The `berth` binary (`main.rs`, `cli.rs`,
+//! `commands/`: one file per command group) is built on it; so are the
+//! tests and the benchmark, which open sessions through [`session`].
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod connect;
 pub mod deadline;
+pub mod instance;
 pub mod output;
 pub mod pinning;
 pub mod prompt;
+pub mod report;
 pub mod session;
 pub mod size;
 
+/// The generated gRPC API, package `berth.v1`.
 pub use berth_proto::v1 as pb;

@@ -9,9 +9,15 @@ use crate::pb;
 use crate::size::format_size;
 
 /// The output format chosen with `-o/--output`.
+///
+/// Its variants carry `//` comments, not doc comments: clap would show doc
+/// comments in `berth --help`, whose text stays as it is.
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    // Aligned columns for people.
     Table,
+    // Pretty-printed JSON for scripts.
     Json,
 }
 
@@ -194,4 +200,83 @@ pub fn service_json(s: &pb::Service) -> Value {
         "driver": s.driver,
         "capabilities": capabilities(s.capabilities.as_ref()),
     })
+}
+
+/// The role of a credential's scope, in words.
+pub fn role(scope: Option<&pb::Scope>) -> &'static str {
+    match scope.map(|s| pb::Role::try_from(s.role)) {
+        Some(Ok(pb::Role::Admin)) => "admin",
+        Some(Ok(pb::Role::User)) => "user",
+        _ => "unknown",
+    }
+}
+
+/// The services of a credential's scope, comma-separated.
+pub fn services(scope: Option<&pb::Scope>) -> String {
+    scope.map(|s| s.services.join(",")).unwrap_or_default()
+}
+
+fn yes_no(on: bool) -> String {
+    if on { "yes" } else { "no" }.to_owned()
+}
+
+/// An issued token (not the token itself) as JSON.
+pub fn token_json(t: &pb::TokenInfo) -> Value {
+    json!({
+        "jti": t.jti,
+        "subject": t.subject,
+        "role": role(t.scope.as_ref()),
+        "services": t.scope.as_ref().map(|s| s.services.clone()).unwrap_or_default(),
+        "issued_at": time(t.issued_at.as_ref()),
+        "expires_at": time(t.expires_at.as_ref()),
+        "revoked": t.revoked,
+        "bootstrap": t.bootstrap,
+    })
+}
+
+/// `berth token list` as a table.
+pub fn token_table(tokens: &[pb::TokenInfo]) -> String {
+    let mut t = table(&["JTI", "SUBJECT", "ROLE", "SERVICES", "EXPIRES", "REVOKED"]);
+    for tok in tokens {
+        t.add_row(vec![
+            tok.jti.clone(),
+            tok.subject.clone(),
+            role(tok.scope.as_ref()).into(),
+            services(tok.scope.as_ref()),
+            time(tok.expires_at.as_ref()),
+            yes_no(tok.revoked),
+        ]);
+    }
+    render(&t)
+}
+
+/// A signed client certificate as JSON.
+pub fn cert_json(c: &pb::CertificateInfo) -> Value {
+    json!({
+        "serial": c.serial,
+        "subject": c.subject,
+        "role": role(c.scope.as_ref()),
+        "services": c.scope.as_ref().map(|s| s.services.clone()).unwrap_or_default(),
+        "not_before": time(c.not_before.as_ref()),
+        "not_after": time(c.not_after.as_ref()),
+        "revoked": c.revoked,
+    })
+}
+
+/// `berth cert list` as a table.
+pub fn cert_table(certs: &[pb::CertificateInfo]) -> String {
+    let mut t = table(&[
+        "SERIAL", "SUBJECT", "ROLE", "SERVICES", "EXPIRES", "REVOKED",
+    ]);
+    for c in certs {
+        t.add_row(vec![
+            c.serial.clone(),
+            c.subject.clone(),
+            role(c.scope.as_ref()).into(),
+            services(c.scope.as_ref()),
+            time(c.not_after.as_ref()),
+            yes_no(c.revoked),
+        ]);
+    }
+    render(&t)
 }

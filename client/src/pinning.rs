@@ -106,6 +106,7 @@ impl fmt::Display for PinSource {
 /// What the handshake showed: the root the controller presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
+    /// The fingerprint of the root of the presented chain.
     pub root: Fingerprint,
 }
 
@@ -236,12 +237,31 @@ fn webpki_error(e: webpki::Error) -> CertificateError {
 /// Errors of the trust store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store could not be opened (or created).
     #[error("cannot open the trust store {path}: {source}")]
-    Open { path: PathBuf, source: sled::Error },
+    Open {
+        /// The store's directory.
+        path: PathBuf,
+        /// The database error.
+        source: sled::Error,
+    },
+    /// A read or write of the store failed.
     #[error("trust store {path}: {source}")]
-    Db { path: PathBuf, source: sled::Error },
+    Db {
+        /// The store's directory.
+        path: PathBuf,
+        /// The database error.
+        source: sled::Error,
+    },
+    /// An entry is not a fingerprint.
     #[error("trust store {path} holds a corrupt entry for {host}")]
-    Corrupt { path: PathBuf, host: String },
+    Corrupt {
+        /// The store's directory.
+        path: PathBuf,
+        /// The controller whose entry is corrupt.
+        host: String,
+    },
+    /// Neither `XDG_DATA_HOME` nor `HOME` is set.
     #[error("cannot find the trust store: set XDG_DATA_HOME or HOME")]
     NoLocation,
 }
@@ -316,6 +336,7 @@ impl TrustStore {
         Self::open(&default_store_path().ok_or(StoreError::NoLocation)?)
     }
 
+    /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,0 +1,259 @@
+//! `berth volume`: create, list, inspect, remove, attach, detach and copy
+//! volumes.
+
+use berth_client::output::{self, Format};
+use berth_client::{instance, pb, size};
+
+use super::{print, print_json};
+use crate::cli::{Globals, ServiceArg};
+
+/// `berth volume ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// List volumes.
+    #[command(alias = "ls")]
+    List {
+        /// Only this service's volumes.
+        #[arg(long, short)]
+        service: Option<String>,
+        /// Only volumes attached to some instance.
+        #[arg(long, conflicts_with = "available")]
+        attached: bool,
+        /// Only volumes attached nowhere.
+        #[arg(long)]
+        available: bool,
+    },
+    /// Create a volume (again with the same parameters: returns it).
+    Create {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Size, e.g. 4096, 512MiB, 10GiB, 1G.
+        #[arg(long, value_parser = size::parse_size, default_value = "0", allow_hyphen_values = true)]
+        size: u64,
+        /// Driver option, KEY=VALUE (repeatable).
+        #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_option)]
+        options: Vec<(String, String)>,
+        /// Restore this snapshot into the new volume.
+        #[arg(long, value_name = "SNAPSHOT")]
+        from_snapshot: Option<String>,
+    },
+    /// Show one volume.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+    /// Remove a volume and its data.
+    #[command(alias = "rm")]
+    Remove {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Detach it from every instance first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Attach a volume to an instance and print how to reach it.
+    Attach {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+        /// The instance [default: this machine's host name].
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Detach a volume from an instance.
+    Detach {
+        name: String,
+        #[command(flatten)]
+        service: ServiceArg,
+        /// The instance [default: this machine's host name].
+        #[arg(long)]
+        instance: Option<String>,
+        /// Detach it from whichever instances hold it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create DST as a copy of SRC.
+    Copy {
+        source: String,
+        destination: String,
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// Runs `berth volume ...`.
+pub async fn run(globals: &Globals, command: &VolumeCommand) -> anyhow::Result<()> {
+    let session = globals.session().await?;
+    let format = globals.output;
+    let mut volumes = session.volumes();
+    match command {
+        VolumeCommand::List {
+            service,
+            attached,
+            available,
+        } => {
+            let attachment = match (attached, available) {
+                (true, _) => pb::AttachmentFilter::Attached,
+                (_, true) => pb::AttachmentFilter::Available,
+                _ => pb::AttachmentFilter::Any,
+            } as i32;
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = volumes
+                    .list_volumes(pb::ListVolumesRequest {
+                        service: service.clone().unwrap_or_default(),
+                        max_entries: 0,
+                        page_token,
+                        attachment,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.volumes);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print(
+                format,
+                || output::volume_table(&all),
+                || all.iter().map(output::volume_json).collect(),
+            )
+        }
+        VolumeCommand::Create {
+            name,
+            service,
+            size,
+            options,
+            from_snapshot,
+        } => {
+            let request = pb::CreateVolumeRequest {
+                service: service.resolve(&session).await?,
+                name: name.clone(),
+                size_bytes: *size,
+                options: options.iter().cloned().collect(),
+                from_snapshot: from_snapshot.clone().unwrap_or_default(),
+            };
+            let volume = volumes.create_volume(request).await?.into_inner();
+            print_volume(format, &volume)
+        }
+        VolumeCommand::Inspect { name, service } => {
+            let request = pb::GetVolumeRequest {
+                service: service.resolve(&session).await?,
+                name: name.clone(),
+            };
+            let volume = volumes.get_volume(request).await?.into_inner();
+            print_volume(format, &volume)
+        }
+        VolumeCommand::Remove {
+            name,
+            service,
+            force,
+        } => {
+            let service = service.resolve(&session).await?;
+            volumes
+                .delete_volume(pb::DeleteVolumeRequest {
+                    service: service.clone(),
+                    name: name.clone(),
+                    force: *force,
+                })
+                .await?;
+            print(
+                format,
+                || format!("removed volume {name} from service {service}"),
+                || serde_json::json!({"removed": name, "service": service}),
+            )
+        }
+        VolumeCommand::Attach {
+            name,
+            service,
+            instance,
+        } => {
+            let request = pb::AttachVolumeRequest {
+                service: service.resolve(&session).await?,
+                name: name.clone(),
+                instance: instance.clone().unwrap_or_else(instance::this_host),
+            };
+            let attached = volumes.attach_volume(request).await?.into_inner();
+            let attachment = attached.attachment.unwrap_or_default();
+            print(
+                format,
+                || {
+                    format!(
+                        "attached volume {name} to {}: {}",
+                        attachment.instance, attachment.device
+                    )
+                },
+                || {
+                    serde_json::json!({
+                        "volume": attached.volume.as_ref().map(output::volume_json),
+                        "instance": attachment.instance,
+                        "device": attachment.device,
+                        "fields": attachment.fields,
+                    })
+                },
+            )
+        }
+        VolumeCommand::Detach {
+            name,
+            service,
+            instance,
+            force,
+        } => {
+            let request = pb::DetachVolumeRequest {
+                service: service.resolve(&session).await?,
+                name: name.clone(),
+                instance: instance.clone().unwrap_or_else(instance::this_host),
+                force: *force,
+            };
+            let volume = volumes.detach_volume(request).await?.into_inner();
+            match format {
+                Format::Table if volume.attachments.is_empty() => {
+                    println!("volume {name} is attached to nothing")
+                }
+                Format::Table => {
+                    let holders: Vec<_> = volume
+                        .attachments
+                        .iter()
+                        .map(|a| a.instance.as_str())
+                        .collect();
+                    println!("volume {name} is still attached to {}", holders.join(", "));
+                }
+                Format::Json => print_json(&output::volume_json(&volume))?,
+            }
+            Ok(())
+        }
+        VolumeCommand::Copy {
+            source,
+            destination,
+            service,
+        } => {
+            let request = pb::CopyVolumeRequest {
+                service: service.resolve(&session).await?,
+                source: source.clone(),
+                name: destination.clone(),
+            };
+            let volume = volumes.copy_volume(request).await?.into_inner();
+            print_volume(format, &volume)
+        }
+    }
+}
+
+fn print_volume(format: Format, volume: &pb::Volume) -> anyhow::Result<()> {
+    print(
+        format,
+        || output::volume_detail(volume),
+        || output::volume_json(volume),
+    )
+}
