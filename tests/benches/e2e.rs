@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use berth_client::connect::{self, ServerTrust};
 use berth_client::pinning::{Fingerprint, PinSource};
+use berth_client::session::Bearer;
 use berth_proto::v1 as pb;
 use berth_tests::{bin, Berthd};
 use tonic::transport::Channel;
@@ -30,14 +31,9 @@ type Client = pb::volumes_client::VolumesClient<
     tonic::service::interceptor::InterceptedService<Channel, Bearer>,
 >;
 
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
-        Ok(r)
-    }
+/// The bearer `berth` presents, carrying `token`.
+fn bearer(token: &str) -> Bearer {
+    Bearer::new(Some(token)).expect("token is ASCII")
 }
 
 /// A server the same client code can reach: address, pin, token.
@@ -176,7 +172,7 @@ async fn start_ceiling() -> Target {
     Target {
         host: addr.to_string(),
         pin,
-        bearer: Bearer("Bearer not-checked-by-the-ceiling".parse().expect("header")),
+        bearer: bearer("not-checked-by-the-ceiling"),
     }
 }
 
@@ -220,11 +216,11 @@ fn berthd_target(d: &Berthd) -> Target {
             .arg("--data-dir")
             .arg(&d.data_dir),
     );
-    let token = std::fs::read_to_string(d.data_dir.join("auth/admin.token")).expect("admin token");
+    let token = d.admin_token();
     Target {
         host: d.addr.to_string(),
         pin: fp.trim().parse().expect("fingerprint"),
-        bearer: Bearer(format!("Bearer {}", token.trim()).parse().expect("header")),
+        bearer: bearer(&token),
     }
 }
 
@@ -387,7 +383,7 @@ fn oneshot(host: &str, pin: &str, token: &str) {
         let target = Target {
             host: host.to_owned(),
             pin: pin.parse().expect("pin"),
-            bearer: Bearer(format!("Bearer {token}").parse().expect("header")),
+            bearer: bearer(&token),
         };
         let mut c = target.client().await;
         let page = c
@@ -535,7 +531,7 @@ fn main() {
             let target = Target {
                 host: args[2].clone(),
                 pin: args[3].parse().expect("pin"),
-                bearer: Bearer(format!("Bearer {}", args[4]).parse().expect("header")),
+                bearer: bearer(&args[4]),
             };
             let mut c = target.client().await;
             for _ in 0..n {

@@ -1,46 +1,26 @@
-//! Reaching a controller with plain tonic: a channel and the bootstrap
-//! admin token as a bearer credential.
+//! Reaching a controller with plain tonic: a plaintext channel to a
+//! controller started with `--insecure-plaintext`, carrying a bearer token
+//! the way `berth` does ([`berth_client::session::Bearer`]).
 //!
-//! The harness has no TLS client stack of its own, so these helpers are for
-//! controllers started with `--insecure-plaintext` on loopback; TLS is
-//! exercised through the `berth` binary.
+//! TLS is exercised through the `berth` binary and, where a test needs a
+//! gRPC client over TLS, through [`berth_client::connect`].
 
 use std::time::Duration;
 
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+
+pub use berth_client::session::Bearer;
 
 use crate::Berthd;
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl Bearer {
-    /// A bearer credential carrying `token`.
-    pub fn new(token: &str) -> Self {
-        Self(
-            format!("Bearer {}", token.trim())
-                .parse()
-                .expect("token is ASCII"),
-        )
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// A channel that presents [`Bearer`] on every call.
+/// A channel that presents a [`Bearer`] on every call.
 pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A bearer credential carrying `token`.
+pub fn bearer(token: &str) -> Bearer {
+    Bearer::new(Some(token.trim())).expect("token is ASCII")
+}
 
 /// A plaintext channel to `d` (started with `--insecure-plaintext`).
 pub async fn channel(d: &Berthd) -> Channel {
@@ -52,9 +32,14 @@ pub async fn channel(d: &Berthd) -> Channel {
         .expect("connect to berthd")
 }
 
+/// A plaintext channel to `d` carrying `token`.
+pub async fn channel_as(d: &Berthd, token: &str) -> Authed {
+    InterceptedService::new(channel(d).await, bearer(token))
+}
+
 /// A plaintext channel to `d` carrying its bootstrap admin token.
 pub async fn admin_channel(d: &Berthd) -> Authed {
-    InterceptedService::new(channel(d).await, Bearer::new(&d.admin_token()))
+    channel_as(d, &d.admin_token()).await
 }
 
 /// The names of every volume of `service`, following the page tokens.

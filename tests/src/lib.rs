@@ -4,8 +4,19 @@
 //! Every test in `tests/tests/` goes through [`Berthd`]: start a controller
 //! (`--listen 127.0.0.1:0`, the port read from its "listening on" line), run
 //! the `berth` binary against it, kill or restart it.
+//!
+//! | module | what it is |
+//! | --- | --- |
+//! | this file | [`Berthd`] (start, restart, kill a controller), [`Run`] (a finished `berth`), data-directory views |
+//! | [`grpc`] | plain tonic channels to a plaintext controller, with a bearer token |
+//! | [`openssl`] | the stock `openssl` command: keys, requests, an operator CA, inspection |
+//! | [`process`] | child processes run to completion within a bound |
+//! | [`tokens`] | the bootstrap admin token, issued tokens, a token's claims |
 
 pub mod grpc;
+pub mod openssl;
+pub mod process;
+pub mod tokens;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -204,15 +215,6 @@ impl Berthd {
             }
         }
         self.child = Some(child);
-    }
-
-    /// The bootstrap admin token berthd keeps in its data directory.
-    pub fn admin_token(&self) -> String {
-        let path = self.data_dir.join("auth").join("admin.token");
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-            .trim()
-            .to_owned()
     }
 
     /// The controller's log so far.

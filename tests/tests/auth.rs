@@ -8,18 +8,18 @@
 //! Every refusal is checked to change nothing: the volume list and every
 //! file under each vfs root are compared before and after.
 //!
-//! Not covered: revoking a client certificate while its TLS connection stays
-//! open (the open-connection case is tested for tokens only, over plaintext,
-//! because this crate's tonic has no TLS support and `berth-client` is not a
-//! dev-dependency).
+//! Revoking a token while its connection stays open is tested here over
+//! plaintext; the same for a client certificate over TLS, through
+//! `berth_client::connect`, is in `credentials_hardening.rs`.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use berth_tests::openssl::{self, openssl};
+use berth_tests::tokens::{admin_token, b64url, claims as token_claims, issue, jti_of, with};
 use berth_tests::{bin, entries, Berthd, Run};
 use serde_json::{json, Value};
 
@@ -27,106 +27,19 @@ const UNAUTHENTICATED: &str = "error: not authenticated";
 const DENIED: &str = "error: permission denied";
 const INVALID: &str = "error: invalid argument";
 
-// ---- base64 and PEM, by hand (no dev-dependency for them) ----
-
-const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn b64_with(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.len();
-        let v = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= n {
-                out.push(alphabet[((v >> (18 - 6 * i)) & 63) as usize] as char);
-            } else if pad {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// base64url without padding, as in a JWT.
-fn b64url(bytes: &[u8]) -> String {
-    b64_with(bytes, URL, false)
-}
-
-/// Decodes standard or URL-safe base64, ignoring padding and whitespace.
-fn unb64(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' | b'\n' | b'\r' | b' ' => continue,
-            other => panic!("not base64: {:?}", other as char),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
+// ---- PEM (base64url is the harness's, for tokens) ----
 
 /// The DER inside a PEM file (its first block).
-fn pem_der(pem: &str) -> Vec<u8> {
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    unb64(&body)
+fn pem_der(text: &str) -> Vec<u8> {
+    pem::parse(text).expect("a PEM block").into_contents()
 }
 
 fn der_pem(label: &str, der: &[u8]) -> String {
-    let body = b64_with(der, STD, true);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("ascii"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
 // ---- openssl ----
-
-/// Runs openssl, feeding `stdin`, and returns its stdout; panics on failure.
-fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-    let mut child = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run openssl (these tests need it on PATH)");
-    {
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(bytes) = stdin {
-            input.write_all(bytes).expect("feed openssl");
-        }
-    }
-    let out = child.wait_with_output().expect("openssl output");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -251,32 +164,6 @@ fn eddsa_token(key: &Path, claims: &Value, work: &Path) -> String {
     let input = signing_input(&eddsa_header(), claims);
     let sig = ed25519_sign(key, input.as_bytes(), work);
     format!("{input}.{}", b64url(&sig))
-}
-
-/// The claims of a token, decoded without any check.
-fn token_claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT has a payload");
-    serde_json::from_slice(&unb64(payload)).expect("JSON claims")
-}
-
-fn jti_of(token: &str) -> String {
-    token_claims(token)["jti"].as_str().expect("jti").to_owned()
-}
-
-/// `berth token issue ...` (as admin), returning the token.
-fn issue(d: &Berthd, args: &[&str]) -> String {
-    let mut all = vec!["token", "issue"];
-    all.extend_from_slice(args);
-    let token = d.berth(&all).success().trim().to_owned();
-    assert_eq!(token.split('.').count(), 3, "not a JWT: {token:?}");
-    token
-}
-
-fn admin_token(d: &Berthd) -> String {
-    std::fs::read_to_string(d.data_dir.join("auth/admin.token"))
-        .expect("admin.token")
-        .trim()
-        .to_owned()
 }
 
 /// No token string (nor its signature) appears in the controller's log.
@@ -804,18 +691,8 @@ fn a_revoked_token_is_refused_at_the_next_command() {
     assert_log_keeps_secrets(&c.d, &[admin_token(&c.d), bob]);
 }
 
-/// `message` with `authorization: Bearer <token>`.
-fn with<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
-
 /// One HTTP/2 connection, two calls with the same token, revocation in
-/// between. Plaintext, because this crate's tonic speaks no TLS.
+/// between. Over plaintext: a token travels the same either way.
 #[tokio::test]
 async fn a_token_revoked_while_its_connection_is_open_is_refused_on_it() {
     use berth_proto::v1 as pb;
@@ -888,28 +765,7 @@ async fn a_token_revoked_while_its_connection_is_open_is_refused_on_it() {
 
 /// A P-256 key and CSR for `cn`, made by openssl: (key, csr).
 fn openssl_csr(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{cn}.key"));
-    let csr = dir.join(format!("{cn}.csr"));
-    let subj = format!("/CN={cn}");
-    openssl(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            s(&key),
-            "-out",
-            s(&csr),
-            "-subj",
-            &subj,
-        ],
-        None,
-    );
-    (key, csr)
+    openssl::csr(dir, cn, cn)
 }
 
 fn cert_count(c: &Ctl) -> usize {

@@ -3,92 +3,14 @@
 //! and granted exactly what the services' `allow` lists name.
 
 use std::path::Path;
-use std::process::Command;
 
-use berth_tests::{entries, Berthd};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use berth_tests::{entries, openssl, Berthd};
 
 /// An operator CA and a clientAuth certificate for `ext-user` signed by it.
 fn operator_pki(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=operator-ca",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ext.key",
-            "-out",
-            "ext.csr",
-            "-subj",
-            "/CN=ext-user",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("ext.cnf");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "ext.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "ext.crt",
-            "-days",
-            "30",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
+    openssl::operator_ca(dir);
+    let (_key, csr) = openssl::csr(dir, "ext", "ext-user");
+    openssl::operator_sign_client(dir, &csr);
 }
 
 #[test]

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use berth_client::connect::{self, ClientIdentity, ServerTrust};
 use berth_client::pinning::PinSource;
 use berth_proto::v1 as pb;
+use berth_tests::openssl;
+use berth_tests::tokens::{admin_token, issue, with};
 use berth_tests::{bin, entries, Berthd, Run, START_TIMEOUT};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -53,45 +55,9 @@ fn tree(root: &Path) -> BTreeSet<String> {
     out
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl (these tests need it on PATH)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A P-256 key and CSR whose CN is `cn` (UTF-8): (key, csr).
 fn openssl_csr(dir: &Path, file: &str, cn: &str) -> (PathBuf, PathBuf) {
-    let (key, csr) = (
-        dir.join(format!("{file}.key")),
-        dir.join(format!("{file}.csr")),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-utf8",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            s(&key),
-            "-out",
-            s(&csr),
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    );
-    (key, csr)
+    openssl::csr(dir, file, cn)
 }
 
 /// A controller serving `fast` and `bulk` (vfs), each section taking the
@@ -198,19 +164,6 @@ fn refused(run: &Run, prefix: &str) -> String {
     err
 }
 
-fn issue(d: &Berthd, args: &[&str]) -> String {
-    let mut all = vec!["token", "issue"];
-    all.extend_from_slice(args);
-    d.berth(&all).success().trim().to_owned()
-}
-
-fn admin_token(d: &Berthd) -> String {
-    std::fs::read_to_string(d.data_dir.join("auth/admin.token"))
-        .expect("admin.token")
-        .trim()
-        .to_owned()
-}
-
 fn pinned(d: &Berthd) -> ServerTrust {
     let fp = Command::new(bin("berthd"))
         .arg("fingerprint")
@@ -237,16 +190,6 @@ async fn channel(d: &Berthd, identity: Option<ClientIdentity>) -> Channel {
     )
     .await
     .expect("connect to berthd")
-}
-
-/// `message` with `authorization: Bearer <token>`.
-fn with<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
 }
 
 /// Runs `berthd` on `d`'s data directory with `args`, expecting it to
@@ -651,56 +594,9 @@ fn invisible_subjects_are_refused_at_issue_and_change_nothing() {
 fn an_operator_certificate_with_an_invisible_cn_is_refused_at_verification() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=operator-ca",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
-    );
+    openssl::operator_ca(dir);
     let (key, csr) = openssl_csr(dir, "ext", "mallory\u{200b}");
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("ext.cnf");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            s(&csr),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "ext.crt",
-            "-days",
-            "30",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
+    openssl::operator_sign_client(dir, &csr);
     // bulk's allow list names mallory: a look-alike must not get it, nor
     // appear in the audit log.
     let c = two_services(
@@ -767,7 +663,7 @@ fn deleting_admin_token_and_restarting_revokes_the_old_one() {
     let old = admin_token(&d);
     d.berth(&["--token", &old, "volume", "create", "v"])
         .success();
-    std::fs::remove_file(d.data_dir.join("auth/admin.token")).expect("delete");
+    std::fs::remove_file(d.admin_token_path()).expect("delete");
     d.restart();
     let new = admin_token(&d);
     assert_ne!(new, old);
@@ -792,7 +688,7 @@ fn rotating_the_admin_token_online_revokes_the_old_one() {
     assert!(out.contains("admin.token"), "{out}");
     let new = admin_token(&d);
     assert_ne!(old, new);
-    let mode = std::fs::metadata(d.data_dir.join("auth/admin.token"))
+    let mode = std::fs::metadata(d.admin_token_path())
         .expect("admin.token")
         .permissions()
         .mode();
@@ -827,7 +723,7 @@ fn an_exposed_or_foreign_admin_token_stops_start_up_and_changes_nothing() {
     let token = admin_token(&d);
     let tokens = list_of(&d, "token");
     d.kill9();
-    let path = d.data_dir.join("auth/admin.token");
+    let path = d.admin_token_path();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let before = auth_files(&d);
     let err = start_fails(&d, &[]);

@@ -1,10 +1,11 @@
 //! The gRPC API spoken directly with tonic: paging, error codes, and
 //! shutdown with a connected client.
 //!
-//! This crate has no TLS stack, so these tests start the controller with
-//! `--insecure-plaintext` on loopback and present the bootstrap admin token;
-//! TLS is exercised by the CLI tests. Everything about reaching the
-//! controller lives in [`start`], [`channel`] and [`volumes`].
+//! These tests start the controller with `--insecure-plaintext` on loopback
+//! and present the bootstrap admin token with `berth_client`'s bearer, so
+//! what they see is the API alone; TLS is exercised by the CLI tests and
+//! `credentials_hardening.rs`. Everything about reaching the controller
+//! lives in [`start`], [`channel`] and [`volumes`].
 //!
 //! The standard health service answers without a credential; everything
 //! else, gRPC reflection included, needs one.
@@ -17,13 +18,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use berth_proto::v1 as pb;
-use berth_tests::{entries, Berthd};
+use berth_tests::{entries, grpc, Berthd};
 use pb::volumes_client::VolumesClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::Code;
 
 /// A controller these tests can reach with plain tonic.
 fn start() -> Berthd {
@@ -41,22 +39,9 @@ async fn channel(d: &Berthd) -> Channel {
         .expect("connect to berthd")
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
 /// The bootstrap admin token, found through the client profile berthd
 /// writes into its data directory (`token_file = "..."`).
-fn admin_token(d: &Berthd) -> Bearer {
+fn admin_token(d: &Berthd) -> grpc::Bearer {
     let profile_path = d.data_dir.join("client.toml");
     let profile = std::fs::read_to_string(&profile_path).expect("berthd wrote client.toml");
     let token_file = profile
@@ -66,14 +51,10 @@ fn admin_token(d: &Berthd) -> Bearer {
         .map(|v| v.trim().trim_matches('"').to_owned())
         .unwrap_or_else(|| panic!("no token_file in {}:\n{profile}", profile_path.display()));
     let token = std::fs::read_to_string(&token_file).expect("read the admin token");
-    Bearer(
-        format!("Bearer {}", token.trim())
-            .parse()
-            .expect("token is ASCII"),
-    )
+    grpc::bearer(&token)
 }
 
-type Client = VolumesClient<InterceptedService<Channel, Bearer>>;
+type Client = VolumesClient<grpc::Authed>;
 
 async fn volumes(d: &Berthd) -> Client {
     VolumesClient::with_interceptor(channel(d).await, admin_token(d))

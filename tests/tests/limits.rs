@@ -97,7 +97,7 @@ async fn h2_connect(
 
 /// A gRPC request for `method` with the admin token, its body to follow.
 fn grpc_request(d: &Berthd, method: &str) -> http::Request<()> {
-    let token = std::fs::read_to_string(d.data_dir.join("auth/admin.token")).expect("admin token");
+    let token = d.admin_token();
     http::Request::builder()
         .method("POST")
         .uri(format!("https://{}{method}", d.addr))

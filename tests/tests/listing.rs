@@ -13,7 +13,7 @@ use std::path::Path;
 
 use berth_controller::store::{Store, VolumeKey, VolumeRecord};
 use berth_proto::v1 as pb;
-use berth_tests::grpc::{channel, Authed, Bearer};
+use berth_tests::grpc::{bearer, channel, Authed};
 use berth_tests::Berthd;
 use pb::service_catalog_client::ServiceCatalogClient;
 use pb::volumes_client::VolumesClient;
@@ -97,7 +97,7 @@ async fn fill(db: &Path) {
 }
 
 fn as_user(channel: tonic::transport::Channel, token: &str) -> Authed {
-    InterceptedService::new(channel, Bearer::new(token))
+    InterceptedService::new(channel, bearer(token))
 }
 
 #[test]

@@ -16,79 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_tests::openssl::{self, openssl_ok};
+use berth_tests::process::{collect, run_bounded, text, Collected, PROCESS_TIMEOUT};
+use berth_tests::tokens::admin_token_path;
 use berth_tests::{bin, Berthd, Run, START_TIMEOUT};
 use serde_json::Value;
 
-/// How long one helper process (openssl, berth, python) may take.
-const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
-
 // ---------------------------------------------------------------------------
 // helpers
-
-/// Runs `cmd` to completion with its output collected, killing it (and
-/// failing the test) if it takes longer than `timeout`.
-#[track_caller]
-fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let what = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let out = collect(&mut child);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let (stdout, stderr) = out.finish();
-            return Output {
-                status,
-                stdout,
-                stderr,
-            };
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let (stdout, stderr) = out.finish();
-            panic!(
-                "{what} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&stdout),
-                String::from_utf8_lossy(&stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Readers of a child's piped stdout and stderr.
-struct Collected {
-    stdout: std::thread::JoinHandle<Vec<u8>>,
-    stderr: std::thread::JoinHandle<Vec<u8>>,
-}
-
-impl Collected {
-    fn finish(self) -> (Vec<u8>, Vec<u8>) {
-        (
-            self.stdout.join().unwrap_or_default(),
-            self.stderr.join().unwrap_or_default(),
-        )
-    }
-}
-
-fn collect(child: &mut Child) -> Collected {
-    fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            buf
-        })
-    }
-    Collected {
-        stdout: reader(child.stdout.take().expect("piped stdout")),
-        stderr: reader(child.stderr.take().expect("piped stderr")),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Runs a `berth` command built by the caller, bounded.
 #[track_caller]
@@ -99,51 +34,7 @@ fn berth_run(cmd: Command) -> Run {
 /// Runs `openssl` with `args`, bounded, with stdin from /dev/null.
 #[track_caller]
 fn openssl(args: &[&str]) -> Output {
-    let mut cmd = Command::new("openssl");
-    cmd.args(args).stdin(Stdio::null());
-    run_bounded(cmd, PROCESS_TIMEOUT)
-}
-
-/// Runs `openssl` and asserts it succeeded; returns stdout.
-#[track_caller]
-fn openssl_ok(args: &[&str]) -> String {
-    let out = openssl(args);
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}\n{}",
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    text(&out.stdout)
-}
-
-/// What `openssl x509 -noout -fingerprint -sha256` prints after the `=`.
-fn openssl_fingerprint(cert: &Path) -> String {
-    let out = openssl_ok(&[
-        "x509",
-        "-noout",
-        "-fingerprint",
-        "-sha256",
-        "-in",
-        cert.to_str().expect("utf-8 path"),
-    ]);
-    out.trim()
-        .split_once('=')
-        .unwrap_or_else(|| panic!("no `=` in openssl's fingerprint output {out:?}"))
-        .1
-        .trim()
-        .to_owned()
-}
-
-/// `openssl x509 -noout -text` of the first certificate in `cert`.
-fn openssl_text(cert: &Path) -> String {
-    openssl_ok(&[
-        "x509",
-        "-noout",
-        "-text",
-        "-in",
-        cert.to_str().expect("utf-8 path"),
-    ])
+    openssl::output(None, args, None)
 }
 
 /// What `berthd fingerprint --data-dir DIR` prints.
@@ -186,10 +77,6 @@ fn toml_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn admin_token(d: &Berthd) -> PathBuf {
-    d.data_dir.join("auth/admin.token")
-}
-
 /// The client configuration berthd installed for this home.
 fn default_client_config(d: &Berthd) -> PathBuf {
     d.home.join(".config/berth/config.toml")
@@ -215,7 +102,7 @@ fn write_client_config(d: &Berthd, name: &str, fingerprint: Option<&str>) -> Pat
         "host = {}\n\n[controllers.{}]\ntoken_file = {}\n",
         toml_str(&host),
         toml_str(&host),
-        toml_str(path_str(&admin_token(d)))
+        toml_str(path_str(&admin_token_path(d)))
     );
     if let Some(fp) = fingerprint {
         text.push_str(&format!("fingerprint = {}\n", toml_str(fp)));
@@ -520,7 +407,7 @@ fn generated_pki_has_private_key_files_and_the_documented_certificates() {
 
     // The fingerprint clients pin is the CA's, as openssl computes it, both
     // while the controller runs and after it stopped.
-    let by_openssl = openssl_fingerprint(&tls.join("ca.crt"));
+    let by_openssl = openssl::fingerprint(&tls.join("ca.crt"));
     assert_eq!(by_openssl.len(), 95, "{by_openssl}");
     assert_eq!(berthd_fingerprint(&d, &d.data_dir), by_openssl);
     let profile = std::fs::read_to_string(d.data_dir.join("client.toml")).expect("client.toml");
@@ -532,12 +419,12 @@ fn generated_pki_has_private_key_files_and_the_documented_certificates() {
     assert_eq!(berthd_fingerprint(&d, &d.data_dir), by_openssl);
 
     // The CA: CA:TRUE with pathlen:0, signing certificates only.
-    let ca = openssl_text(&tls.join("ca.crt"));
+    let ca = openssl::x509_text(&tls.join("ca.crt"));
     assert!(ca.contains("CA:TRUE, pathlen:0"), "{ca}");
     assert!(ca.contains("Certificate Sign"), "{ca}");
     // The server certificate (first in server.crt): serverAuth, the
     // loopback names, and not a CA; its issuer is the CA.
-    let server = openssl_text(&tls.join("server.crt"));
+    let server = openssl::x509_text(&tls.join("server.crt"));
     assert!(server.contains("TLS Web Server Authentication"), "{server}");
     assert!(!server.contains("CA:TRUE"), "{server}");
     assert!(server.contains("DNS:localhost"), "{server}");
@@ -557,7 +444,7 @@ fn generated_pki_has_private_key_files_and_the_documented_certificates() {
 
     // --san adds a name.
     let e = Berthd::start_with(&["--san", "extra.example"]);
-    let server = openssl_text(&e.data_dir.join("tls/server.crt"));
+    let server = openssl::x509_text(&e.data_dir.join("tls/server.crt"));
     assert!(server.contains("DNS:extra.example"), "{server}");
     assert!(server.contains("DNS:localhost"), "{server}");
     assert!(server.contains("IP Address:127.0.0.1"), "{server}");
@@ -666,7 +553,7 @@ fn only_tls_1_2_and_1_3_are_spoken() {
 #[test]
 fn plaintext_http2_gets_no_grpc_answer() {
     let d = Berthd::start();
-    let token = admin_token(&d);
+    let token = admin_token_path(&d);
 
     let err = berth_run(d.berth_cmd(&[
         "--plaintext",
@@ -718,7 +605,7 @@ fn first_contact_without_a_terminal_refuses_and_preseeding_works() {
     let d = Berthd::start();
     let host = d.addr.to_string();
     let fp = berthd_fingerprint(&d, &d.data_dir);
-    let token = admin_token(&d);
+    let token = admin_token_path(&d);
     let token = path_str(&token);
 
     // A config that names the controller and a credential but no fingerprint.
@@ -865,7 +752,7 @@ fn first_contact_on_a_terminal_asks_and_pins_only_on_yes() {
     let d = Berthd::start();
     let host = d.addr.to_string();
     let fp = berthd_fingerprint(&d, &d.data_dir);
-    let token = admin_token(&d);
+    let token = admin_token_path(&d);
     let token = path_str(&token);
     forget_default_config(&d);
 
@@ -995,7 +882,7 @@ fn operator_certificates_are_reloaded_live_and_bad_ones_refused() {
     // What clients pin is the root of the presented chain: CA 1.
     assert_eq!(
         berthd_fingerprint(&d, &d.data_dir),
-        openssl_fingerprint(&one.ca)
+        openssl::fingerprint(&one.ca)
     );
 
     // Clients trusting both CAs, one connection each, all the way through
@@ -1060,7 +947,7 @@ fn operator_certificates_are_reloaded_live_and_bad_ones_refused() {
     drop(results);
     assert_eq!(
         berthd_fingerprint(&d, &d.data_dir),
-        openssl_fingerprint(&two.ca)
+        openssl::fingerprint(&two.ca)
     );
     assert!(d.log().contains("reloaded the TLS identity"), "{}", d.log());
 
@@ -1089,7 +976,7 @@ fn operator_certificates_are_reloaded_live_and_bad_ones_refused() {
     with_ca(&one.ca).failure();
     assert_eq!(
         berthd_fingerprint(&d, &d.data_dir),
-        openssl_fingerprint(&two.ca)
+        openssl::fingerprint(&two.ca)
     );
 }
 
@@ -1113,7 +1000,7 @@ fn ca_mode_rejects_a_certificate_for_another_name() {
     assert!(err.to_lowercase().contains("name"), "{err}");
 
     // The chain itself is fine: pinning its CA (which skips names) works.
-    let fp = openssl_fingerprint(&other.ca);
+    let fp = openssl::fingerprint(&other.ca);
     berth_run(d.berth_cmd(&["--fingerprint", &fp, "service", "list"])).success();
 }
 
