@@ -22,7 +22,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long a controller may take to start.
@@ -187,25 +187,7 @@ impl Berthd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn berthd");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = std::sync::Arc::clone(&self.log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = log.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("berthd listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
+        let rx = follow(&mut child, std::sync::Arc::clone(&self.log));
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => self.addr = addr.parse().expect("listen address"),
             Err(_) => {
@@ -289,6 +271,31 @@ impl Drop for Berthd {
     }
 }
 
+/// Follows a spawned `berthd` with piped stdout and stderr: its stderr is
+/// appended to `log` line by line, and each address of a "berthd listening
+/// on ADDR" line on its stdout is sent on the returned channel.
+pub fn follow(child: &mut Child, log: Arc<Mutex<String>>) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut l) = log.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("berthd listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    rx
+}
+
 /// A finished `berth` run.
 #[derive(Debug)]
 pub struct Run(pub Output);
@@ -347,6 +354,23 @@ pub fn entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// Every path under `root`, relative, recursively (hidden ones included).
+pub fn tree(root: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![(root.to_owned(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for name in entries(&dir) {
+            let rel = format!("{prefix}{name}");
+            let path = dir.join(&name);
+            if path.is_dir() {
+                stack.push((path, format!("{rel}/")));
+            }
+            out.insert(rel);
+        }
+    }
+    out
 }
 
 /// The default `local` service's vfs root of a controller.

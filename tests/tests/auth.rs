@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_tests::openssl::{self, openssl};
 use berth_tests::tokens::{admin_token, b64url, claims as token_claims, issue, jti_of, with};
-use berth_tests::{bin, entries, Berthd, Run};
+use berth_tests::{bin, entries, tree, Berthd, Run};
 use serde_json::{json, Value};
 
 const UNAUTHENTICATED: &str = "error: not authenticated";
@@ -199,23 +199,6 @@ struct State {
     volumes: BTreeSet<(String, String)>,
     fast: BTreeSet<String>,
     bulk: BTreeSet<String>,
-}
-
-/// Every path under `root`, relative, recursively (hidden ones included).
-fn tree(root: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![(root.to_owned(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        for name in entries(&dir) {
-            let rel = format!("{prefix}{name}");
-            let path = dir.join(&name);
-            if path.is_dir() {
-                stack.push((path, format!("{rel}/")));
-            }
-            out.insert(rel);
-        }
-    }
-    out
 }
 
 /// Starts a controller serving `fast` and `bulk` (vfs), each section taking

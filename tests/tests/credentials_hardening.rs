@@ -28,7 +28,7 @@ use berth_client::pinning::PinSource;
 use berth_proto::v1 as pb;
 use berth_tests::openssl;
 use berth_tests::tokens::{admin_token, issue, with};
-use berth_tests::{bin, entries, Berthd, Run, START_TIMEOUT};
+use berth_tests::{bin, entries, tree, Berthd, Run, START_TIMEOUT};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -36,23 +36,6 @@ use tonic::Code;
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// Every path under `root`, relative, recursively (hidden ones included).
-fn tree(root: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![(root.to_owned(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        for name in entries(&dir) {
-            let rel = format!("{prefix}{name}");
-            let path = dir.join(&name);
-            if path.is_dir() {
-                stack.push((path, format!("{rel}/")));
-            }
-            out.insert(rel);
-        }
-    }
-    out
 }
 
 /// A P-256 key and CSR whose CN is `cn` (UTF-8): (key, csr).

@@ -7,7 +7,7 @@
 //! Everything runs on 127.0.0.1 with real `berthd`, `berth`, `openssl` and
 //! `python3` (for a pseudo-terminal) processes. Every wait is bounded.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -177,26 +177,8 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn berthd");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
         let log: Arc<Mutex<String>> = Default::default();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let (tx, listening) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("berthd listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
+        let listening = berth_tests::follow(&mut child, Arc::clone(&log));
         Self {
             child: Some(child),
             listening,
