@@ -383,7 +383,7 @@ fn oneshot(host: &str, pin: &str, token: &str) {
         let target = Target {
             host: host.to_owned(),
             pin: pin.parse().expect("pin"),
-            bearer: bearer(&token),
+            bearer: bearer(token),
         };
         let mut c = target.client().await;
         let page = c
