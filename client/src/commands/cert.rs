@@ -71,11 +71,7 @@ pub async fn run(globals: &Globals, command: &CertCommand) -> anyhow::Result<()>
             match format {
                 Format::Table => print!("{}", signed.certificate_pem),
                 Format::Json => {
-                    let mut v = signed
-                        .info
-                        .as_ref()
-                        .map(output::cert_json)
-                        .unwrap_or_default();
+                    let mut v = info_json(signed.info.as_ref());
                     v["certificate_pem"] = json!(signed.certificate_pem);
                     v["ca_pem"] = json!(signed.ca_pem);
                     print_json(&v)?;
@@ -125,11 +121,7 @@ pub async fn run(globals: &Globals, command: &CertCommand) -> anyhow::Result<()>
             write_new_private(&files[2], signed.ca_pem.as_bytes())?;
             match format {
                 Format::Json => {
-                    let mut v = signed
-                        .info
-                        .as_ref()
-                        .map(output::cert_json)
-                        .unwrap_or_default();
+                    let mut v = info_json(signed.info.as_ref());
                     v["files"] = json!(files
                         .iter()
                         .map(|f| f.display().to_string())
@@ -177,6 +169,11 @@ pub async fn run(globals: &Globals, command: &CertCommand) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// The signed certificate's record as JSON (`null` when the reply has none).
+fn info_json(info: Option<&pb::CertificateInfo>) -> serde_json::Value {
+    info.map(output::cert_json).unwrap_or_default()
 }
 
 /// Creates a new file with mode 0600, refusing to overwrite.
