@@ -13,9 +13,40 @@ use clap::{Args, Parser};
 
 use crate::commands::Command;
 
+/// What `berth --help` says after the usage: what the client is for.
+const ABOUT: &str = "Create, attach and snapshot storage volumes on a Berth controller";
+
+/// The longer story of `berth --help`.
+const LONG_ABOUT: &str = "\
+Create, attach and snapshot storage volumes on a Berth controller.
+
+berth talks to one controller (berthd) over gRPC and TLS. The first time it
+meets a controller it shows the fingerprint of the controller's certificate
+authority and asks whether to trust it; `berthd fingerprint` on the
+controller's machine prints the same value to compare. Where to connect, the
+pin and the credential can live in ~/.config/berth/config.toml, which berthd
+writes for its own user at first start.";
+
+/// Examples shown at the end of `berth --help`.
+const EXAMPLES: &str = "\
+Examples:
+  berth volume create db --size 10GiB     Create a 10 GiB volume
+  berth volume ls                          List volumes
+  berth --host ctl.example volume ls       Ask another controller (port 7979)
+  berth completions bash > ~/.local/share/bash-completion/completions/berth";
+
 /// Talk to a Berth controller.
 #[derive(Parser, Debug)]
-#[command(name = "berth", version, about)]
+#[command(
+    name = "berth",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    propagate_version = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     // How to reach, trust and authenticate to the controller; how to print.
     #[command(flatten)]
@@ -25,10 +56,11 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The options every command takes.
+/// The options every command takes, shown under their own heading.
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Global options")]
 pub struct Globals {
-    /// The controller, as HOST:PORT [default: `host` in the config, else 127.0.0.1:7979].
+    /// The controller, as HOST[:PORT] (port 7979 if omitted) [default: `host` in the config, else 127.0.0.1:7979].
     #[arg(long, global = true, env = "BERTH_HOST")]
     pub host: Option<String>,
     /// Client config file [default: $XDG_CONFIG_HOME/berth/config.toml].
@@ -50,7 +82,7 @@ pub struct Globals {
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout,
         default_value = "60s", env = "BERTH_TIMEOUT")]
     pub timeout: Duration,
-    /// Authenticate with this token.
+    /// Authenticate with this bearer token (prefer --token-file: a flag shows in `ps`).
     #[arg(
         long,
         global = true,
@@ -69,7 +101,7 @@ pub struct Globals {
     /// Private key of --cert (PEM).
     #[arg(long, global = true, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
-    /// Output format.
+    /// Output format: a table for people or JSON for scripts.
     #[arg(short, long, global = true, value_enum, default_value = "table")]
     pub output: Format,
 }

@@ -6,18 +6,15 @@ use comfy_table::{presets, Table};
 use serde_json::{json, Value};
 
 use crate::pb;
-use crate::size::format_size;
+use crate::size::display_size;
 
-/// The output format chosen with `-o/--output`.
-///
-/// Its variants carry `//` comments, not doc comments: clap would show doc
-/// comments in `berth --help`, whose text stays as it is.
-#[allow(missing_docs)]
+/// The output format chosen with `-o/--output`. The variants' doc comments
+/// are what `berth --help` shows for each value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    // Aligned columns for people.
+    /// Aligned columns for people.
     Table,
-    // Pretty-printed JSON for scripts.
+    /// Pretty-printed JSON for scripts.
     Json,
 }
 
@@ -93,7 +90,7 @@ pub fn snapshot_table(snaps: &[pb::Snapshot]) -> String {
             s.name.clone(),
             s.service.clone(),
             s.volume.clone(),
-            format_size(s.size_bytes),
+            display_size(s.size_bytes),
             time(s.created_at.as_ref()),
         ]);
     }
@@ -124,7 +121,7 @@ pub fn volume_table(volumes: &[pb::Volume]) -> String {
             v.name.clone(),
             v.service.clone(),
             v.driver.clone(),
-            format_size(v.size_bytes),
+            display_size(v.size_bytes),
             status(v).to_owned(),
             time(v.created_at.as_ref()),
         ]);
@@ -132,7 +129,9 @@ pub fn volume_table(volumes: &[pb::Volume]) -> String {
     render(&t)
 }
 
-/// One volume as key/value lines.
+/// One volume as key/value lines. The driver's own facts come last, right
+/// under the `driver` row they belong to; an empty option list reads
+/// `none`, never as a blank row the driver's facts seem to continue.
 pub fn volume_detail(v: &pb::Volume) -> String {
     let mut t = table(&["FIELD", "VALUE"]);
     let mut options: Vec<_> = v.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -140,14 +139,18 @@ pub fn volume_detail(v: &pb::Volume) -> String {
     t.add_row(vec!["name".into(), v.name.clone()]);
     t.add_row(vec!["id".into(), v.id.clone()]);
     t.add_row(vec!["service".into(), v.service.clone()]);
-    t.add_row(vec!["driver".into(), v.driver.clone()]);
     t.add_row(vec![
         "size".into(),
-        format!("{} ({} bytes)", format_size(v.size_bytes), v.size_bytes),
+        format!("{} ({} bytes)", display_size(v.size_bytes), v.size_bytes),
     ]);
     t.add_row(vec!["status".into(), status(v).to_owned()]);
     t.add_row(vec!["created".into(), time(v.created_at.as_ref())]);
-    t.add_row(vec!["options".into(), options.join(", ")]);
+    let options = if options.is_empty() {
+        "none".to_owned()
+    } else {
+        options.join(", ")
+    };
+    t.add_row(vec!["options".into(), options]);
     for a in &v.attachments {
         t.add_row(vec![
             "attached".into(),
@@ -157,6 +160,7 @@ pub fn volume_detail(v: &pb::Volume) -> String {
     if !v.source.is_empty() {
         t.add_row(vec!["source".into(), v.source.clone()]);
     }
+    t.add_row(vec!["driver".into(), v.driver.clone()]);
     let mut fields: Vec<_> = v.fields.iter().collect();
     fields.sort();
     for (k, value) in fields {

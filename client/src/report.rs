@@ -4,8 +4,8 @@
 
 use std::error::Error;
 
-use crate::deadline;
 use crate::session::SessionError;
+use crate::{deadline, size};
 
 /// The error and its causes on one line, with gRPC codes in words; a cause
 /// already said by an earlier one is not repeated.
@@ -60,5 +60,5 @@ pub fn status_line(status: &tonic::Status) -> String {
         DataLoss => "data loss",
         Unauthenticated => "not authenticated",
     };
-    format!("{word}: {}", status.message())
+    format!("{word}: {}", size::humanize_byte_counts(status.message()))
 }

@@ -103,6 +103,69 @@ pub fn format_size(bytes: u64) -> String {
     format!("{}.{} {}", shown / 10, shown % 10, UNITS[unit])
 }
 
+/// Formats bytes the way a person most likely typed them: a whole (or
+/// one-decimal) number of a binary unit as [`format_size`] does (`10 GiB`,
+/// `1.5 TiB`), else a whole or one-decimal number of a decimal unit (`1 MB`
+/// for `--size 1M`, `1.5 GB` for `1.5G`), else [`format_size`]'s rounding.
+/// What it shows without rounding re-parses with [`parse_size`] to the same
+/// bytes.
+pub fn display_size(bytes: u64) -> String {
+    let binary = format_size(bytes);
+    if bytes < 1024 || !binary.contains('.') {
+        return binary;
+    }
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    let value = u128::from(bytes);
+    let mut power = 0;
+    while power < UNITS.len() - 1 && value >= 1000u128.pow(power as u32 + 2) {
+        power += 1;
+    }
+    let scale = 1000u128.pow(power as u32 + 1);
+    if value.is_multiple_of(scale) {
+        return format!("{} {}", value / scale, UNITS[power]);
+    }
+    if (value * 10).is_multiple_of(scale) {
+        let tenths = value * 10 / scale;
+        return format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[power]);
+    }
+    binary
+}
+
+/// Rewrites each `N bytes` in a message (a controller's error text) as the
+/// size a person reads: `1 GiB`, or `953.7 MiB (1000000001 bytes)` when the
+/// human form is rounded. Counts below 1 KiB are left as they are.
+pub fn humanize_byte_counts(text: &str) -> String {
+    const WORD: &str = " bytes";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(WORD) {
+        let (before, after) = rest.split_at(at);
+        let start = before.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let standalone = before[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !c.is_alphanumeric() && c != '.');
+        match before[start..].parse::<u64>() {
+            Ok(n) if standalone && n >= 1024 => {
+                let shown = display_size(n);
+                out.push_str(&before[..start]);
+                if shown.contains('.') {
+                    out.push_str(&format!("{shown} ({n} bytes)"));
+                } else {
+                    out.push_str(&shown);
+                }
+            }
+            _ => {
+                out.push_str(before);
+                out.push_str(WORD);
+            }
+        }
+        rest = &after[WORD.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +209,42 @@ mod tests {
         assert_eq!(format_size(3 << 39), "1.5 TiB");
         assert_eq!(format_size(1025), "1.0 KiB");
         assert_eq!(format_size(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn displays_in_the_kind_of_unit_typed() {
+        for (typed, shown) in [
+            ("1M", "1 MB"),
+            ("1MiB", "1 MiB"),
+            ("1.5G", "1.5 GB"),
+            ("10GiB", "10 GiB"),
+            ("1.5TiB", "1.5 TiB"),
+            ("4096", "4 KiB"),
+            ("1000", "1000 B"),
+            ("0", "0 B"),
+            ("2000", "2 kB"),
+            ("1000000001", "953.7 MiB"),
+        ] {
+            let bytes = parse_size(typed).expect(typed);
+            assert_eq!(display_size(bytes), shown, "{typed}");
+            if !shown.contains("iB") {
+                assert_eq!(parse_size(shown), Ok(bytes), "{shown} re-parses");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_counts_in_messages_become_sizes() {
+        assert_eq!(
+            humanize_byte_counts(
+                "volume v already exists with size 1073741824 bytes, not 1000000 bytes"
+            ),
+            "volume v already exists with size 1 GiB, not 1 MB"
+        );
+        assert_eq!(
+            humanize_byte_counts("at most 1000000001 bytes; 512 bytes; x1048576 bytes"),
+            "at most 953.7 MiB (1000000001 bytes); 512 bytes; x1048576 bytes"
+        );
     }
 
     /// Found by the `sizes` fuzz target: one byte short of 1 MiB was shown

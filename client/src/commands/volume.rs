@@ -10,8 +10,11 @@ use crate::cli::{Globals, ServiceArg};
 /// `berth volume ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum VolumeCommand {
-    /// List volumes.
-    #[command(alias = "ls")]
+    /// List volumes, sorted by name.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  berth volume ls\n  berth volume ls --attached -o json"
+    )]
     List {
         /// Only this service's volumes.
         #[arg(long, short)]
@@ -24,29 +27,46 @@ pub enum VolumeCommand {
         available: bool,
     },
     /// Create a volume (again with the same parameters: returns it).
+    #[command(
+        after_help = "Without --size the volume is unsized: the driver decides (vfs: no limit; \
+                      image: refused, it needs a size; --from-snapshot: the snapshot's size).\n\n\
+                      Examples:\n  berth volume create db --size 10GiB\n  \
+                      berth volume create db2 --from-snapshot nightly\n  \
+                      berth volume create scratch --opt mode=0700"
+    )]
     Create {
+        /// Name of the new volume (unique within its service).
         name: String,
         #[command(flatten)]
         service: ServiceArg,
-        /// Size, e.g. 4096, 512MiB, 10GiB, 1G.
-        #[arg(long, value_parser = size::parse_size, default_value = "0", allow_hyphen_values = true)]
-        size: u64,
-        /// Driver option, KEY=VALUE (repeatable).
+        /// Size, e.g. 4096, 512MiB, 10GiB (powers of 1024) or 1G, 500M (powers of 1000)
+        /// [default: unsized, see below].
+        #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
+        size: Option<u64>,
+        /// Driver option, KEY=VALUE (repeatable; `berth service ls` names the drivers).
         #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_option)]
         options: Vec<(String, String)>,
         /// Restore this snapshot into the new volume.
         #[arg(long, value_name = "SNAPSHOT")]
         from_snapshot: Option<String>,
     },
-    /// Show one volume.
+    /// Show one volume: size, status, attachments and what the driver reports.
+    #[command(
+        after_help = "Examples:\n  berth volume inspect db\n  berth volume inspect db -o json"
+    )]
     Inspect {
+        /// The volume.
         name: String,
         #[command(flatten)]
         service: ServiceArg,
     },
     /// Remove a volume and its data.
-    #[command(alias = "rm")]
+    #[command(
+        visible_alias = "rm",
+        after_help = "Examples:\n  berth volume rm scratch\n  berth volume rm db --force   # detach it first"
+    )]
     Remove {
+        /// The volume.
         name: String,
         #[command(flatten)]
         service: ServiceArg,
@@ -55,7 +75,12 @@ pub enum VolumeCommand {
         force: bool,
     },
     /// Attach a volume to an instance and print how to reach it.
+    #[command(
+        after_help = "Examples:\n  berth volume attach db               # to this machine\n  \
+                            berth volume attach db --instance vm1"
+    )]
     Attach {
+        /// The volume.
         name: String,
         #[command(flatten)]
         service: ServiceArg,
@@ -64,7 +89,10 @@ pub enum VolumeCommand {
         instance: Option<String>,
     },
     /// Detach a volume from an instance.
+    #[command(after_help = "Examples:\n  berth volume detach db --instance vm1\n  \
+                            berth volume detach db --force       # from whichever instances hold it")]
     Detach {
+        /// The volume.
         name: String,
         #[command(flatten)]
         service: ServiceArg,
@@ -75,9 +103,12 @@ pub enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Create DST as a copy of SRC.
+    /// Create DESTINATION as a copy of SOURCE (same service).
+    #[command(after_help = "Example:\n  berth volume copy db db-test")]
     Copy {
+        /// The volume to copy.
         source: String,
+        /// Name of the new volume.
         destination: String,
         #[command(flatten)]
         service: ServiceArg,
@@ -141,11 +172,19 @@ pub async fn run(globals: &Globals, command: &VolumeCommand) -> anyhow::Result<(
             let request = pb::CreateVolumeRequest {
                 service: service.resolve(&session).await?,
                 name: name.clone(),
-                size_bytes: *size,
+                // 0: unsized (the driver decides; from a snapshot, its size).
+                size_bytes: size.unwrap_or(0),
                 options: options.iter().cloned().collect(),
                 from_snapshot: from_snapshot.clone().unwrap_or_default(),
             };
             let volume = volumes.create_volume(request).await?.into_inner();
+            if size.is_none() && from_snapshot.is_none() && volume.size_bytes == 0 {
+                eprintln!(
+                    "note: no --size given, so volume {name} is unsized: the {} driver sets \
+                     no limit; give --size (e.g. --size 10GiB) for a sized volume",
+                    volume.driver
+                );
+            }
             print_volume(format, &volume)
         }
         VolumeCommand::Inspect { name, service } => {
@@ -211,24 +250,46 @@ pub async fn run(globals: &Globals, command: &VolumeCommand) -> anyhow::Result<(
             instance,
             force,
         } => {
+            let service = service.resolve(&session).await?;
+            // The reply is the volume after the detach; what it was attached
+            // to before tells what this detach did.
+            let before = volumes
+                .get_volume(pb::GetVolumeRequest {
+                    service: service.clone(),
+                    name: name.clone(),
+                })
+                .await
+                .map(|r| r.into_inner().attachments)
+                .unwrap_or_default();
             let request = pb::DetachVolumeRequest {
-                service: service.resolve(&session).await?,
+                service,
                 name: name.clone(),
                 instance: instance.clone().unwrap_or_else(instance::this_host),
                 force: *force,
             };
             let volume = volumes.detach_volume(request).await?.into_inner();
+            let detached: Vec<&str> = before
+                .iter()
+                .map(|a| a.instance.as_str())
+                .filter(|i| !volume.attachments.iter().any(|a| a.instance == *i))
+                .collect();
             match format {
-                Format::Table if volume.attachments.is_empty() => {
-                    println!("volume {name} is attached to nothing")
-                }
                 Format::Table => {
-                    let holders: Vec<_> = volume
-                        .attachments
-                        .iter()
-                        .map(|a| a.instance.as_str())
-                        .collect();
-                    println!("volume {name} is still attached to {}", holders.join(", "));
+                    if detached.is_empty() {
+                        println!("volume {name} was not attached there: nothing to detach");
+                    } else {
+                        println!("detached {name} from {}", detached.join(", "));
+                    }
+                    if volume.attachments.is_empty() {
+                        println!("volume {name} is attached to nothing");
+                    } else {
+                        let holders: Vec<_> = volume
+                            .attachments
+                            .iter()
+                            .map(|a| a.instance.as_str())
+                            .collect();
+                        println!("volume {name} is still attached to {}", holders.join(", "));
+                    }
                 }
                 Format::Json => print_json(&output::volume_json(&volume))?,
             }
