@@ -13,7 +13,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::config::{ConfigError, Loaded};
+use crate::config::{ConfigError, ControllerEntry, Loaded};
 use crate::connect::{self, ClientIdentity, ConnectError, ServerTrust};
 use crate::deadline::Deadline;
 use crate::pb;
@@ -22,6 +22,52 @@ use crate::prompt;
 
 /// The controller used when nothing else names one.
 pub const DEFAULT_HOST: &str = "127.0.0.1:7979";
+
+/// The port a controller listens on unless told otherwise, and the one a
+/// `--host` without a port means.
+pub const DEFAULT_PORT: u16 = 7979;
+
+/// `HOST:PORT` for a host written with or without its port: `ctl` and
+/// `127.0.0.1` get port 7979, a bare IPv6 address (`::1`) is bracketed
+/// (`[::1]:7979`); a host with a port is left as it is.
+pub fn with_default_port(host: &str) -> String {
+    let host = host.trim();
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.split_once(']') {
+            Some((_, "")) => format!("{host}:{DEFAULT_PORT}"),
+            _ => host.to_owned(),
+        };
+    }
+    match host.matches(':').count() {
+        0 => format!("{host}:{DEFAULT_PORT}"),
+        1 => host.to_owned(),
+        _ => match host.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => format!("[{ip}]:{DEFAULT_PORT}"),
+            Err(_) => host.to_owned(),
+        },
+    }
+}
+
+/// The socket addresses `HOST:PORT` resolves to (none when it does not).
+fn socket_addrs(host: &str) -> Vec<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    host.to_socket_addrs()
+        .map(|addrs| addrs.collect())
+        .unwrap_or_default()
+}
+
+/// Whether two ways of writing a controller name the same one: equal once
+/// the default port is added, or resolving to a common socket address
+/// (`localhost:7979` and `127.0.0.1:7979`). A pin and a credential belong
+/// to the controller, not to one of its names.
+pub fn same_controller(a: &str, b: &str) -> bool {
+    let (a, b) = (with_default_port(a), with_default_port(b));
+    if a == b {
+        return true;
+    }
+    let theirs = socket_addrs(&b);
+    !theirs.is_empty() && socket_addrs(&a).iter().any(|addr| theirs.contains(addr))
+}
 
 /// Everything a caller says about how to reach the controller: the global
 /// options of `berth`, and what a long-running plugin was started with.
@@ -150,10 +196,42 @@ impl Target {
         let loaded = Loaded::load(opts.config.as_deref())?;
         let host = opts
             .host
-            .clone()
-            .or_else(|| loaded.config.host.clone())
+            .as_deref()
+            .or(loaded.config.host.as_deref())
+            .map(with_default_port)
             .unwrap_or_else(|| DEFAULT_HOST.to_owned());
         Ok(Self { host, loaded })
+    }
+
+    /// The config's entry for this controller and the key it is under: the
+    /// entry named exactly as the target, else one under another name of
+    /// the same controller (see [`same_controller`]).
+    pub fn entry(&self) -> Option<(String, ControllerEntry)> {
+        let keys = &self.loaded.config.controllers;
+        let key = if keys.contains_key(&self.host) {
+            self.host.clone()
+        } else {
+            keys.keys()
+                .find(|k| same_controller(k, &self.host))?
+                .clone()
+        };
+        let entry = self.loaded.controller(&key)?;
+        Some((key, entry))
+    }
+
+    /// The trust store's pin for this controller, under its name or another
+    /// name of the same controller.
+    pub fn stored_pin(
+        &self,
+        store: &TrustStore,
+    ) -> Result<Option<(String, Fingerprint)>, SessionError> {
+        if let Some(fp) = store.get(&self.host)? {
+            return Ok(Some((self.host.clone(), fp)));
+        }
+        Ok(store
+            .list()?
+            .into_iter()
+            .find(|(k, _)| same_controller(k, &self.host)))
     }
 
     /// The trust decision: options first, then the config file (preseeded,
@@ -173,7 +251,7 @@ impl Target {
                 source: PinSource::Flag,
             });
         }
-        if let Some(entry) = self.loaded.controller(&self.host) {
+        if let Some((_, entry)) = self.entry() {
             if entry.plaintext {
                 return Ok(ServerTrust::DangerousPlaintext);
             }
@@ -194,7 +272,7 @@ impl Target {
             }
         }
         let store = TrustStore::open_default()?;
-        Ok(match store.get(&self.host)? {
+        Ok(match self.stored_pin(&store)?.map(|(_, fp)| fp) {
             Some(fingerprint) => ServerTrust::Pinned {
                 fingerprint,
                 source: PinSource::Store(store.path().to_owned()),
@@ -268,7 +346,7 @@ impl Session {
         let target = Target::resolve(opts)?;
         let host = target.host.as_str();
         let trust = target.trust(opts)?;
-        let entry = target.loaded.controller(host).unwrap_or_default();
+        let entry = target.entry().map(|(_, e)| e).unwrap_or_default();
         // Credentials in the options replace the config's entirely: a
         // --cert alone authenticates with the certificate alone.
         let from_flags = opts.token.is_some() || opts.token_file.is_some() || opts.cert.is_some();
@@ -417,4 +495,27 @@ pub fn read_token(path: &Path) -> Result<String, SessionError> {
         return Err(SessionError::EmptyTokenFile(path.to_owned()));
     }
     Ok(token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_a_port_gets_7979() {
+        assert_eq!(with_default_port("127.0.0.1"), "127.0.0.1:7979");
+        assert_eq!(with_default_port("ctl.example"), "ctl.example:7979");
+        assert_eq!(with_default_port("ctl.example:8000"), "ctl.example:8000");
+        assert_eq!(with_default_port("::1"), "[::1]:7979");
+        assert_eq!(with_default_port("[::1]"), "[::1]:7979");
+        assert_eq!(with_default_port("[::1]:8000"), "[::1]:8000");
+    }
+
+    #[test]
+    fn names_of_one_controller_are_the_same_controller() {
+        assert!(same_controller("127.0.0.1", "127.0.0.1:7979"));
+        assert!(same_controller("localhost:7979", "127.0.0.1:7979"));
+        assert!(!same_controller("localhost:7979", "127.0.0.1:7980"));
+        assert!(!same_controller("127.0.0.2:7979", "127.0.0.1:7979"));
+    }
 }
