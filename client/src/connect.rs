@@ -334,3 +334,100 @@ where
             source,
         })
 }
+
+/// What a failed call's transport error means, in words, or `None` when the
+/// call failed for another reason (the controller answered with a status,
+/// the deadline passed). tonic says only `transport error`; this looks at
+/// the causes below it (an I/O error, a TLS alert, an HTTP/2 error) and, on
+/// a plaintext channel, checks whether the controller speaks TLS.
+pub async fn explain_transport(
+    status: &tonic::Status,
+    host: &str,
+    plaintext: bool,
+) -> Option<String> {
+    let (over_tls, detail) = classify_transport(status, host)?;
+    if !plaintext {
+        return Some(over_tls);
+    }
+    if speaks_tls(host).await {
+        return Some(format!(
+            "the controller at {host} speaks TLS, not plaintext: drop --plaintext \
+             (and `plaintext = true` in the client config entry, if there is one)"
+        ));
+    }
+    Some(format!(
+        "the connection to {host} failed ({detail}); is it a berthd started with \
+         --insecure-plaintext?"
+    ))
+}
+
+/// For a transport failure: its explanation on a TLS channel, and the
+/// innermost cause as text.
+fn classify_transport(status: &tonic::Status, host: &str) -> Option<(String, String)> {
+    use std::error::Error as _;
+    if crate::deadline::no_reply(status).is_some() {
+        return None;
+    }
+    let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
+    let mut cause = status.source();
+    while let Some(e) = cause {
+        chain.push(e);
+        cause = e.source();
+    }
+    let transport = chain
+        .iter()
+        .any(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
+    let closed = status.message() == "the connection was closed";
+    if !transport && !closed {
+        return None;
+    }
+    let detail = chain
+        .last()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| status.message().to_owned());
+    let alert = chain.iter().find_map(|e| {
+        e.downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .or_else(|| e.downcast_ref::<rustls::Error>())
+    });
+    if let Some(alert) = alert {
+        return Some((
+            format!(
+                "the controller at {host} ended the TLS session ({alert}): it refused this \
+                 client's certificate (--cert/--key or `cert` in the client config: revoked, \
+                 expired or not signed by its CA?)"
+            ),
+            detail,
+        ));
+    }
+    let kind = chain
+        .iter()
+        .find_map(|e| e.downcast_ref::<io::Error>().map(io::Error::kind));
+    let why = match kind {
+        Some(io::ErrorKind::BrokenPipe)
+        | Some(io::ErrorKind::ConnectionReset)
+        | Some(io::ErrorKind::UnexpectedEof)
+        | Some(io::ErrorKind::NotConnected) => "the controller closed the connection",
+        Some(io::ErrorKind::TimedOut) => "the connection timed out",
+        _ if closed => "the controller closed the connection",
+        _ => "the connection failed",
+    };
+    Some((
+        format!(
+            "{why} to {host} ({detail}); it refuses a client certificate it does not accept \
+             and connections past its limit right after the handshake, and its log says which"
+        ),
+        detail,
+    ))
+}
+
+/// Whether `host` answers a TLS handshake (it presents a certificate).
+/// Used only to explain a failed plaintext call.
+pub async fn speaks_tls(host: &str) -> bool {
+    let probe = connect(host, &ServerTrust::FirstContact, None, Duration::ZERO);
+    matches!(
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, probe).await,
+        Ok(Err(ConnectError::Unknown { .. }))
+    )
+}

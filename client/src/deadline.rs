@@ -45,12 +45,16 @@ impl fmt::Display for HumanDuration {
     }
 }
 
-/// A service (a gRPC channel) whose every call is bounded by `limit`.
+/// A service (a gRPC channel) whose every call is bounded by `limit`, and
+/// whose transport failures (tonic's bare `transport error`) come back as
+/// `unavailable` with their cause in words (see
+/// [`crate::connect::explain_transport`]).
 #[derive(Clone, Debug)]
 pub struct Deadline<S> {
     inner: S,
     host: String,
     limit: Duration,
+    plaintext: bool,
 }
 
 impl<S> Deadline<S> {
@@ -60,7 +64,15 @@ impl<S> Deadline<S> {
             inner,
             host: host.to_owned(),
             limit,
+            plaintext: false,
         }
+    }
+
+    /// Says the channel runs without TLS (`--plaintext`), so a transport
+    /// failure is checked against a controller that speaks TLS.
+    pub fn plaintext(mut self, plaintext: bool) -> Self {
+        self.plaintext = plaintext;
+        self
     }
 }
 
@@ -83,14 +95,21 @@ where
 
     fn call(&mut self, request: R) -> Self::Future {
         let call = self.inner.call(request);
-        let (host, limit) = (self.host.clone(), self.limit);
+        let (host, limit, plaintext) = (self.host.clone(), self.limit, self.plaintext);
         Box::pin(async move {
-            match tokio::time::timeout(limit, call).await {
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Err(Box::new(NoReply {
-                    host,
-                    after: HumanDuration(limit),
-                }) as BoxError),
+            let status = match tokio::time::timeout(limit, call).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(e)) => tonic::Status::from_error(e.into()),
+                Err(_) => {
+                    return Err(Box::new(NoReply {
+                        host,
+                        after: HumanDuration(limit),
+                    }) as BoxError)
+                }
+            };
+            match crate::connect::explain_transport(&status, &host, plaintext).await {
+                Some(cause) => Err(Box::new(tonic::Status::unavailable(cause)) as BoxError),
+                None => Err(Box::new(status) as BoxError),
             }
         })
     }

@@ -139,10 +139,11 @@ pub fn volume_detail(v: &pb::Volume) -> String {
     t.add_row(vec!["name".into(), v.name.clone()]);
     t.add_row(vec!["id".into(), v.id.clone()]);
     t.add_row(vec!["service".into(), v.service.clone()]);
-    t.add_row(vec![
-        "size".into(),
-        format!("{} ({} bytes)", display_size(v.size_bytes), v.size_bytes),
-    ]);
+    let size = match v.size_bytes {
+        0 => "0 B (unsized: the driver sets no limit)".to_owned(),
+        n => format!("{} ({n} bytes)", display_size(n)),
+    };
+    t.add_row(vec!["size".into(), size]);
     t.add_row(vec!["status".into(), status(v).to_owned()]);
     t.add_row(vec!["created".into(), time(v.created_at.as_ref())]);
     let options = if options.is_empty() {

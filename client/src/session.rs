@@ -415,7 +415,8 @@ impl Session {
         };
         Ok(Self {
             host: host.to_owned(),
-            channel: Deadline::new(channel, host, opts.timeout),
+            channel: Deadline::new(channel, host, opts.timeout)
+                .plaintext(matches!(trust, ServerTrust::DangerousPlaintext)),
             bearer,
         })
     }
