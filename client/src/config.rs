@@ -37,6 +37,7 @@ impl ClientConfig {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: one_line(&e.to_string()),
+            rendered: printable_lines(&e.to_string()),
         })
     }
 }
@@ -80,7 +81,29 @@ pub enum ConfigError {
         path: PathBuf,
         /// The parser's message, on one line.
         message: String,
+        /// The parser's message as the toml crate renders it for a person:
+        /// line, column, the offending line and a caret under it, over
+        /// several lines (other control characters escaped).
+        rendered: String,
     },
+}
+
+impl ConfigError {
+    /// The error for a person at a terminal: a parse error keeps the toml
+    /// crate's rendering (line, column, the line and a caret), on several
+    /// lines; anything else is its one-line message.
+    pub fn for_person(&self) -> String {
+        match self {
+            Self::Parse { path, rendered, .. } => {
+                format!(
+                    "client config {} is not valid:\n{}",
+                    path.display(),
+                    rendered
+                )
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// A parser message as one line: its line breaks become spaces and other
@@ -96,6 +119,17 @@ fn one_line(message: &str) -> String {
             c => c.to_string(),
         })
         .collect()
+}
+
+/// A parser message over several lines: line breaks kept, other control
+/// characters escaped as in [`one_line`].
+fn printable_lines(message: &str) -> String {
+    message
+        .trim_end()
+        .lines()
+        .map(one_line)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The default location, `$XDG_CONFIG_HOME/berth/config.toml` or
@@ -176,5 +210,25 @@ mod tests {
         let message = err.to_string();
         assert!(!message.chars().any(char::is_control), "{message:?}");
         assert!(message.contains(r#""):\u{0}\r"#), "{message:?}");
+    }
+
+    /// For a person the toml crate's rendering stays on its lines (the
+    /// caret under the offending key), still without other control
+    /// characters.
+    #[test]
+    fn parse_errors_for_a_person_keep_the_caret() {
+        let input = "host = \"x\"\n[controllers.a]\nfoo = 1\n";
+        let err = ClientConfig::parse(input, Path::new("/etc/berth/config.toml")).expect_err("bad");
+        let text = err.for_person();
+        assert!(text.contains("/etc/berth/config.toml"), "{text}");
+        assert!(text.contains("line 3, column 1"), "{text}");
+        assert!(
+            text.lines().any(|l| l.trim_end().ends_with("| ^^^")),
+            "{text}"
+        );
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
     }
 }

@@ -25,7 +25,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(&cli.globals, &cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report::one_line(e.as_ref()));
+            // Display only, never `{:?}`: a user error is never printed
+            // with a backtrace, whatever RUST_BACKTRACE says.
+            eprintln!("error: {}", report::for_person(e.as_ref()));
             ExitCode::FAILURE
         }
     }

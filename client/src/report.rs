@@ -4,6 +4,7 @@
 
 use std::error::Error;
 
+use crate::config::ConfigError;
 use crate::session::SessionError;
 use crate::{deadline, size};
 
@@ -32,6 +33,26 @@ pub fn one_line(e: &(dyn Error + 'static)) -> String {
         cause = this.source();
     }
     parts.join(": ").replace('\n', " ")
+}
+
+/// The error for a person at a terminal: [`one_line`], except for an error
+/// that reads better over several lines (a client config the toml parser
+/// refused: line, column and a caret under the offending text).
+pub fn for_person(e: &(dyn Error + 'static)) -> String {
+    let mut cause = Some(e);
+    while let Some(this) = cause {
+        let config = this.downcast_ref::<ConfigError>().or_else(|| {
+            match this.downcast_ref::<SessionError>() {
+                Some(SessionError::Config(c)) => Some(c),
+                _ => None,
+            }
+        });
+        if let Some(c @ ConfigError::Parse { .. }) = config {
+            return c.for_person();
+        }
+        cause = this.source();
+    }
+    one_line(e)
 }
 
 /// A controller's error reply: its code in words, then its message (or,
