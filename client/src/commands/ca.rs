@@ -9,7 +9,10 @@ use crate::cli::Globals;
 /// `berth ca ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum CaCommand {
-    /// Print the CA certificate (PEM).
+    /// Print the CA certificate (PEM); with -o json, its fingerprint too.
+    #[command(
+        after_help = "Example:\n  berth ca show > berth-ca.pem   # for --ca on other clients"
+    )]
     Show,
 }
 

@@ -17,6 +17,9 @@ use crate::cli::{parse_ttl, Globals, ScopeArgs};
 #[derive(clap::Subcommand, Debug)]
 pub enum CertCommand {
     /// Sign a PEM certificate request (e.g. from `openssl req`) and print the certificate.
+    #[command(
+        after_help = "Example:\n  berth cert sign --csr alice.csr --services web > alice.crt"
+    )]
     Sign {
         /// The CSR file.
         #[arg(long, value_name = "FILE")]
@@ -28,10 +31,16 @@ pub enum CertCommand {
         ttl: u64,
     },
     /// Make a key here, have the controller sign it, and write SUBJECT.key, SUBJECT.crt, ca.crt to DIR.
+    #[command(
+        after_help = "Example:\n  berth cert issue alice --services web --out ./alice\n  \
+                            berth --cert alice/alice.crt --key alice/alice.key volume ls"
+    )]
     Issue {
+        /// Who the certificate is for (its subject common name).
         subject: String,
         #[command(flatten)]
         scope: ScopeArgs,
+        /// Lifetime, e.g. 30d.
         #[arg(long, value_parser = parse_ttl, default_value = "30d")]
         ttl: u64,
         /// Directory for the files (never overwritten).
@@ -39,10 +48,16 @@ pub enum CertCommand {
         out: PathBuf,
     },
     /// List signed client certificates.
-    #[command(alias = "ls")]
+    #[command(visible_alias = "ls", after_help = "Example:\n  berth cert ls -o json")]
     List,
     /// Revoke a client certificate by serial.
-    Revoke { serial: String },
+    #[command(
+        after_help = "Example:\n  berth cert revoke 5A3F...   # the SERIAL column of `berth cert ls`"
+    )]
+    Revoke {
+        /// The certificate's serial (the SERIAL column of `berth cert ls`).
+        serial: String,
+    },
 }
 
 /// A signing request for `scope` and `ttl` seconds.

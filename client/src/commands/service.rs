@@ -8,8 +8,11 @@ use crate::cli::Globals;
 /// `berth service ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum ServiceCommand {
-    /// List the services you may use.
-    #[command(alias = "ls")]
+    /// List the services you may use, with their driver and what it can do.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  berth service ls -o json"
+    )]
     List,
 }
 

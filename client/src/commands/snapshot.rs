@@ -10,29 +10,42 @@ use crate::cli::{Globals, ServiceArg};
 #[derive(clap::Subcommand, Debug)]
 pub enum SnapshotCommand {
     /// Take a point-in-time snapshot NAME of VOLUME.
+    #[command(after_help = "Example:\n  berth snapshot create db before-upgrade")]
     Create {
+        /// The volume to snapshot.
         volume: String,
+        /// Name of the snapshot (unique within the service).
         name: String,
         #[command(flatten)]
         service: ServiceArg,
     },
     /// List snapshots (of VOLUME, if given).
-    #[command(alias = "ls")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  berth snapshot ls\n  berth snapshot ls db -o json"
+    )]
     List {
+        /// Only this volume's snapshots.
         volume: Option<String>,
         /// Only this service's snapshots.
         #[arg(long, short)]
         service: Option<String>,
     },
     /// Show one snapshot.
+    #[command(after_help = "Example:\n  berth snapshot inspect before-upgrade")]
     Inspect {
+        /// The snapshot.
         name: String,
         #[command(flatten)]
         service: ServiceArg,
     },
-    /// Remove a snapshot.
-    #[command(alias = "rm")]
+    /// Remove a snapshot (volumes made from it keep their data).
+    #[command(
+        visible_alias = "rm",
+        after_help = "Example:\n  berth snapshot rm before-upgrade"
+    )]
     Remove {
+        /// The snapshot.
         name: String,
         #[command(flatten)]
         service: ServiceArg,

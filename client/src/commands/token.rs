@@ -11,8 +11,13 @@ use crate::cli::{parse_ttl, Globals, ScopeArgs};
 /// `berth token ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Issue a token and print it.
+    /// Issue a token and print it (only the token on stdout).
+    #[command(
+        after_help = "Examples:\n  berth token issue alice --services web,db --ttl 30d > alice.token\n  \
+                            berth token issue ops --role admin"
+    )]
     Issue {
+        /// Who the token is for (a person or a machine); shown in logs and listings.
         subject: String,
         #[command(flatten)]
         scope: ScopeArgs,
@@ -21,12 +26,22 @@ pub enum TokenCommand {
         ttl: u64,
     },
     /// List issued tokens.
-    #[command(alias = "ls")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  berth token ls -o json"
+    )]
     List,
     /// Revoke a token by its id (jti).
-    Revoke { jti: String },
+    #[command(
+        after_help = "Example:\n  berth token revoke 3f2a9c...   # the JTI column of `berth token ls`"
+    )]
+    Revoke {
+        /// The token's id (the JTI column of `berth token ls`).
+        jti: String,
+    },
     /// Replace the bootstrap admin token (admin.token on the controller's
     /// machine) with a new one and revoke every earlier one.
+    #[command(after_help = "Example:\n  berth token rotate-admin")]
     RotateAdmin,
 }
 
