@@ -13,7 +13,7 @@ use crate::cli::Cli;
 
 /// The examples of `berth completions --help`: where each shell looks.
 pub const COMPLETIONS_HELP: &str = "\
-Install (then open a new shell):
+Examples (install, then open a new shell):
   bash:        berth completions bash > ~/.local/share/bash-completion/completions/berth
   zsh:         berth completions zsh > ~/.zfunc/_berth   # with fpath+=(~/.zfunc) before compinit
   fish:        berth completions fish > ~/.config/fish/completions/berth.fish
@@ -47,8 +47,22 @@ pub struct ManArgs {
 /// Prints the completion script for `args.shell` on stdout.
 pub fn completions(args: &CompletionsArgs) -> anyhow::Result<()> {
     let mut command = Cli::command();
-    clap_complete::generate(args.shell, &mut command, "berth", &mut std::io::stdout());
-    Ok(())
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "berth", &mut script);
+    write_stdout(&script)
+}
+
+/// Writes `bytes` to stdout; a reader that stopped early (`| head`) is not
+/// an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Prints berth.1, or writes every page into `args.dir`.
@@ -58,7 +72,7 @@ pub fn man(args: &ManArgs) -> anyhow::Result<()> {
         None => {
             let mut out = Vec::new();
             clap_mangen::Man::new(command).render(&mut out)?;
-            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            write_stdout(&out)?;
         }
         Some(dir) => {
             std::fs::create_dir_all(dir)
