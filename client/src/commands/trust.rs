@@ -153,11 +153,12 @@ async fn show(globals: &Globals, host: Option<&str>) -> anyhow::Result<()> {
     let mut opts = globals.session_options();
     opts.host = Some(host.clone());
     opts.plaintext = false;
-    let pin = match target.trust(&opts)? {
+    let trust = target.trust(&opts)?;
+    let pin = match &trust {
         ServerTrust::Pinned {
             fingerprint,
             source,
-        } => Some((fingerprint, source)),
+        } => Some((*fingerprint, source.clone())),
         _ => None,
     };
     let first_contact = ServerTrust::FirstContact;
@@ -188,10 +189,17 @@ async fn show(globals: &Globals, host: Option<&str>) -> anyhow::Result<()> {
                 Some((fp, source)) => {
                     println!("This DIFFERS from the pin in {source}:\n  {fp}")
                 }
-                None => println!(
-                    "Not pinned yet: compare it with `berthd fingerprint` on the controller, \
-                     then `berth trust add {host} {observed}`."
-                ),
+                None => match &trust {
+                    ServerTrust::Ca { roots } => println!(
+                        "Not pinned: it is verified against the CA bundle {} (host name \
+                         included) instead.",
+                        roots.display()
+                    ),
+                    _ => println!(
+                        "Not pinned yet: compare it with `berthd fingerprint` on the controller, \
+                         then `berth trust add {host} {observed}`."
+                    ),
+                },
             }
         }
     }
