@@ -23,7 +23,7 @@ pub struct ConfigFile {
     pub services: Vec<ServiceConfig>,
     /// Connection and stream limits (`[limits]`); `berthd` flags win.
     #[serde(default)]
-    pub limits: crate::server::LimitSettings,
+    pub limits: crate::rpc::server::LimitSettings,
 }
 
 /// One configured service: a named instance of a driver.
@@ -112,7 +112,7 @@ impl ConfigFile {
             // subject (they are refused too) and would only mislead.
             for (list, entries) in [("allow", &mut service.allow), ("deny", &mut service.deny)] {
                 for entry in entries.iter_mut() {
-                    *entry = crate::credentials::normalize_subject(entry)
+                    *entry = crate::auth::credentials::normalize_subject(entry)
                         .map_err(|e| fail(format!("{list} list entry refused: {e}")))?;
                 }
             }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::pki::{self, PkiError};
+use crate::tls::ca::{self as pki, PkiError};
 
 /// What goes into the profile.
 #[derive(Debug, Clone)]

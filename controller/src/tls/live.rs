@@ -18,7 +18,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::pki::{self, Ca, PkiError};
+use crate::tls::ca::{self as pki, Ca, PkiError};
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone)]

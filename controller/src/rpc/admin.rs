@@ -7,9 +7,10 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{identity, Authorizer, Role, Scope, AUDIT};
-use crate::credentials::{self, CertRecord, CredentialError, Credentials, TokenRecord};
-use crate::store::Store;
+use crate::auth::authz::identity;
+use crate::auth::credentials::{self, CertRecord, CredentialError, Credentials, TokenRecord};
+use crate::auth::{Authorizer, Role, Scope, AUDIT};
+use crate::volumes::store::Store;
 
 /// Implements `berth.v1.Admin`.
 #[derive(Clone)]

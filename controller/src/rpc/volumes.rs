@@ -7,8 +7,9 @@ use base64::Engine as _;
 use berth_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{identity, Authorizer, Identity};
-use crate::store::{AttachmentRecord, SnapshotRecord, VolumeKey, VolumeRecord};
+use crate::auth::authz::identity;
+use crate::auth::{Authorizer, Identity};
+use crate::volumes::store::{AttachmentRecord, SnapshotRecord, VolumeKey, VolumeRecord};
 use crate::volumes::{self, AttachmentFilter, NewVolume, VolumeError, Volumes};
 
 /// Page size when the request gives none, and the most one page may hold.

@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Identity, Role, Scope, Via};
-use crate::pki::{self, Ca, PkiError};
+use crate::tls::ca::{self as pki, Ca, PkiError};
 
 /// Default token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);

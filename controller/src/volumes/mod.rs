@@ -10,15 +10,19 @@
 //! attached; drivers make attach and detach idempotent, so a crash between
 //! the two is settled by the next attach or detach.
 
+pub mod catalog;
+pub mod locks;
+pub mod store;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_drivers::{echo, CreateRequest, DriverError, VolumeName};
 
-use crate::catalog::{Catalog, Service};
-use crate::locks::KeyedLocks;
-use crate::store::{
+use crate::volumes::catalog::{Catalog, Service};
+use crate::volumes::locks::KeyedLocks;
+use crate::volumes::store::{
     AttachmentRecord, Intent, Kind, Page, SnapshotRecord, Store, StoreError, VolumeKey,
     VolumeRecord,
 };

@@ -36,11 +36,11 @@ use tonic::transport::server::Connected;
 use tonic::Status;
 use tower::{Layer as _, ServiceExt as _};
 
-use crate::admin::AdminApi;
-use crate::api::Api;
 use crate::auth::Authenticator;
-use crate::pipeline::{Pipeline, PipelineLayer};
-use crate::tls::Tls;
+use crate::rpc::admin::AdminApi;
+use crate::rpc::pipeline::{Pipeline, PipelineLayer};
+use crate::rpc::volumes::Api;
+use crate::tls::live::Tls;
 
 /// A handshake that does not finish in this time is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
