@@ -112,7 +112,7 @@ impl ConfigFile {
             // subject (they are refused too) and would only mislead.
             for (list, entries) in [("allow", &mut service.allow), ("deny", &mut service.deny)] {
                 for entry in entries.iter_mut() {
-                    *entry = crate::auth::credentials::normalize_subject(entry)
+                    *entry = crate::auth::subject::normalize_subject(entry)
                         .map_err(|e| fail(format!("{list} list entry refused: {e}")))?;
                 }
             }

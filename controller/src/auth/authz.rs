@@ -4,10 +4,43 @@
 
 use std::sync::Arc;
 
-use tonic::Status;
-
 use crate::auth::identity::{Identity, Role, AUDIT};
+use crate::auth::subject::shown;
 use crate::volumes::catalog::Catalog;
+
+/// Why a call was not authorised; [`crate::rpc::status`] maps each to its
+/// gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    /// The request names no service (InvalidArgument).
+    #[error("service is required: name one of the configured services")]
+    NoService,
+    /// The request names something that cannot be a service
+    /// (InvalidArgument); the name is already escaped.
+    #[error("\"{0}\" is not a service name: 1 to 128 characters of [A-Za-z0-9][A-Za-z0-9_.-]*")]
+    NotAServiceName(String),
+    /// An admin named a service that is not configured (NotFound).
+    #[error("service {0:?} does not exist; `berth service list` shows the services you may use")]
+    UnknownService(String),
+    /// The caller may not use the service (PermissionDenied).
+    #[error("{subject} may not use service {service}: {reason}")]
+    Refused {
+        /// The caller.
+        subject: String,
+        /// The service.
+        service: String,
+        /// What the caller is told (see [`Refusal::public`]).
+        reason: &'static str,
+    },
+    /// A non-admin called an admin method (PermissionDenied).
+    #[error("{subject} may not call {method}: it needs the admin role")]
+    NotAdmin {
+        /// The caller.
+        subject: String,
+        /// The method.
+        method: String,
+    },
+}
 
 /// Why an identity may not use a service. Only the audit log tells these
 /// apart; callers are told what [`Refusal::public`] says, which never
@@ -88,18 +121,13 @@ impl Authorizer {
     /// before any lookup of the service: a caller not allowed a service is
     /// refused with PermissionDenied and the same message whether it exists
     /// or not. Admins, who may see every service, learn NotFound.
-    pub fn check(&self, who: &Identity, method: &str, service: &str) -> Result<(), Status> {
+    pub fn check(&self, who: &Identity, method: &str, service: &str) -> Result<(), AuthzError> {
         if service.is_empty() {
-            return Err(Status::invalid_argument(
-                "service is required: name one of the configured services",
-            ));
+            return Err(AuthzError::NoService);
         }
         if berth_drivers::VolumeName::parse(service).is_err() {
             // Configured services all have valid names: this reveals nothing.
-            return Err(Status::invalid_argument(format!(
-                "\"{}\" is not a service name: 1 to 128 characters of [A-Za-z0-9][A-Za-z0-9_.-]*",
-                crate::auth::credentials::shown(service)
-            )));
+            return Err(AuthzError::NotAServiceName(shown(service)));
         }
         match self.decide(who, service) {
             Ok(()) => {
@@ -108,23 +136,15 @@ impl Authorizer {
             }
             Err(why) => {
                 tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, service, decision = "denied", reason = %why.reason());
-                if who.scope.role == Role::Admin {
-                    if why == Refusal::Unknown {
-                        return Err(Status::not_found(format!(
-                            "service {service:?} does not exist; `berth service list` shows the services you may use"
-                        )));
-                    }
-                    return Err(Status::permission_denied(format!(
-                        "{} may not use service {service}: {}",
-                        who.subject,
-                        why.reason()
-                    )));
+                let admin = who.scope.role == Role::Admin;
+                if admin && why == Refusal::Unknown {
+                    return Err(AuthzError::UnknownService(service.to_owned()));
                 }
-                Err(Status::permission_denied(format!(
-                    "{} may not use service {service}: {}",
-                    who.subject,
-                    why.public()
-                )))
+                Err(AuthzError::Refused {
+                    subject: who.subject.clone(),
+                    service: service.to_owned(),
+                    reason: if admin { why.reason() } else { why.public() },
+                })
             }
         }
     }
@@ -135,24 +155,15 @@ impl Authorizer {
     }
 
     /// Admin calls need the admin role.
-    pub fn admin(&self, who: &Identity, method: &str) -> Result<(), Status> {
+    pub fn admin(&self, who: &Identity, method: &str) -> Result<(), AuthzError> {
         if who.scope.role == Role::Admin {
             tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, decision = "allowed");
             return Ok(());
         }
         tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, decision = "denied", reason = "not an admin");
-        Err(Status::permission_denied(format!(
-            "{} may not call {method}: it needs the admin role",
-            who.subject
-        )))
+        Err(AuthzError::NotAdmin {
+            subject: who.subject.clone(),
+            method: method.to_owned(),
+        })
     }
-}
-
-/// The identity the pipeline attached to a request.
-pub fn identity<T>(request: &tonic::Request<T>) -> Result<Identity, Status> {
-    request
-        .extensions()
-        .get::<Identity>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no identity: the request bypassed authentication"))
 }

@@ -24,7 +24,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Identity, Role, Scope, Via};
+use crate::auth::identity::{Identity, Role, Scope, Via};
+use crate::auth::subject::{normalize_subject, shown, SubjectError};
 use crate::tls::ca::{self as pki, Ca, PkiError};
 
 /// Default token lifetime.
@@ -84,9 +85,16 @@ pub enum CredentialError {
     Invalid(String),
     #[error("{0} does not exist")]
     NotFound(String),
-    /// The controller's own records are damaged (Internal).
+    /// The controller's own records are damaged.
     #[error("{0}")]
     Corrupt(String),
+    /// The controller failed on its side (signing, reading its own CA):
+    /// nothing the caller sent is wrong.
+    #[error("{0}")]
+    Internal(String),
+    /// A record could not be serialised for the database.
+    #[error("cannot encode a credential record: {0}")]
+    Encode(serde_json::Error),
     #[error(transparent)]
     Subject(#[from] SubjectError),
     #[error("{0}")]
@@ -154,139 +162,8 @@ fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, CredentialError
         .map_err(|e| CredentialError::Corrupt(format!("corrupt credential record: {e}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-/// The longest subject name, in bytes of UTF-8.
-pub const SUBJECT_MAX_BYTES: usize = 128;
-
-/// Why a subject name (a token's subject, a certificate's CN, an allow or
-/// deny list entry) is refused. Each message shows the name with every
-/// refused character escaped, so that it cannot reorder or hide text in a
-/// terminal or a log.
-#[derive(Debug, thiserror::Error)]
-pub enum SubjectError {
-    #[error("a subject cannot be empty")]
-    Empty,
-    #[error(
-        "subject \"{shown}\" is {len} bytes long; the limit is {SUBJECT_MAX_BYTES} bytes of UTF-8"
-    )]
-    TooLong { shown: String, len: usize },
-    #[error(
-        "subject \"{shown}\" holds U+{code:04X} ({kind}) at character {position}: subjects may hold only visible characters and inner ASCII spaces; remove it"
-    )]
-    Hidden {
-        shown: String,
-        code: u32,
-        kind: &'static str,
-        position: usize,
-    },
-    #[error("subject \"{shown}\" starts or ends with a space; remove it")]
-    EdgeSpace { shown: String },
-    #[error("subject \"{shown}\" starts with a combining mark, which joins what comes before it; remove it")]
-    LeadingMark { shown: String },
-}
-
-/// What kind of invisible or look-alike-making character `c` is, if it is
-/// one a subject may not hold: controls, format characters (zero-width,
-/// bidirectional controls, the byte-order mark, tags), separators other than
-/// the ASCII space, private-use and unassigned code points, and the other
-/// default-ignorable characters that render as nothing (variation selectors,
-/// Hangul fillers, the combining grapheme joiner), plus the blank braille
-/// pattern.
-fn hidden_kind(c: char) -> Option<&'static str> {
-    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
-    match c.general_category() {
-        G::Control => return Some("a control character"),
-        G::Format => return Some(
-            "an invisible format character: zero-width, bidirectional control or byte-order mark",
-        ),
-        G::SpaceSeparator if c != ' ' => return Some("a space other than the ASCII space"),
-        G::LineSeparator | G::ParagraphSeparator => return Some("a line or paragraph separator"),
-        G::PrivateUse => return Some("a private-use character"),
-        G::Unassigned | G::Surrogate => return Some("an unassigned code point"),
-        _ => {}
-    }
-    matches!(
-        c,
-        '\u{034F}'
-            | '\u{115F}'
-            | '\u{1160}'
-            | '\u{17B4}'
-            | '\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{2800}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FFA0}'
-            | '\u{E0100}'..='\u{E01EF}'
-    )
-    .then_some("a character that renders as nothing")
-}
-
-/// `text` for a message: quotes, backslashes and every character a subject
-/// may not hold escaped, at most 64 characters.
-pub fn shown(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == 64 {
-            out.push_str("...");
-            break;
-        }
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if hidden_kind(c).is_some() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Checks a subject name and returns it in Unicode normal form C.
-///
-/// Refused: empty names, names over [`SUBJECT_MAX_BYTES`], names with a
-/// character that is invisible or changes how the text around it reads
-/// (see `hidden_kind`), leading or trailing spaces, and a leading combining
-/// mark. What is kept is NFC, so that `e` + U+0301 and `é` are one subject
-/// and a deny list on one form refuses the other.
-pub fn normalize_subject(raw: &str) -> Result<String, SubjectError> {
-    use unicode_normalization::UnicodeNormalization as _;
-    use unicode_properties::{GeneralCategoryGroup as GG, UnicodeGeneralCategory as _};
-    if raw.is_empty() {
-        return Err(SubjectError::Empty);
-    }
-    for (i, c) in raw.chars().enumerate() {
-        if let Some(kind) = hidden_kind(c) {
-            return Err(SubjectError::Hidden {
-                shown: shown(raw),
-                code: c as u32,
-                kind,
-                position: i + 1,
-            });
-        }
-    }
-    if raw.starts_with(' ') || raw.ends_with(' ') {
-        return Err(SubjectError::EdgeSpace { shown: shown(raw) });
-    }
-    if raw
-        .chars()
-        .next()
-        .is_some_and(|c| c.general_category_group() == GG::Mark)
-    {
-        return Err(SubjectError::LeadingMark { shown: shown(raw) });
-    }
-    let normal: String = raw.nfc().collect();
-    if normal.len() > SUBJECT_MAX_BYTES {
-        return Err(SubjectError::TooLong {
-            shown: shown(&normal),
-            len: normal.len(),
-        });
-    }
-    Ok(normal)
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CredentialError> {
+    serde_json::to_vec(value).map_err(CredentialError::Encode)
 }
 
 /// Checks a scope: users need at least one service.
@@ -394,8 +271,9 @@ impl Credentials {
             role: scope.role,
             services: scope.services.clone(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
-            .map_err(|e| CredentialError::Invalid(format!("cannot sign the token: {e}")))?;
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
+                .map_err(|e| CredentialError::Internal(format!("cannot sign the token: {e}")))?;
         let record = TokenRecord {
             jti: claims.jti.clone(),
             subject: claims.sub,
@@ -405,7 +283,8 @@ impl Credentials {
             revoked: false,
             bootstrap,
         };
-        self.tokens.insert(record.jti.as_bytes(), encode(&record))?;
+        self.tokens
+            .insert(record.jti.as_bytes(), encode(&record)?)?;
         Ok((token, record))
     }
 
@@ -548,7 +427,7 @@ impl Credentials {
             None => return Err(CredentialError::NotFound(format!("token {jti:?}"))),
         };
         record.revoked = true;
-        self.tokens.insert(jti.as_bytes(), encode(&record))?;
+        self.tokens.insert(jti.as_bytes(), encode(&record)?)?;
         self.forget(jti);
         Ok(record)
     }
@@ -596,7 +475,7 @@ impl Credentials {
         let serial = pki::random_serial();
         let now = SystemTime::now();
         let (_, ca_not_after) = pki::validity(&self.ca.cert_der).ok_or_else(|| {
-            CredentialError::Invalid("the CA certificate has no readable validity".into())
+            CredentialError::Internal("the CA certificate has no readable validity".into())
         })?;
         let not_after = now
             .checked_add(ttl)
@@ -629,7 +508,7 @@ impl Credentials {
             revoked: false,
         };
         self.certs
-            .insert(record.serial.as_bytes(), encode(&record))?;
+            .insert(record.serial.as_bytes(), encode(&record)?)?;
         Ok((cert, record))
     }
 
@@ -710,7 +589,7 @@ impl Credentials {
         // CA's name and a known serial, but not its signature.
         let (_, ca) =
             x509_parser::parse_x509_certificate(self.ca.cert_der.as_ref()).map_err(|e| {
-                CredentialError::Invalid(format!("the CA certificate does not parse: {e}"))
+                CredentialError::Internal(format!("the CA certificate does not parse: {e}"))
             })?;
         let ours = cert.issuer().as_raw() == ca.subject().as_raw()
             && cert.verify_signature(Some(ca.public_key())).is_ok();
@@ -766,7 +645,7 @@ impl Credentials {
             None => return Err(CredentialError::NotFound(format!("certificate {serial:?}"))),
         };
         record.revoked = true;
-        self.certs.insert(key.as_bytes(), encode(&record))?;
+        self.certs.insert(key.as_bytes(), encode(&record)?)?;
         self.forget(&key);
         Ok(record)
     }
@@ -783,7 +662,7 @@ impl Credentials {
     fn rotation_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, CredentialError> {
         self.rotation
             .lock()
-            .map_err(|_| CredentialError::Corrupt("a rotation of the admin token panicked".into()))
+            .map_err(|_| CredentialError::Internal("a rotation of the admin token panicked".into()))
     }
 
     fn issue_bootstrap(&self) -> Result<(String, TokenRecord), CredentialError> {
@@ -840,7 +719,7 @@ impl Credentials {
                 let mut record: TokenRecord = decode(&raw)?;
                 if !record.bootstrap {
                     record.bootstrap = true;
-                    self.tokens.insert(jti.as_bytes(), encode(&record))?;
+                    self.tokens.insert(jti.as_bytes(), encode(&record)?)?;
                 }
             }
             // Finishes a rotation a crash interrupted after the new file
@@ -900,53 +779,6 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn invisible_and_bidirectional_subjects_are_refused_with_the_code_point() {
-        for (raw, code) in [
-            ("mallory\u{200b}", "U+200B"),
-            ("\u{202e}yrollam", "U+202E"),
-            ("\u{feff}mallory", "U+FEFF"),
-            ("mal\u{00ad}lory", "U+00AD"),
-            ("mallory\u{2066}", "U+2066"),
-            ("mallory\u{e0041}", "U+E0041"),
-            ("mallory\u{3164}", "U+3164"),
-            ("mallory\u{fe0f}", "U+FE0F"),
-            ("mallory\u{034f}", "U+034F"),
-            ("mal\u{00a0}lory", "U+00A0"),
-            ("mal\tlory", "U+0009"),
-            ("mallory\u{e000}", "U+E000"),
-            ("mallory\u{2028}", "U+2028"),
-        ] {
-            let err = normalize_subject(raw).expect_err(raw).to_string();
-            assert!(err.contains(code), "{raw:?}: {err}");
-            // The message never carries the raw character itself.
-            let bad = raw
-                .chars()
-                .find(|c| hidden_kind(*c).is_some())
-                .expect("bad");
-            assert!(!err.contains(bad), "{raw:?}: {err}");
-        }
-        for raw in [" alice", "alice ", "\u{0301}alice", ""] {
-            assert!(normalize_subject(raw).is_err(), "{raw:?}");
-        }
-        assert!(normalize_subject(&"a".repeat(SUBJECT_MAX_BYTES + 1)).is_err());
-    }
-
-    #[test]
-    fn kept_subjects_are_in_normal_form_c() {
-        assert_eq!(normalize_subject("jose\u{301}").expect("ok"), "jos\u{e9}");
-        assert_eq!(normalize_subject("jos\u{e9}").expect("ok"), "jos\u{e9}");
-        for kept in [
-            "alice",
-            "John Smith",
-            "backup-bot",
-            "\u{5c71}\u{7530}",
-            "ext.user@example",
-        ] {
-            assert_eq!(normalize_subject(kept).expect(kept), kept);
-        }
-    }
-
     fn credentials() -> (tempfile::TempDir, Credentials) {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Arc::new(Ca::load_or_create(&dir.path().join("tls")).expect("ca"));
@@ -984,7 +816,7 @@ mod tests {
             revoked: false,
         };
         c.certs
-            .insert(record.serial.as_bytes(), encode(&record))
+            .insert(record.serial.as_bytes(), encode(&record).expect("encode"))
             .expect("record");
         CertificateDer::from_pem_slice(pem.as_bytes()).expect("der")
     }

@@ -4,6 +4,7 @@ pub mod authn;
 pub mod authz;
 pub mod credentials;
 pub mod identity;
+pub mod subject;
 
 pub use authn::Authenticator;
 pub use authz::Authorizer;

@@ -1,6 +1,9 @@
 //! The gRPC face of the controller.
 
 pub mod admin;
+pub mod call;
 pub mod pipeline;
 pub mod server;
+pub mod snapshots;
+pub mod status;
 pub mod volumes;

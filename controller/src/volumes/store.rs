@@ -137,6 +137,14 @@ pub enum StoreError {
     Open { path: PathBuf, source: sled::Error },
     #[error("volume database error: {0}")]
     Db(#[from] sled::Error),
+    /// A record could not be serialised; nothing was written.
+    #[error("cannot encode entry {key:?} for the volume database: {source}")]
+    Encode {
+        /// The entry's key.
+        key: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
     #[error("corrupt entry {key:?} in the volume database: {source}")]
     Corrupt {
         key: String,
@@ -315,8 +323,9 @@ impl Store {
 
     /// Records an intent (not yet durable: call [`flush`](Self::flush)).
     pub fn begin(&self, key: &VolumeKey, intent: &Intent) -> Result<(), StoreError> {
-        self.tree
-            .insert(key.encode(intent.kind().intent()), encode(intent))?;
+        let k = key.encode(intent.kind().intent());
+        let v = encode(&k, intent)?;
+        self.tree.insert(k, v)?;
         Ok(())
     }
 
@@ -349,7 +358,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         match record {
-            Some(record) => batch.insert(key.encode(kind.record()), encode(record)),
+            Some(record) => {
+                let k = key.encode(kind.record());
+                let v = encode(&k, record)?;
+                batch.insert(k, v)
+            }
             None => batch.remove(key.encode(kind.record())),
         }
         batch.remove(key.encode(kind.intent()));
@@ -504,9 +517,11 @@ fn sorted<'a>(services: &[&'a str]) -> Vec<&'a str> {
     sorted
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and integers cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        source,
+    })
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> {
