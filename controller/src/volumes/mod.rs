@@ -11,6 +11,7 @@
 //! the two is settled by the next attach or detach.
 
 pub mod catalog;
+pub mod journal;
 pub mod locks;
 pub mod store;
 
@@ -21,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use berth_drivers::{echo, CreateRequest, DriverError, VolumeName};
 
 use crate::volumes::catalog::{Catalog, Service};
+use crate::volumes::journal::{Change, Journal, JournalError};
 use crate::volumes::locks::KeyedLocks;
 use crate::volumes::store::{
     AttachmentRecord, Intent, Kind, Page, SnapshotRecord, Store, StoreError, VolumeKey,
@@ -134,8 +136,16 @@ pub enum AttachmentFilter {
 pub struct Volumes {
     catalog: Arc<Catalog>,
     store: Store,
+    journal: Journal,
     locks: KeyedLocks<VolumeKey>,
     snapshot_locks: KeyedLocks<VolumeKey>,
+}
+
+fn journal_error(service: &Service) -> impl FnOnce(JournalError) -> VolumeError + '_ {
+    move |e| match e {
+        JournalError::Driver(source) => driver_error(service)(source),
+        JournalError::Store(e) => VolumeError::Store(e),
+    }
 }
 
 fn driver_error(service: &Service) -> impl FnOnce(DriverError) -> VolumeError + '_ {
@@ -149,6 +159,7 @@ impl Volumes {
     pub fn new(catalog: Arc<Catalog>, store: Store) -> Self {
         Self {
             catalog,
+            journal: Journal::new(store.clone()),
             store,
             locks: KeyedLocks::default(),
             snapshot_locks: KeyedLocks::default(),
@@ -394,48 +405,31 @@ impl Volumes {
         }
     }
 
-    /// Intent, driver call, commit: the shape of every create.
+    /// A journaled create: the driver's answer fills in the record.
     async fn run_create(
         &self,
         service: &Service,
         key: &VolumeKey,
-        mut record: VolumeRecord,
+        record: VolumeRecord,
         call: impl std::future::Future<Output = Result<berth_drivers::DriverVolume, DriverError>>,
     ) -> Result<VolumeRecord, VolumeError> {
-        self.store.begin(
-            key,
-            &Intent::Create {
-                record: record.clone(),
-            },
-        )?;
-        self.store.flush().await?;
-        match call.await {
-            Ok(created) => {
+        // The store has no record under this name, so whatever the driver
+        // made of it before failing is an orphan: undo it.
+        let undo = VolumeName::parse(&key.name)
+            .ok()
+            .map(|name| async move { service.driver.delete(&name).await });
+        let intent = Intent::Create {
+            record: record.clone(),
+        };
+        let mut record = record;
+        self.journal
+            .run(key, &intent, call, undo, |created| {
                 record.size_bytes = created.size_bytes;
                 record.fields = created.fields;
-                self.store.commit(key, Some(&record))?;
-                self.store.flush().await?;
-                Ok(record)
-            }
-            Err(source) => {
-                // The store has no record under this name, so whatever the
-                // driver made of it before failing is an orphan: undo it,
-                // unless the driver refused before touching anything.
-                if !untouched(&source) {
-                    if let Ok(name) = VolumeName::parse(&key.name) {
-                        if let Err(e) = service.driver.delete(&name).await {
-                            // Keep the intent: the next start undoes it.
-                            tracing::warn!(service = %service.name, volume = %name, error = %e,
-                                "could not undo a failed create; it will be undone at the next start");
-                            return Err(driver_error(service)(source));
-                        }
-                    }
-                }
-                self.store.abandon(Kind::Volume, key)?;
-                self.store.flush().await?;
-                Err(driver_error(service)(source))
-            }
-        }
+                (Some(record.clone()), record)
+            })
+            .await
+            .map_err(journal_error(service))
     }
 
     /// Deletes a volume and its data. Attached volumes need `force` (they
@@ -468,17 +462,17 @@ impl Volumes {
             }
             self.detach_all(&service, &name, &key, &mut record).await?;
         }
-        self.store.begin(&key, &Intent::Delete { record })?;
-        self.store.flush().await?;
-        if let Err(source) = service.driver.delete(&name).await {
-            // The volume is still there: forget the intent and report.
-            self.store.abandon(Kind::Volume, &key)?;
-            self.store.flush().await?;
-            return Err(driver_error(&service)(source));
-        }
-        self.store.commit(&key, None)?;
-        self.store.flush().await?;
-        Ok(())
+        // A failed delete leaves the volume there: nothing to undo.
+        self.journal
+            .run(
+                &key,
+                &Intent::Delete { record },
+                service.driver.delete(&name),
+                None::<std::future::Ready<Result<(), DriverError>>>,
+                |()| (None::<VolumeRecord>, ()),
+            )
+            .await
+            .map_err(journal_error(&service))
     }
 
     async fn detach_all(
@@ -648,7 +642,7 @@ impl Volumes {
             )));
         }
         let vol = self.record(&service, &volume)?;
-        let mut record = SnapshotRecord {
+        let record = SnapshotRecord {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_string(),
             service: service.name.clone(),
@@ -656,34 +650,25 @@ impl Volumes {
             size_bytes: vol.size_bytes,
             created_at_ms: now_ms(),
         };
-        self.store.begin(
-            &key,
-            &Intent::CreateSnapshot {
-                record: record.clone(),
-            },
-        )?;
-        self.store.flush().await?;
-        match service.driver.create_snapshot(&volume, &name).await {
-            Ok(taken) => {
-                record.size_bytes = taken.size_bytes;
-                self.store.commit_snapshot(&key, Some(&record))?;
-                self.store.flush().await?;
-                Ok(record)
-            }
-            Err(source) => {
-                // Undo what the driver may have made, as for volumes.
-                if !untouched(&source) {
-                    if let Err(e) = service.driver.delete_snapshot(&name).await {
-                        tracing::warn!(service = %service.name, snapshot = %name, error = %e,
-                            "could not undo a failed snapshot; it will be undone at the next start");
-                        return Err(driver_error(&service)(source));
-                    }
-                }
-                self.store.abandon(Kind::Snapshot, &key)?;
-                self.store.flush().await?;
-                Err(driver_error(&service)(source))
-            }
-        }
+        let intent = Intent::CreateSnapshot {
+            record: record.clone(),
+        };
+        let mut record = record;
+        // Undo what the driver may have made, as for volumes.
+        let undo = Some(service.driver.delete_snapshot(&name));
+        self.journal
+            .run(
+                &key,
+                &intent,
+                service.driver.create_snapshot(&volume, &name),
+                undo,
+                |taken| {
+                    record.size_bytes = taken.size_bytes;
+                    (Some(record.clone()), record)
+                },
+            )
+            .await
+            .map_err(journal_error(&service))
     }
 
     pub async fn delete_snapshot(&self, service: &str, name: &str) -> Result<(), VolumeError> {
@@ -692,16 +677,16 @@ impl Volumes {
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.snapshot_locks.lock(key.clone()).await;
         let record = self.snapshot_record(&service, &name)?;
-        self.store.begin(&key, &Intent::DeleteSnapshot { record })?;
-        self.store.flush().await?;
-        if let Err(source) = service.driver.delete_snapshot(&name).await {
-            self.store.abandon(Kind::Snapshot, &key)?;
-            self.store.flush().await?;
-            return Err(driver_error(&service)(source));
-        }
-        self.store.commit_snapshot(&key, None)?;
-        self.store.flush().await?;
-        Ok(())
+        self.journal
+            .run(
+                &key,
+                &Intent::DeleteSnapshot { record },
+                service.driver.delete_snapshot(&name),
+                None::<std::future::Ready<Result<(), DriverError>>>,
+                |()| (None::<SnapshotRecord>, ()),
+            )
+            .await
+            .map_err(journal_error(&service))
     }
 
     /// Finishes or undoes operations a crash interrupted, then reports
@@ -721,23 +706,23 @@ impl Volumes {
                 Intent::Create { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "undoing an interrupted create");
                     service.driver.delete(&name).await.map_err(fail)?;
-                    self.store.abandon(Kind::Volume, &key)?;
+                    self.journal.abandon(Kind::Volume, &key)?;
                 }
                 // The client asked for it to go: finish.
                 Intent::Delete { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "finishing an interrupted delete");
                     service.driver.delete(&name).await.map_err(fail)?;
-                    self.store.commit(&key, None)?;
+                    self.journal.settle(&key, Change::Volume(None))?;
                 }
                 Intent::CreateSnapshot { .. } => {
                     tracing::info!(service = %key.service, snapshot = %key.name, "undoing an interrupted snapshot");
                     service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                    self.store.abandon(Kind::Snapshot, &key)?;
+                    self.journal.abandon(Kind::Snapshot, &key)?;
                 }
                 Intent::DeleteSnapshot { .. } => {
                     tracing::info!(service = %key.service, snapshot = %key.name, "finishing an interrupted snapshot delete");
                     service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                    self.store.commit_snapshot(&key, None)?;
+                    self.journal.settle(&key, Change::Snapshot(None))?;
                 }
             }
         }
@@ -772,21 +757,6 @@ impl Volumes {
     pub async fn flush(&self) -> Result<(), VolumeError> {
         Ok(self.store.flush().await?)
     }
-}
-
-/// Whether a driver error says it refused before touching anything, so there
-/// is nothing to undo.
-fn untouched(error: &DriverError) -> bool {
-    matches!(
-        error,
-        DriverError::AlreadyExists(_)
-            | DriverError::InvalidArgument(_)
-            | DriverError::OutOfRange(_)
-            | DriverError::InvalidOption { .. }
-            | DriverError::NotFound(_)
-            | DriverError::FailedPrecondition(_)
-            | DriverError::Unsupported { .. }
-    )
 }
 
 /// Whether a record passes a listing's attachment filter.

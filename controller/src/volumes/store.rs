@@ -122,10 +122,21 @@ pub enum Intent {
 }
 
 impl Intent {
-    fn kind(&self) -> Kind {
+    /// Whether it is about a volume or a snapshot.
+    pub fn kind(&self) -> Kind {
         match self {
             Intent::Create { .. } | Intent::Delete { .. } => Kind::Volume,
             Intent::CreateSnapshot { .. } | Intent::DeleteSnapshot { .. } => Kind::Snapshot,
+        }
+    }
+
+    /// The operation's name, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Intent::Create { .. } => "create",
+            Intent::Delete { .. } => "delete",
+            Intent::CreateSnapshot { .. } => "create_snapshot",
+            Intent::DeleteSnapshot { .. } => "delete_snapshot",
         }
     }
 }
