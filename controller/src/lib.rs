@@ -28,6 +28,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod fsio;
 pub mod paths;
 pub mod profile;
 pub mod rpc;

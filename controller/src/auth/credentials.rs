@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::identity::{Identity, Role, Scope, Via};
 use crate::auth::subject::{normalize_subject, shown, SubjectError};
-use crate::tls::ca::{self as pki, Ca, PkiError};
+use crate::fsio::{self, FileError};
+use crate::paths;
+use crate::tls::ca::{check_key, random_serial, Ca, PkiError};
+use crate::tls::x509::validity;
 
 /// Default token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -35,7 +38,7 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Lifetime of the bootstrap admin token.
 pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The bootstrap admin token's file name in the auth directory.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const ADMIN_TOKEN_FILE: &str = paths::ADMIN_TOKEN;
 /// Clock skew tolerated on `exp`/`nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
@@ -101,6 +104,12 @@ pub enum CredentialError {
     Pki(#[from] PkiError),
     #[error("credential database error: {0}")]
     Db(#[from] sled::Error),
+}
+
+impl From<FileError> for CredentialError {
+    fn from(e: FileError) -> Self {
+        Self::Pki(e.into())
+    }
 }
 
 /// A verified credential, remembered by the SHA-256 of its bytes so that
@@ -187,36 +196,33 @@ impl Credentials {
     /// Loads the signing key from `dir` (creating it on first start) and opens
     /// the credential trees in `db`.
     pub fn open(dir: &Path, db: &sled::Db, ca: Arc<Ca>) -> Result<Self, CredentialError> {
-        crate::paths::create_private_dir(dir).map_err(PkiError::from)?;
+        paths::create_private_dir(dir).map_err(PkiError::from)?;
         // Checked before anything is created or replaced: a token others
         // can read is refused like an exposed key.
         let admin_token = dir.join(ADMIN_TOKEN_FILE);
         if admin_token.exists() {
-            pki::check_private(&admin_token)?;
+            check_key(&admin_token)?;
         }
-        let (key_path, pub_path) = (dir.join("signing.key"), dir.join("signing.pub"));
+        let (key_path, pub_path) = (dir.join(paths::SIGNING_KEY), dir.join(paths::SIGNING_PUB));
         if !key_path.exists() {
             let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(PkiError::from)?;
-            pki::write_private_new(&key_path, key.serialize_pem().as_bytes())?;
+            fsio::write_private_new(&key_path, key.serialize_pem().as_bytes())?;
             tracing::info!(path = %key_path.display(), "created the token signing key");
         }
-        pki::check_private(&key_path)?;
+        check_key(&key_path)?;
         let invalid = |path: &Path, e: &dyn std::fmt::Display| {
             CredentialError::Pki(PkiError::Invalid {
                 path: path.to_owned(),
                 problem: format!("not a usable Ed25519 key: {e}"),
             })
         };
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|source| PkiError::Io {
-            path: key_path.clone(),
-            source,
-        })?;
+        let key_pem = fsio::read_to_string(&key_path).map_err(PkiError::from)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, &e))?;
         // The public half is derived from the key; signing.pub is a copy for
         // operators, rewritten when missing (e.g. after a crash).
         let pub_pem = key.public_key_pem();
         if !pub_path.exists() {
-            pki::replace_file(&pub_path, pub_pem.as_bytes(), 0o644)?;
+            fsio::replace(&pub_path, pub_pem.as_bytes(), 0o644)?;
         }
         let encoding =
             EncodingKey::from_ed_pem(key_pem.as_bytes()).map_err(|e| invalid(&key_path, &e))?;
@@ -472,9 +478,9 @@ impl Credentials {
             CredentialError::Invalid(format!("the request's public key is not supported: {e}"))
         })?;
 
-        let serial = pki::random_serial();
+        let serial = random_serial();
         let now = SystemTime::now();
-        let (_, ca_not_after) = pki::validity(&self.ca.cert_der).ok_or_else(|| {
+        let (_, ca_not_after) = validity(&self.ca.cert_der).ok_or_else(|| {
             CredentialError::Internal("the CA certificate has no readable validity".into())
         })?;
         let not_after = now
@@ -704,15 +710,14 @@ impl Credentials {
                 Ok((id, jti, _)) if id.scope.role == Role::Admin => Some(jti),
                 _ => {
                     tracing::warn!(path = %path.display(), "the bootstrap admin token is no longer valid; issuing a new one");
-                    std::fs::remove_file(&path).map_err(|source| PkiError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    std::fs::remove_file(&path)
+                        .map_err(fsio::at(&path))
+                        .map_err(PkiError::from)?;
                     None
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(PkiError::Io { path, source }.into()),
+            Err(source) => return Err(PkiError::from(FileError { path, source }).into()),
         };
         if let Some(jti) = current {
             if let Some(raw) = self.tokens.get(jti.as_bytes())? {
@@ -730,7 +735,7 @@ impl Credentials {
             return Ok(path);
         }
         let (token, record) = self.issue_bootstrap()?;
-        pki::write_private_new(&path, format!("{token}\n").as_bytes())?;
+        fsio::write_private_new(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), jti = %record.jti, "created the bootstrap admin token");
         for old in self.revoke_bootstrap_except(&record.jti)? {
             tracing::info!(jti = %old, "revoked the previous bootstrap admin token");
@@ -748,7 +753,7 @@ impl Credentials {
         let _rotation = self.rotation_lock()?;
         let path = self.admin_token_path();
         let (token, record) = self.issue_bootstrap()?;
-        pki::replace_file(&path, format!("{token}\n").as_bytes(), 0o600)?;
+        fsio::replace(&path, format!("{token}\n").as_bytes(), 0o600)?;
         let revoked = self.revoke_bootstrap_except(&record.jti)?;
         Ok((record, revoked))
     }
@@ -794,7 +799,7 @@ mod tests {
     /// recorded, valid from `from` to `until` (seconds from now).
     fn recorded_cert(c: &Credentials, cn: &str, from: i64, until: i64) -> CertificateDer<'static> {
         let key = KeyPair::generate().expect("key");
-        let serial = pki::random_serial();
+        let serial = random_serial();
         let now = time::OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
