@@ -4,26 +4,39 @@
 //! binaries embed it the same way and may register extra drivers in the
 //! [`berth_drivers::DriverRegistry`] they pass in.
 //!
-//! Where things live:
+//! Where things live, by layer (each room's `mod.rs` says more):
 //!
 //! | module | what it is |
 //! | --- | --- |
 //! | [`cli`] | the `berthd` command line, reusable by custom controllers |
 //! | [`config`] | the TOML configuration file and its services |
-//! | [`catalog`] | configured services bound to built drivers |
-//! | [`store`] | durable volume records and operation intents (sled) |
-//! | [`locks`] | per-volume serialisation |
-//! | [`volumes`] | volume operations: idempotency, crash safety |
-//! | [`api`] | the gRPC volume and catalogue services, error codes |
-//! | [`admin`] | the gRPC admin service: credentials and the CA |
-//! | [`auth`] | identities, authentication, per-service authorisation |
-//! | [`credentials`] | tokens and client certificates: issue, verify, revoke |
-//! | [`pipeline`] | the layer every request passes (logging, authentication) |
-//! | [`server`] | serving the router on a listener until shutdown |
-//! | [`pki`] | the controller's CA, certificates, key files |
-//! | [`tls`] | the live TLS configuration: reload, renewal |
+//! | [`paths`] | the data directory, every file name in it, the private-path rule |
+//! | [`fsio`] | the one private/atomic file writer |
 //! | [`profile`] | the ready-made client profile written at start |
-//! | [`paths`] | the data directory and what lives in it |
+//! | [`rpc`] | the gRPC face: server, pipeline, the authorising [`rpc::call::Gate`], one error-to-status table, the services |
+//! | [`rpc::server`] | serving the router on a listener: limits, TLS handshakes, shutdown |
+//! | [`rpc::pipeline`] | the layer every request passes (authentication, logging) |
+//! | [`rpc::call`] | handlers get authorised calls; the method comes from the route |
+//! | [`rpc::status`] | every error to its gRPC status, in one place |
+//! | [`rpc::volumes`], [`rpc::snapshots`], [`rpc::admin`] | the gRPC services |
+//! | [`auth`] | who is calling and what they may do |
+//! | [`auth::identity`] | the leaf types: `Identity`, `Role`, `Scope`, `Via` |
+//! | [`auth::authn`] | authentication from a token and/or a client certificate |
+//! | [`auth::authz`] | per-service authorisation, allow and deny lists, audit log |
+//! | [`auth::credentials`] | tokens and client certificates: issue, verify, revoke |
+//! | [`auth::subject`] | subject names: what is refused, normal form, display |
+//! | [`tls`] | the controller's TLS identity |
+//! | [`tls::ca`] | the CA and the certificates it issues |
+//! | [`tls::live`] | the live TLS configuration: reload, renewal |
+//! | [`tls::x509`], [`tls::names`], [`tls::crypto`] | reading certificates, the SAN policy, the one crypto provider |
+//! | [`volumes`] | volume operations: validation, idempotency, locking |
+//! | [`volumes::journal`] | the journaled operation: crash safety in one place |
+//! | [`volumes::store`] | durable records and intents (sled) |
+//! | [`volumes::catalog`] | configured services bound to built drivers |
+//! | [`volumes::locks`] | per-volume serialisation |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod auth;
 pub mod cli;
@@ -74,8 +87,11 @@ pub enum Security {
     /// TLS (the default): the identity source, version floor and extra
     /// client CAs. The TLS directory is always `<data-dir>/tls`.
     Tls {
+        /// Where the server certificate comes from.
         source: tls::live::IdentitySource,
+        /// The lowest TLS version accepted.
         min_version: tls::live::MinVersion,
+        /// Extra CA bundles trusted for client certificates.
         client_cas: Vec<PathBuf>,
     },
     /// `--insecure-plaintext`: no encryption and no server identity.

@@ -9,7 +9,7 @@
 //!
 //! A size is refused with `OutOfRange`, before anything is written, when it
 //! is larger than the largest file the filesystem holding the root accepts
-//! (measured once at open, see [`crate::durable::max_file_size`]; 16 TiB
+//! (measured once at open, see [`crate::file::durable::max_file_size`]; 16 TiB
 //! less 4 KiB on ext4 with 4 KiB blocks, 2^63 - 1 bytes on XFS or tmpfs),
 //! for qcow2 too: its file can never hold more than that. Work in progress
 //! lives in `staging/` and is removed on every failure path.
@@ -25,15 +25,15 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::durable::{check_size, copy_sparse, max_file_size, sync_dir, Staged};
-use crate::meta::{self, names_in, stamp};
+use crate::file::durable::{check_size, copy_sparse, max_file_size, sync_dir, Staged};
+use crate::file::layout::{blocking, Dirs};
+use crate::file::meta::{self, names_in, stamp};
 use crate::{
     Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
     DriverSnapshot, DriverVolume, VolumeDriver, VolumeName,
@@ -75,15 +75,18 @@ pub struct ImageDriver {
 
 #[derive(Debug)]
 struct Layout {
-    root: PathBuf,
+    dirs: Dirs,
     format: Format,
-    meta: PathBuf,
-    snapshots: PathBuf,
-    snapshot_meta: PathBuf,
-    staging: PathBuf,
-    trash: PathBuf,
     /// The largest file the root's filesystem accepts, in bytes.
     max_size: u64,
+}
+
+impl std::ops::Deref for Layout {
+    type Target = Dirs;
+
+    fn deref(&self) -> &Dirs {
+        &self.dirs
+    }
 }
 
 /// Whether `qemu-img` can be run.
@@ -104,40 +107,16 @@ impl ImageDriver {
                 reason: "qcow2 needs `qemu-img`, which is not installed (Debian: apt-get install qemu-utils); use format = \"raw\" or install it".into(),
             });
         }
-        let root = root.into();
-        let hidden = root.join(".berth");
-        let layout = Layout {
-            meta: hidden.join("volumes"),
-            snapshots: hidden.join("snapshots"),
-            snapshot_meta: hidden.join("snapshot-meta"),
-            staging: hidden.join("staging"),
-            trash: hidden.join("trash"),
-            root,
+        let mut layout = Layout {
+            dirs: Dirs::create(root.into())?,
             format,
             max_size: 0,
         };
-        for dir in [
-            &layout.root,
-            &layout.meta,
-            &layout.snapshots,
-            &layout.snapshot_meta,
-            &layout.staging,
-            &layout.trash,
-        ] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| DriverError::io(format!("creating {}", dir.display()), e))?;
-        }
         for dir in [&layout.staging, &layout.trash] {
             for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        crate::durable::remove_temporaries(&layout.meta);
-        crate::durable::remove_temporaries(&layout.snapshot_meta);
-        let mut layout = layout;
         layout.max_size = max_file_size(&layout.staging).map_err(|e| {
             DriverError::io(
                 format!(
@@ -182,10 +161,7 @@ impl ImageDriver {
         T: Send + 'static,
         F: FnOnce(&Layout) -> DriverResult<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| DriverError::Internal(format!("image worker failed: {e}")))?
+        blocking(DRIVER_NAME, &self.inner, f).await
     }
 }
 

@@ -37,8 +37,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::durable::{check_size, copy_tree, open_dir_nofollow, sync_dir, Staged, OFF_T_MAX};
-use crate::meta::{self, stamp};
+use crate::file::durable::{check_size, copy_tree, open_dir_nofollow, sync_dir, Staged, OFF_T_MAX};
+use crate::file::layout::{blocking, Dirs};
+use crate::file::meta::{self, stamp};
 use crate::{
     Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
     DriverSnapshot, DriverVolume, VolumeDriver, VolumeName,
@@ -57,46 +58,26 @@ pub struct VfsDriver {
 
 #[derive(Debug)]
 struct Layout {
-    root: PathBuf,
-    meta: PathBuf,
-    snapshots: PathBuf,
-    snapshot_meta: PathBuf,
-    staging: PathBuf,
-    trash: PathBuf,
+    dirs: Dirs,
+}
+
+impl std::ops::Deref for Layout {
+    type Target = Dirs;
+
+    fn deref(&self) -> &Dirs {
+        &self.dirs
+    }
 }
 
 impl VfsDriver {
     /// Opens (creating if needed) a `vfs` store rooted at `root`, and clears
     /// what a crash left half done.
     pub fn open(root: impl Into<PathBuf>) -> DriverResult<Self> {
-        let root = root.into();
-        let hidden = root.join(".berth");
         let layout = Layout {
-            meta: hidden.join("volumes"),
-            snapshots: hidden.join("snapshots"),
-            snapshot_meta: hidden.join("snapshot-meta"),
-            staging: hidden.join("staging"),
-            trash: hidden.join("trash"),
-            root,
+            dirs: Dirs::create(root.into())?,
         };
-        for dir in [
-            &layout.root,
-            &layout.meta,
-            &layout.snapshots,
-            &layout.snapshot_meta,
-            &layout.staging,
-            &layout.trash,
-        ] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| DriverError::io(format!("creating {}", dir.display()), e))?;
-        }
         layout.empty(&layout.staging);
         layout.empty(&layout.trash);
-        crate::durable::remove_temporaries(&layout.meta);
-        crate::durable::remove_temporaries(&layout.snapshot_meta);
         Ok(Self {
             inner: Arc::new(layout),
         })
@@ -125,10 +106,7 @@ impl VfsDriver {
         T: Send + 'static,
         F: FnOnce(&Layout) -> DriverResult<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| DriverError::Internal(format!("vfs worker failed: {e}")))?
+        blocking(DRIVER_NAME, &self.inner, f).await
     }
 }
 

@@ -45,23 +45,36 @@ pub const LEEWAY_SECS: u64 = 30;
 /// Claims of a Berth token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    /// The subject (`sub`).
     pub sub: String,
+    /// Issued at, seconds since the epoch.
     pub iat: u64,
+    /// Not valid before, seconds since the epoch.
     pub nbf: u64,
+    /// Expires at, seconds since the epoch.
     pub exp: u64,
+    /// The token id revocation names.
     pub jti: String,
+    /// The role granted.
     pub role: Role,
+    /// The services granted (`*` for all).
     pub services: BTreeSet<String>,
 }
 
 /// What the controller remembers of a token it issued.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
+    /// The token id.
     pub jti: String,
+    /// Whom it was issued to.
     pub subject: String,
+    /// What it grants.
     pub scope: Scope,
+    /// Issued at, seconds since the epoch.
     pub issued_at: u64,
+    /// Expires at, seconds since the epoch.
     pub expires_at: u64,
+    /// Whether it has been revoked.
     pub revoked: bool,
     /// Whether this is a bootstrap admin token (the one written to
     /// `admin.token`); rotating that file revokes every earlier one.
@@ -74,18 +87,25 @@ pub struct TokenRecord {
 pub struct CertRecord {
     /// Lowercase hex of the serial number's bytes.
     pub serial: String,
+    /// Whom it was issued to (its CN).
     pub subject: String,
+    /// What it grants.
     pub scope: Scope,
+    /// Valid from, seconds since the epoch.
     pub not_before: u64,
+    /// Valid until, seconds since the epoch.
     pub not_after: u64,
+    /// Whether it has been revoked.
     pub revoked: bool,
 }
 
 /// Why a credential was refused or could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// The caller sent something unusable (a bad CSR, scope or credential).
     #[error("{0}")]
     Invalid(String),
+    /// No credential by that id.
     #[error("{0} does not exist")]
     NotFound(String),
     /// The controller's own records are damaged.
@@ -98,10 +118,13 @@ pub enum CredentialError {
     /// A record could not be serialised for the database.
     #[error("cannot encode a credential record: {0}")]
     Encode(serde_json::Error),
+    /// A subject name is refused.
     #[error(transparent)]
     Subject(#[from] SubjectError),
+    /// The CA or a key file failed.
     #[error("{0}")]
     Pki(#[from] PkiError),
+    /// The credential database failed.
     #[error("credential database error: {0}")]
     Db(#[from] sled::Error),
 }
@@ -423,10 +446,12 @@ impl Credentials {
         Ok((identity, record.jti, window))
     }
 
+    /// Every token issued, revoked ones included.
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, CredentialError> {
         self.tokens.iter().map(|e| decode(&e?.1)).collect()
     }
 
+    /// Revokes a token by id; effective at its next use.
     pub fn revoke_token(&self, jti: &str) -> Result<TokenRecord, CredentialError> {
         let mut record: TokenRecord = match self.tokens.get(jti.as_bytes())? {
             Some(raw) => decode(&raw)?,
@@ -640,10 +665,12 @@ impl Credentials {
         ))
     }
 
+    /// Every client certificate signed, revoked ones included.
     pub fn list_certs(&self) -> Result<Vec<CertRecord>, CredentialError> {
         self.certs.iter().map(|e| decode(&e?.1)).collect()
     }
 
+    /// Revokes a client certificate by serial (hex, colons allowed).
     pub fn revoke_cert(&self, serial: &str) -> Result<CertRecord, CredentialError> {
         let key = serial.trim().to_ascii_lowercase().replace(':', "");
         let mut record: CertRecord = match self.certs.get(key.as_bytes())? {
@@ -656,6 +683,7 @@ impl Credentials {
         Ok(record)
     }
 
+    /// The CA client certificates are signed by.
     pub fn ca(&self) -> &Ca {
         &self.ca
     }

@@ -33,6 +33,7 @@ impl std::fmt::Display for Role {
 /// A credential's scope, fixed by the admin who issued it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
+    /// The role granted.
     pub role: Role,
     /// Services a user may use; `*` for all.
     pub services: BTreeSet<String>,
@@ -67,16 +68,22 @@ impl Scope {
 /// How the caller proved who they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
+    /// A bearer token.
     Token,
+    /// A client certificate.
     Certificate,
+    /// A token and a certificate of the same subject.
     Both,
 }
 
 /// An authenticated caller.
 #[derive(Clone, Debug)]
 pub struct Identity {
+    /// The subject, in normal form C.
     pub subject: String,
+    /// What the caller may do.
     pub scope: Scope,
+    /// How it was proven.
     pub via: Via,
 }
 

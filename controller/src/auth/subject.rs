@@ -11,25 +11,45 @@ pub const SUBJECT_MAX_BYTES: usize = 128;
 /// terminal or a log.
 #[derive(Debug, thiserror::Error)]
 pub enum SubjectError {
+    /// Nothing at all.
     #[error("a subject cannot be empty")]
     Empty,
     #[error(
         "subject \"{shown}\" is {len} bytes long; the limit is {SUBJECT_MAX_BYTES} bytes of UTF-8"
     )]
-    TooLong { shown: String, len: usize },
+    /// Longer than [`SUBJECT_MAX_BYTES`].
+    TooLong {
+        /// The name, escaped.
+        shown: String,
+        /// Its length in bytes.
+        len: usize,
+    },
     #[error(
         "subject \"{shown}\" holds U+{code:04X} ({kind}) at character {position}: subjects may hold only visible characters and inner ASCII spaces; remove it"
     )]
+    /// A character that is invisible or reorders text.
     Hidden {
+        /// The name, escaped.
         shown: String,
+        /// The refused code point.
         code: u32,
+        /// What kind of character it is.
         kind: &'static str,
+        /// Its position, counting characters from 1.
         position: usize,
     },
+    /// A leading or trailing space.
     #[error("subject \"{shown}\" starts or ends with a space; remove it")]
-    EdgeSpace { shown: String },
+    EdgeSpace {
+        /// The name, escaped.
+        shown: String,
+    },
+    /// A leading combining mark.
     #[error("subject \"{shown}\" starts with a combining mark, which joins what comes before it; remove it")]
-    LeadingMark { shown: String },
+    LeadingMark {
+        /// The name, escaped.
+        shown: String,
+    },
 }
 
 /// What kind of invisible or look-alike-making character `c` is, if it is

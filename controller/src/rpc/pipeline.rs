@@ -24,6 +24,7 @@ pub struct PipelineLayer {
 }
 
 impl PipelineLayer {
+    /// A pipeline authenticating with `auth`.
     pub fn new(auth: Arc<Authenticator>) -> Self {
         Self { auth }
     }

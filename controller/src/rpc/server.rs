@@ -280,14 +280,18 @@ pub enum Transport {
 
 /// What the server serves.
 pub struct Services {
+    /// `ServiceCatalog`, `Volumes` and `Snapshots`.
     pub api: Api,
+    /// `Admin`.
     pub admin: AdminApi,
+    /// What the pipeline authenticates with.
     pub auth: Arc<Authenticator>,
 }
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The reflection service could not be built.
     #[error("gRPC reflection set-up failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }

@@ -30,17 +30,27 @@ use crate::tls::x509::{fingerprint, read_chain, read_key, renew_at, sans_of, val
 pub enum IdentitySource {
     /// Issued by the controller's own CA into `<data-dir>/tls/`, renewed
     /// automatically. `sans` are the extra names it carries.
-    Generated { sans: Vec<String> },
+    Generated {
+        /// Extra SANs (`--san`).
+        sans: Vec<String>,
+    },
     /// Operator-provided PEM files (`--tls-cert`, `--tls-key`), reloaded when
     /// they change and on SIGHUP.
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        /// The certificate chain (`--tls-cert`).
+        cert: PathBuf,
+        /// Its private key (`--tls-key`).
+        key: PathBuf,
+    },
 }
 
 /// The lowest protocol version accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MinVersion {
+    /// TLS 1.2 and 1.3.
     #[value(name = "1.2")]
     Tls12,
+    /// TLS 1.3 only.
     #[value(name = "1.3")]
     Tls13,
 }
@@ -50,7 +60,9 @@ pub enum MinVersion {
 pub struct TlsOptions {
     /// `<data-dir>/tls`.
     pub dir: PathBuf,
+    /// Where the server certificate comes from.
     pub source: IdentitySource,
+    /// The lowest protocol version accepted.
     pub min_version: MinVersion,
     /// Extra CA bundles trusted for client certificates.
     pub client_cas: Vec<PathBuf>,
@@ -94,10 +106,12 @@ impl Tls {
         tokio_rustls::TlsAcceptor::from(self.config.load_full())
     }
 
+    /// What the current configuration presents.
     pub fn presented(&self) -> Arc<Presented> {
         self.presented.load_full()
     }
 
+    /// What the configuration is built from.
     pub fn options(&self) -> &TlsOptions {
         &self.options
     }

@@ -38,22 +38,31 @@ pub const SCAN_BUDGET: usize = 4096;
 /// Why a volume operation failed. Each variant maps to one gRPC code.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
+    /// The request is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// No such service, volume or snapshot.
     #[error("{0}")]
     NotFound(String),
+    /// The name is taken by something else.
     #[error("{0}")]
     AlreadyExists(String),
+    /// Not now: attached, has snapshots, attached elsewhere.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The service's driver does not support it.
     #[error("{0}")]
     Unimplemented(String),
+    /// The driver refused or failed.
     #[error("service {service}: {source}")]
     Driver {
+        /// The service whose driver it was.
         service: String,
+        /// What the driver said.
         #[source]
         source: DriverError,
     },
+    /// The record store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -116,9 +125,13 @@ fn shown_options(options: &BTreeMap<String, String>) -> String {
 
 /// A create request, not yet validated.
 pub struct NewVolume {
+    /// The service to create it in.
     pub service: String,
+    /// The volume name.
     pub name: String,
+    /// The size; 0 with a snapshot means the snapshot's size.
     pub size_bytes: u64,
+    /// Driver options.
     pub options: BTreeMap<String, String>,
     /// Restore this snapshot into the new volume.
     pub from_snapshot: Option<String>,
@@ -127,8 +140,11 @@ pub struct NewVolume {
 /// Which volumes a listing keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachmentFilter {
+    /// Every volume.
     Any,
+    /// Volumes attached somewhere.
     Attached,
+    /// Volumes attached nowhere.
     Available,
 }
 
@@ -156,6 +172,7 @@ fn driver_error(service: &Service) -> impl FnOnce(DriverError) -> VolumeError + 
 }
 
 impl Volumes {
+    /// A volume manager over the configured services and the record store.
     pub fn new(catalog: Arc<Catalog>, store: Store) -> Self {
         Self {
             catalog,
@@ -166,10 +183,12 @@ impl Volumes {
         }
     }
 
+    /// The configured services.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 
+    /// The configured services, shared.
     pub fn catalog_arc(&self) -> &Arc<Catalog> {
         &self.catalog
     }
@@ -217,6 +236,7 @@ impl Volumes {
             })
     }
 
+    /// The record of one volume.
     pub fn get(&self, service: &str, name: &str) -> Result<VolumeRecord, VolumeError> {
         let service = self.service(service)?;
         let name = Self::name("volume", name)?;
@@ -598,6 +618,7 @@ impl Volumes {
             })
     }
 
+    /// The record of one snapshot.
     pub fn get_snapshot(&self, service: &str, name: &str) -> Result<SnapshotRecord, VolumeError> {
         let service = self.service(service)?;
         let name = Self::name("snapshot", name)?;
@@ -671,6 +692,7 @@ impl Volumes {
             .map_err(journal_error(&service))
     }
 
+    /// Deletes a snapshot; journaled like every change.
     pub async fn delete_snapshot(&self, service: &str, name: &str) -> Result<(), VolumeError> {
         let service = Arc::clone(self.service(service)?);
         let name = Self::name("snapshot", name)?;
@@ -754,6 +776,7 @@ impl Volumes {
         Ok(())
     }
 
+    /// Makes every record written so far durable.
     pub async fn flush(&self) -> Result<(), VolumeError> {
         Ok(self.store.flush().await?)
     }
