@@ -24,7 +24,7 @@ pub struct ConfigFile {
     pub services: Vec<ServiceConfig>,
     /// Connection and stream limits (`[limits]`); `berthd` flags win.
     #[serde(default)]
-    pub limits: crate::rpc::server::LimitSettings,
+    pub limits: crate::rpc::limits::LimitSettings,
 }
 
 /// One configured service: a named instance of a driver.

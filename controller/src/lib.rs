@@ -14,7 +14,8 @@
 //! | [`fsio`] | the one private/atomic file writer |
 //! | [`profile`] | the ready-made client profile written at start |
 //! | [`rpc`] | the gRPC face: server, pipeline, the authorising [`rpc::call::Gate`], one error-to-status table, the services |
-//! | [`rpc::server`] | serving the router on a listener: limits, TLS handshakes, shutdown |
+//! | [`rpc::server`] | serving the router on a listener: connections, TLS handshakes, shutdown |
+//! | [`rpc::limits`] | connection and stream limits: defaults, settings, resolution |
 //! | [`rpc::pipeline`] | the layer every request passes (authentication, logging) |
 //! | [`rpc::call`] | handlers get authorised calls; the method comes from the route |
 //! | [`rpc::status`] | every error to its gRPC status, in one place |
@@ -78,7 +79,7 @@ pub struct Options {
     pub security: Security,
     /// Connection and stream limits given on the command line; they win
     /// over the config file's `[limits]`, which wins over the defaults.
-    pub limits: rpc::server::LimitSettings,
+    pub limits: rpc::limits::LimitSettings,
 }
 
 /// The transport security the operator chose.
@@ -119,7 +120,7 @@ pub struct Controller {
     credentials: Arc<auth::credentials::Credentials>,
     store: Store,
     admin_token: PathBuf,
-    limits: rpc::server::Limits,
+    limits: rpc::limits::Limits,
 }
 
 impl Controller {
@@ -169,7 +170,7 @@ impl Controller {
             ),
         };
         // The flags alone first, so a bad value is blamed on where it is.
-        let open_files = rpc::server::open_file_limit();
+        let open_files = rpc::limits::open_file_limit();
         options.limits.resolve(open_files)?;
         let limits = match &config {
             Some(file) => options

@@ -293,14 +293,8 @@ impl FileStore for Layout {
         volume: &VolumeName,
         snapshot: &VolumeName,
     ) -> DriverResult<DriverSnapshot> {
-        if let Some(existing) = self.snapshot(snapshot)? {
-            if &existing.volume == volume {
-                return Ok(existing);
-            }
-            return Err(DriverError::AlreadyExists(format!(
-                "snapshot {snapshot} already exists, of volume {}",
-                existing.volume
-            )));
+        if let Some(existing) = self.retaken(volume, snapshot)? {
+            return Ok(existing);
         }
         let Some(size_bytes) = self.size_of(volume)? else {
             return Err(DriverError::NotFound(format!("volume {volume}")));

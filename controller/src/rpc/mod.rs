@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod call;
+pub mod limits;
 pub mod pipeline;
 pub mod server;
 pub mod snapshots;

@@ -48,6 +48,23 @@ pub(crate) trait FileStore: Send + Sync + 'static {
         meta::snapshot(&self.dirs().snapshot_meta, snapshot)
     }
 
+    /// A snapshot already taken under this name: `Some` when it is of
+    /// `volume` (a retry answers it), AlreadyExists when of another.
+    fn retaken(
+        &self,
+        volume: &VolumeName,
+        snapshot: &VolumeName,
+    ) -> DriverResult<Option<DriverSnapshot>> {
+        match self.snapshot(snapshot)? {
+            Some(existing) if &existing.volume == volume => Ok(Some(existing)),
+            Some(existing) => Err(DriverError::AlreadyExists(format!(
+                "snapshot {snapshot} already exists, of volume {}",
+                existing.volume
+            ))),
+            None => Ok(None),
+        }
+    }
+
     /// A volume, if it exists.
     fn get(&self, name: &VolumeName) -> DriverResult<Option<DriverVolume>> {
         match self.size_of(name)? {
