@@ -19,18 +19,21 @@ use serde::Deserialize;
 pub struct ConfigFile {
     /// Address to listen on (overridden by `--listen`).
     pub listen: Option<String>,
+    /// The services, in file order.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
     /// Connection and stream limits (`[limits]`); `berthd` flags win.
     #[serde(default)]
-    pub limits: crate::server::LimitSettings,
+    pub limits: crate::rpc::limits::LimitSettings,
 }
 
 /// One configured service: a named instance of a driver.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
+    /// The service name clients use.
     pub name: String,
+    /// The driver that serves it (a registered name).
     pub driver: String,
     /// Driver options; values may be strings, numbers or booleans.
     #[serde(default)]
@@ -47,17 +50,30 @@ pub struct ServiceConfig {
 /// What is wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// The file is not valid TOML of the expected shape.
     #[error("config file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, on one line.
+        message: String,
+    },
+    /// One service's entry is wrong.
     #[error("config file {path}, service {service:?}: {problem}")]
     Service {
+        /// The file.
         path: PathBuf,
+        /// The service.
         service: String,
+        /// What is wrong.
         problem: String,
     },
 }
@@ -112,7 +128,7 @@ impl ConfigFile {
             // subject (they are refused too) and would only mislead.
             for (list, entries) in [("allow", &mut service.allow), ("deny", &mut service.deny)] {
                 for entry in entries.iter_mut() {
-                    *entry = crate::credentials::normalize_subject(entry)
+                    *entry = crate::auth::subject::normalize_subject(entry)
                         .map_err(|e| fail(format!("{list} list entry refused: {e}")))?;
                 }
             }
