@@ -132,6 +132,19 @@ impl ConfigFile {
                         .map_err(|e| fail(format!("{list} list entry refused: {e}")))?;
                 }
             }
+            // Drivers read options as strings: a table or an array (for
+            // example from a dotted key, `a.b = "x"`) has no meaning to them
+            // and would reach the driver as TOML text.
+            for (key, value) in &service.options {
+                if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
+                    return Err(fail(format!(
+                        "option {:?} is a {}; driver options are strings, numbers or booleans \
+                         (quote a key that holds a dot: \"a.b\" = ...)",
+                        one_line(key).chars().take(64).collect::<String>(),
+                        value.type_str()
+                    )));
+                }
+            }
         }
         if file.services.is_empty() {
             return Err(ConfigError::Parse {
@@ -164,6 +177,30 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `controller_config` fuzz target: a dotted key under
+    /// `[services.options]` made nested tables, accepted as an option whose
+    /// value reached the driver as TOML text (and, nested deep enough,
+    /// could not be written back).
+    #[test]
+    fn option_tables_and_arrays_are_refused() {
+        let path = Path::new("/etc/berth/berthd.toml");
+        for options in ["a.b = \"x\"", "a = [\"x\"]", "a = { b = 1 }"] {
+            let text = format!(
+                "[[services]]\nname = \"fast\"\ndriver = \"vfs\"\n[services.options]\n{options}\n"
+            );
+            let err = ConfigFile::parse(&text, path).expect_err(&text);
+            let message = err.to_string();
+            assert!(message.contains("option \"a\""), "{message}");
+            assert!(
+                message.contains("strings, numbers or booleans"),
+                "{message}"
+            );
+        }
+        let text = "[[services]]\nname = \"fast\"\ndriver = \"vfs\"\n[services.options]\n\"a.b\" = \"x\"\nsize = 3\nsync = true\n";
+        let file = ConfigFile::parse(text, path).expect("quoted dotted key, number, boolean");
+        assert_eq!(file.services[0].driver_options().get("a.b"), Some("x"));
+    }
 
     /// Found by the `controller_config` fuzz target: NULs and a carriage
     /// return inside a string were echoed raw in the error.
