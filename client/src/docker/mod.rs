@@ -1,0 +1,1 @@
+//! Docker volume plugin (placeholder).
