@@ -88,6 +88,9 @@ enum Command {
     /// The controller's certificate authority (admin).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Node agents: Docker's volume plugin.
+    #[command(subcommand)]
+    Plugin(node_cmd::PluginCommand),
 }
 
 #[derive(Args, Debug)]
@@ -311,6 +314,8 @@ enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+    #[command(flatten)]
+    Node(node_cmd::NodeVolumeCommand),
     /// Create DST as a copy of SRC.
     Copy {
         source: String,
@@ -532,6 +537,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Trust(command) = &cli.command {
         return trust_command(&cli, command).await;
     }
+    if let Command::Plugin(command) = &cli.command {
+        return node_cmd::plugin(cli.session_options(), command).await;
+    }
     let session = Session::open(&cli.session_options()).await?;
     match &cli.command {
         Command::Service(ServiceCommand::List) => {
@@ -709,7 +717,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_volume(cli.output, &volume)?;
         }
         Command::Snapshot(command) => snapshot_command(&session, cli.output, command).await?,
-        Command::Trust(_) => unreachable!("handled above"),
+        Command::Volume(VolumeCommand::Node(command)) => {
+            node_cmd::volume(&session, &cli.session_options(), cli.output, command).await?
+        }
+        Command::Trust(_) | Command::Plugin(_) => unreachable!("handled above"),
         Command::Token(command) => admin::token(&session.admin(), cli.output, command).await?,
         Command::Cert(command) => admin::cert(&session.admin(), cli.output, command).await?,
         Command::Ca(CaCommand::Show) => {
@@ -730,6 +741,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 mod admin;
+mod node_cmd;
 
 /// This machine's host name: the default instance ID.
 fn this_host() -> String {

@@ -614,7 +614,10 @@ mod tests {
         }
         for (k, v) in [("fs", "ntfs"), ("fs", ""), ("mode", "0755")] {
             let err = driver.create(&req(k, v)).await.expect_err("refused");
-            assert!(matches!(err, DriverError::InvalidArgument(_)), "{k}={v}: {err:?}");
+            assert!(
+                matches!(err, DriverError::InvalidArgument(_)),
+                "{k}={v}: {err:?}"
+            );
         }
         assert_eq!(driver.get(&req("fs", "x").name).await.expect("get"), None);
     }

@@ -221,7 +221,7 @@ fn install_hint(tool: &str) -> &'static str {
 }
 
 /// A controller status as words, the way `berth` prints it.
-fn status_text(status: &tonic::Status) -> String {
+pub(crate) fn status_text(status: &tonic::Status) -> String {
     use tonic::Code::*;
     if let Some(no_reply) = deadline::no_reply(status) {
         return no_reply.to_string();
