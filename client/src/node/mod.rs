@@ -485,6 +485,14 @@ impl Node {
             .collect())
     }
 
+    /// Where an image's filesystem is mounted once for all its paths.
+    fn staging_path(&self, service: &str, name: &str) -> PathBuf {
+        state::meta_dir(&self.root)
+            .join("staging")
+            .join(service)
+            .join(name)
+    }
+
     async fn lock(&self) -> Result<state::StateLock, NodeError> {
         let (root, wait) = (self.root.clone(), self.lock_wait);
         tokio::task::spawn_blocking(move || state::StateLock::acquire(&root, wait))
@@ -727,10 +735,7 @@ impl Node {
                 entry_mut(state, key)?.block = Some(block.clone());
                 lock.save(state)?;
                 pause("block");
-                let staging = state::meta_dir(&self.root)
-                    .join("staging")
-                    .join(service)
-                    .join(name);
+                let staging = self.staging_path(service, name);
                 state::make_dir(&staging)?;
                 if !sys::is_mount_point(&staging)? {
                     let fs_type = match sys::probe(&block).await? {
@@ -829,12 +834,14 @@ impl Node {
         if !entry.paths.is_empty() {
             return Ok(());
         }
-        if let Some(staging) = &entry.staging {
-            if sys::is_mount_point(staging)? {
-                sys::unmount(staging, lazy)?;
-            }
-            let _ = std::fs::remove_dir(staging);
+        let staging = entry
+            .staging
+            .clone()
+            .unwrap_or_else(|| self.staging_path(&entry.service, &entry.name));
+        if sys::is_mount_point(&staging)? {
+            sys::unmount(&staging, lazy)?;
         }
+        let _ = std::fs::remove_dir(&staging);
         match (entry.driver.as_deref(), &entry.device, &entry.block) {
             (_, _, Some(block)) if block.starts_with("/dev/nbd") => {
                 sys::nbd_disconnect(block).await?
