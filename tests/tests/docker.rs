@@ -325,16 +325,22 @@ impl Drop for PluginProc {
 
 /// One POST to the plugin socket, as Docker sends it, with a bounded wait.
 fn call(socket: &Path, endpoint: &str, body: &str) -> Value {
+    call_paced(socket, endpoint, body, Duration::ZERO)
+}
+
+/// [`call`], sending the body `pause` after the headers.
+fn call_paced(socket: &Path, endpoint: &str, body: &str, pause: Duration) -> Value {
     let mut s = UnixStream::connect(socket).expect("connect plugin");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    write!(
-        s,
+    let head = format!(
         "POST /{endpoint} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .expect("send");
+    );
+    s.write_all(head.as_bytes()).expect("send headers");
+    std::thread::sleep(pause);
+    s.write_all(body.as_bytes()).expect("send body");
     let mut response = String::new();
     s.read_to_string(&mut response).expect("read reply");
     let (_, json) = response.split_once("\r\n\r\n").expect("an HTTP reply");
@@ -555,6 +561,19 @@ fn docker_uses_berth_volumes_through_the_plugin() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(reply["Err"], "", "{reply}\n{}", plugin.log());
+
+    // Replies are never lost to a connection reset, even from endpoints
+    // that need no request body (the plugin once answered List before
+    // reading the body, and closing with it unread reset the connection).
+    for endpoint in [
+        "Plugin.Activate",
+        "VolumeDriver.Capabilities",
+        "VolumeDriver.List",
+    ] {
+        let body = r#"{"sent": "after the headers"}"#;
+        let reply = call_paced(&socket, endpoint, body, Duration::from_millis(100));
+        assert!(reply.is_object(), "{endpoint}: {reply}");
+    }
 
     // The other endpoints Docker calls.
     assert_eq!(

@@ -108,11 +108,14 @@ struct MountIdRequest {
     id: String,
 }
 
-async fn activate() -> Response {
+// Every handler reads the whole body, even when it needs none: a reply sent
+// with the request still unread makes the kernel reset the connection, and
+// the caller may lose the reply.
+async fn activate(_body: Bytes) -> Response {
     reply(json!({ "Implements": ["VolumeDriver"] }))
 }
 
-async fn capabilities() -> Response {
+async fn capabilities(_body: Bytes) -> Response {
     reply(json!({ "Capabilities": { "Scope": "global" } }))
 }
 
@@ -377,7 +380,7 @@ async fn get(State(plugin): State<Arc<Plugin>>, body: Bytes) -> Response {
     answer("Get", &name, result)
 }
 
-async fn list(State(plugin): State<Arc<Plugin>>) -> Response {
+async fn list(State(plugin): State<Arc<Plugin>>, _body: Bytes) -> Response {
     let result = async {
         let session = plugin.session().await;
         // One listing of every service the credential may see; never a
