@@ -5,7 +5,9 @@
 //! | [`config`] | the client configuration file |
 //! | [`connect`] | connection set-up and trust decisions, in one place |
 //! | [`deadline`] | the bound on every call (`--timeout`) |
+//! | [`docker`] | Docker's volume plugin API over a unix socket |
 //! | [`instance`] | this machine as an instance (the default instance ID) |
+//! | [`node`] | the node side: mount a volume where a workload can use it, and unmount it |
 //! | [`output`] | tables and JSON for people and scripts |
 //! | [`pinning`] | fingerprints, the sled trust store, the pin verifier |
 //! | [`prompt`] | the first-contact question and the changed-fingerprint banner |
@@ -23,7 +25,9 @@
 pub mod config;
 pub mod connect;
 pub mod deadline;
+pub mod docker;
 pub mod instance;
+pub mod node;
 pub mod output;
 pub mod pinning;
 pub mod prompt;

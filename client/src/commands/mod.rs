@@ -8,6 +8,7 @@ use crate::cli::Globals;
 
 pub mod ca;
 pub mod cert;
+pub mod node;
 pub mod service;
 pub mod snapshot;
 pub mod token;
@@ -38,6 +39,9 @@ pub enum Command {
     /// The controller's certificate authority (admin).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Node agents: Docker's volume plugin.
+    #[command(subcommand)]
+    Plugin(node::PluginCommand),
 }
 
 /// Runs one command. Every group but `trust` opens a session first.
@@ -50,6 +54,7 @@ pub async fn run(globals: &Globals, command: &Command) -> anyhow::Result<()> {
         Command::Token(c) => token::run(globals, c).await,
         Command::Cert(c) => cert::run(globals, c).await,
         Command::Ca(c) => ca::run(globals, c).await,
+        Command::Plugin(c) => node::plugin(globals.session_options(), c).await,
     }
 }
 

@@ -75,6 +75,8 @@ pub enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+    #[command(flatten)]
+    Node(super::node::NodeVolumeCommand),
     /// Create DST as a copy of SRC.
     Copy {
         source: String,
@@ -246,6 +248,9 @@ pub async fn run(globals: &Globals, command: &VolumeCommand) -> anyhow::Result<(
             };
             let volume = volumes.copy_volume(request).await?.into_inner();
             print_volume(format, &volume)
+        }
+        VolumeCommand::Node(c) => {
+            super::node::volume(&session, &globals.session_options(), format, c).await
         }
     }
 }
