@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_tests::node::{can_run, file_holds, is_root, loops_of, tool_exists, NodeLab};
+use berth_tests::node::{
+    can_run, file_holds, is_root, loops_of, mounts_under, tool_exists, NodeLab,
+};
 use serde_json::Value;
 
 /// How long one docker command may take.
@@ -249,6 +251,11 @@ impl Drop for Dockerd {
             if !pid.is_empty() && Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = Command::new("kill").args(["-KILL", pid]).status();
             }
+        }
+        // dockerd binds its data root onto itself (and mounts layers and
+        // container state below); one that failed half-way leaves them.
+        for mount in mounts_under(self.dir.path()).into_iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
         }
     }
 }
