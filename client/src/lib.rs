@@ -6,6 +6,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | [`config`] | the client configuration file |
+//! | [`csi`] | `berth plugin csi`: a CSI v1 plugin (Identity, Controller, Node) backed by berthd |
 //! | [`connect`] | connection set-up and trust decisions, in one place |
 //! | [`deadline`] | the bound on every call (`--timeout`) |
 //! | [`pinning`] | fingerprints, the sled trust store, the pin verifier |
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod csi;
 pub mod deadline;
 pub mod output;
 pub mod pinning;

@@ -88,6 +88,15 @@ enum Command {
     /// The controller's certificate authority (admin).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Serve an orchestrator's plugin protocol, backed by the controller.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// A CSI v1 plugin (Identity, Controller, Node) on a unix socket.
+    Csi(berth_client::csi::CsiArgs),
 }
 
 #[derive(Args, Debug)]
@@ -532,6 +541,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Trust(command) = &cli.command {
         return trust_command(&cli, command).await;
     }
+    if let Command::Plugin(PluginCommand::Csi(args)) = &cli.command {
+        let opts = SessionOptions {
+            may_prompt: false,
+            ..cli.session_options()
+        };
+        return Ok(berth_client::csi::serve(opts, args, shutdown_signal()).await?);
+    }
     let session = Session::open(&cli.session_options()).await?;
     match &cli.command {
         Command::Service(ServiceCommand::List) => {
@@ -709,7 +725,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_volume(cli.output, &volume)?;
         }
         Command::Snapshot(command) => snapshot_command(&session, cli.output, command).await?,
-        Command::Trust(_) => unreachable!("handled above"),
+        Command::Trust(_) | Command::Plugin(_) => unreachable!("handled above"),
         Command::Token(command) => admin::token(&session.admin(), cli.output, command).await?,
         Command::Cert(command) => admin::cert(&session.admin(), cli.output, command).await?,
         Command::Ca(CaCommand::Show) => {
@@ -730,6 +746,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 mod admin;
+
+/// Resolves on SIGINT or SIGTERM (a plugin's orderly stop).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
 
 /// This machine's host name: the default instance ID.
 fn this_host() -> String {
