@@ -129,14 +129,7 @@ impl Plugin {
         ));
         let endpoint = format!("unix://{}", s(&socket));
         let mut args: Vec<&str> = global.to_vec();
-        args.extend([
-            "plugin",
-            "csi",
-            "--endpoint",
-            &endpoint,
-            "--node-id",
-            NODE,
-        ]);
+        args.extend(["plugin", "csi", "--endpoint", &endpoint, "--node-id", NODE]);
         args.extend_from_slice(extra);
         let mut cmd = d.berth_cmd(&args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -315,7 +308,10 @@ async fn identity_capabilities_and_probe() {
     ] {
         assert!(have.contains(&(want as i32)), "{want:?} offered");
     }
-    assert!(!have.contains(&(Rpc::ExpandVolume as i32)), "expand is not offered");
+    assert!(
+        !have.contains(&(Rpc::ExpandVolume as i32)),
+        "expand is not offered"
+    );
     code(
         controller
             .get_capacity(csi::GetCapacityRequest::default())
@@ -339,16 +335,14 @@ async fn identity_capabilities_and_probe() {
         .expect("GetPluginInfo")
         .into_inner();
     assert_eq!(info.name, "fast.berth.example");
-    let bad = lab
-        .d
-        .berth(&[
-            "plugin",
-            "csi",
-            "--endpoint",
-            &format!("unix://{}", s(&lab.work.path().join("bad.sock"))),
-            "--driver-name",
-            "not a name",
-        ]);
+    let bad = lab.d.berth(&[
+        "plugin",
+        "csi",
+        "--endpoint",
+        &format!("unix://{}", s(&lab.work.path().join("bad.sock"))),
+        "--driver-name",
+        "not a name",
+    ]);
     let err = bad.failure();
     assert!(err.contains("driver name"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -370,8 +364,14 @@ async fn the_socket_is_private_and_a_stale_one_is_replaced() {
         .mode();
     assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
     // A second plugin on a live socket is refused, and the first one keeps it.
-    let again = lab.d.berth(&["plugin", "csi", "--endpoint", &plugin.endpoint()]);
-    assert!(again.failure().contains("another plugin"), "{}", again.stderr());
+    let again = lab
+        .d
+        .berth(&["plugin", "csi", "--endpoint", &plugin.endpoint()]);
+    assert!(
+        again.failure().contains("another plugin"),
+        "{}",
+        again.stderr()
+    );
     // SIGTERM removes the socket; a stale socket file is replaced.
     assert!(plugin.stop().is_some_and(|s| s.success()), "orderly exit");
     assert!(!plugin.socket.exists(), "socket removed on exit");
@@ -399,7 +399,12 @@ async fn the_socket_is_private_and_a_stale_one_is_replaced() {
     std::fs::write(&file, "keep").expect("write");
     let err = lab
         .d
-        .berth(&["plugin", "csi", "--endpoint", &format!("unix://{}", s(&file))])
+        .berth(&[
+            "plugin",
+            "csi",
+            "--endpoint",
+            &format!("unix://{}", s(&file)),
+        ])
         .failure();
     assert!(err.contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).expect("read"), "keep");
@@ -412,18 +417,36 @@ async fn probe_follows_the_controller() {
     let mut identity = IdentityClient::new(plugin.channel().await);
     let ready = |p: csi::ProbeResponse| p.ready;
     assert_eq!(
-        ready(identity.probe(csi::ProbeRequest {}).await.expect("probe").into_inner()),
+        ready(
+            identity
+                .probe(csi::ProbeRequest {})
+                .await
+                .expect("probe")
+                .into_inner()
+        ),
         Some(true)
     );
     lab.d.kill9();
     assert_eq!(
-        ready(identity.probe(csi::ProbeRequest {}).await.expect("probe").into_inner()),
+        ready(
+            identity
+                .probe(csi::ProbeRequest {})
+                .await
+                .expect("probe")
+                .into_inner()
+        ),
         Some(false),
         "not ready while berthd is down"
     );
     lab.d.restart();
     assert_eq!(
-        ready(identity.probe(csi::ProbeRequest {}).await.expect("probe").into_inner()),
+        ready(
+            identity
+                .probe(csi::ProbeRequest {})
+                .await
+                .expect("probe")
+                .into_inner()
+        ),
         Some(true),
         "ready again once berthd answers (the plugin reconnects)"
     );
@@ -449,7 +472,10 @@ async fn create_and_delete_are_idempotent_with_csi_codes() {
         .expect("volume");
     assert_eq!(first.volume_id, "fs/pvc-1");
     assert_eq!(first.capacity_bytes, 4 * MIB);
-    assert_eq!(first.volume_context.get("service").map(String::as_str), Some("fs"));
+    assert_eq!(
+        first.volume_context.get("service").map(String::as_str),
+        Some("fs")
+    );
     let again = c
         .create_volume(create_req("pvc-1", Some("fs"), 4 * MIB))
         .await
@@ -465,13 +491,20 @@ async fn create_and_delete_are_idempotent_with_csi_codes() {
         limit_bytes: 8 * MIB,
     });
     let fits = c.create_volume(ranged).await.expect("compatible range");
-    assert_eq!(fits.into_inner().volume.expect("volume").volume_id, "fs/pvc-1");
+    assert_eq!(
+        fits.into_inner().volume.expect("volume").volume_id,
+        "fs/pvc-1"
+    );
     code(
-        c.create_volume(create_req("pvc-1", Some("fs"), 8 * MIB)).await,
+        c.create_volume(create_req("pvc-1", Some("fs"), 8 * MIB))
+            .await,
         Code::AlreadyExists,
     );
     // Missing fields and bad ranges.
-    code(c.create_volume(create_req("", Some("fs"), MIB)).await, Code::InvalidArgument);
+    code(
+        c.create_volume(create_req("", Some("fs"), MIB)).await,
+        Code::InvalidArgument,
+    );
     let mut no_caps = create_req("pvc-2", Some("fs"), MIB);
     no_caps.volume_capabilities.clear();
     code(c.create_volume(no_caps).await, Code::InvalidArgument);
@@ -499,14 +532,13 @@ async fn create_and_delete_are_idempotent_with_csi_codes() {
     code(c.create_volume(block).await, Code::InvalidArgument);
     // A size no image file can have: OUT_OF_RANGE.
     code(
-        c.create_volume(create_req("huge", Some("img"), i64::MAX)).await,
+        c.create_volume(create_req("huge", Some("img"), i64::MAX))
+            .await,
         Code::OutOfRange,
     );
     // No capacity range: the default size; other parameters are driver options.
     let mut with_opts = create_req("pvc-opts", Some("fs"), 0);
-    with_opts
-        .parameters
-        .insert("mode".into(), "0700".into());
+    with_opts.parameters.insert("mode".into(), "0700".into());
     with_opts
         .parameters
         .insert("csi.storage.k8s.io/pv/name".into(), "pv-x".into());
@@ -520,7 +552,15 @@ async fn create_and_delete_are_idempotent_with_csi_codes() {
     assert_eq!(v.capacity_bytes, 16 * MIB);
     let shown = lab
         .d
-        .berth(&["volume", "inspect", "pvc-opts", "--service", "fs", "-o", "json"])
+        .berth(&[
+            "volume",
+            "inspect",
+            "pvc-opts",
+            "--service",
+            "fs",
+            "-o",
+            "json",
+        ])
         .json();
     assert_eq!(shown["options"]["mode"], "0700", "{shown}");
     assert!(shown["options"].get("csi.storage.k8s.io/pv/name").is_none());
@@ -624,7 +664,8 @@ async fn authorization_stays_berths() {
     assert_eq!(v.volume_id, "fs/mine");
     // Another service: PERMISSION_DENIED from berthd, never a fallback.
     code(
-        c.create_volume(create_req("theirs", Some("img"), MIB)).await,
+        c.create_volume(create_req("theirs", Some("img"), MIB))
+            .await,
         Code::PermissionDenied,
     );
     let admin = lab.plugin(&[], &[]);
@@ -672,7 +713,10 @@ async fn authorization_stays_berths() {
         .collect();
     assert_eq!(ids, vec!["fs/mine".to_owned()]);
     // The volume on img is still there.
-    let img = lab.d.berth(&["volume", "list", "--service", "img", "-o", "json"]).json();
+    let img = lab
+        .d
+        .berth(&["volume", "list", "--service", "img", "-o", "json"])
+        .json();
     assert_eq!(img.as_array().map(Vec::len), Some(1), "{img}");
 }
 
@@ -715,7 +759,10 @@ async fn list_volumes_pages_and_refuses_bad_tokens() {
         assert!(page.entries.len() <= 3);
         pages += 1;
         for e in page.entries {
-            assert!(seen.insert(e.volume.expect("volume").volume_id), "no repeats");
+            assert!(
+                seen.insert(e.volume.expect("volume").volume_id),
+                "no repeats"
+            );
         }
         if page.next_token.is_empty() {
             break;
@@ -821,7 +868,9 @@ async fn snapshots_restores_and_clones() {
             .volume
             .expect("volume");
         assert_eq!(restored.content_source, restore.volume_content_source);
-        c.create_volume(restore.clone()).await.expect("restore again");
+        c.create_volume(restore.clone())
+            .await
+            .expect("restore again");
         let mut missing = restore.clone();
         missing.name = "restored-2".into();
         missing.volume_content_source = Some(csi::VolumeContentSource {
@@ -947,7 +996,8 @@ async fn snapshots_restores_and_clones() {
         .unwrap_or_else(|e| panic!("delete snapshot {id}: {e}"));
     }
     code(
-        c.delete_snapshot(csi::DeleteSnapshotRequest::default()).await,
+        c.delete_snapshot(csi::DeleteSnapshotRequest::default())
+            .await,
         Code::InvalidArgument,
     );
 }
@@ -975,7 +1025,11 @@ async fn publish_and_unpublish_attach_to_the_node() {
         .await
         .expect("publish")
         .into_inner();
-    let device = first.publish_context.get("device").cloned().expect("device");
+    let device = first
+        .publish_context
+        .get("device")
+        .cloned()
+        .expect("device");
     assert!(Path::new(&device).is_dir(), "the vfs directory: {device}");
     let again = c
         .controller_publish_volume(req(NODE))
@@ -994,11 +1048,17 @@ async fn publish_and_unpublish_attach_to_the_node() {
         .expect("list")
         .into_inner();
     assert_eq!(
-        listed.entries[0].status.as_ref().map(|s| s.published_node_ids.clone()),
+        listed.entries[0]
+            .status
+            .as_ref()
+            .map(|s| s.published_node_ids.clone()),
         Some(vec![NODE.to_owned()])
     );
     // Single attach: another known node is FAILED_PRECONDITION; an unknown one NOT_FOUND.
-    code(c.controller_publish_volume(req("n2")).await, Code::FailedPrecondition);
+    code(
+        c.controller_publish_volume(req("n2")).await,
+        Code::FailedPrecondition,
+    );
     code(c.controller_publish_volume(req("n9")).await, Code::NotFound);
     code(
         c.controller_publish_volume(csi::ControllerPublishVolumeRequest {
@@ -1042,7 +1102,9 @@ async fn publish_and_unpublish_attach_to_the_node() {
         .await
         .expect("unpublish (twice)");
     }
-    c.controller_publish_volume(req("n2")).await.expect("now n2 may have it");
+    c.controller_publish_volume(req("n2"))
+        .await
+        .expect("now n2 may have it");
     c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
         volume_id: v.volume_id.clone(),
         node_id: String::new(),
@@ -1115,13 +1177,16 @@ async fn node_stage_and_publish_mount_the_volume() {
             ..Default::default()
         };
         for _ in 0..2 {
-            n.node_stage_volume(stage.clone()).await.expect("stage (twice)");
+            n.node_stage_volume(stage.clone())
+                .await
+                .expect("stage (twice)");
             n.node_publish_volume(publish.clone())
                 .await
                 .expect("publish (twice)");
         }
         if matches!(cap.access_type, Some(AccessType::Mount(_))) {
-            std::fs::write(target.join("hello.txt"), "from the pod").expect("write through the mount");
+            std::fs::write(target.join("hello.txt"), "from the pod")
+                .expect("write through the mount");
             let stats = n
                 .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
                     volume_id: v.volume_id.clone(),
@@ -1135,12 +1200,16 @@ async fn node_stage_and_publish_mount_the_volume() {
         } else {
             use std::os::unix::fs::FileTypeExt;
             let kind = std::fs::metadata(&target).expect("target").file_type();
-            assert!(kind.is_block_device(), "block access publishes the device: {kind:?}");
+            assert!(
+                kind.is_block_device(),
+                "block access publishes the device: {kind:?}"
+            );
         }
         if service == "fs" {
             let device = published.publish_context.get("device").expect("device");
             assert_eq!(
-                std::fs::read_to_string(Path::new(device).join("hello.txt")).expect("in the volume"),
+                std::fs::read_to_string(Path::new(device).join("hello.txt"))
+                    .expect("in the volume"),
                 "from the pod"
             );
         }
@@ -1186,7 +1255,8 @@ async fn node_stage_and_publish_mount_the_volume() {
     }
     // Missing fields.
     code(
-        n.node_publish_volume(csi::NodePublishVolumeRequest::default()).await,
+        n.node_publish_volume(csi::NodePublishVolumeRequest::default())
+            .await,
         Code::InvalidArgument,
     );
     code(
@@ -1418,10 +1488,38 @@ async fn create_volume_p50_against_hostpath() {
     let berth_fs = create_p50(plugin.channel().await, fs, N).await;
     let berth_img = create_p50(plugin.channel().await, img, N).await;
     let reference = create_p50(connect(&hp_socket).await, HashMap::new(), N).await;
+    // berthd's own CreateVolume (TLS, durable before the reply), without
+    // the plugin: what the plugin adds is the difference.
+    let session = berth_client::session::Session::open(&berth_client::session::SessionOptions {
+        host: Some(lab.d.addr.to_string()),
+        config: Some(lab.d.home.join(".config/berth/config.toml")),
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .expect("a session with berthd");
+    let mut direct = Vec::with_capacity(N);
+    for i in 0..N {
+        let t = Instant::now();
+        session
+            .volumes()
+            .create_volume(berth_proto::v1::CreateVolumeRequest {
+                service: "fs".into(),
+                name: format!("direct-{i}"),
+                size_bytes: MIB as u64,
+                ..Default::default()
+            })
+            .await
+            .expect("direct create");
+        direct.push(t.elapsed());
+    }
+    direct.sort();
     println!(
-        "CreateVolume p50 over {N} calls: berth plugin csi (vfs) {:.2} ms, (image) {:.2} ms; hostpathplugin {:.2} ms",
+        "CreateVolume p50 over {N} calls: berth plugin csi (vfs) {:.2} ms, (image) {:.2} ms; \
+         berthd directly (vfs) {:.2} ms; hostpathplugin {:.2} ms",
         berth_fs.as_secs_f64() * 1e3,
         berth_img.as_secs_f64() * 1e3,
+        direct[N / 2].as_secs_f64() * 1e3,
         reference.as_secs_f64() * 1e3
     );
 }
