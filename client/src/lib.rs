@@ -13,12 +13,16 @@
 //! | [`prompt`] | the first-contact question and the changed-fingerprint banner |
 //! | [`session`] | target, trust decision and credentials: an open session with the controller |
 //! | [`size`] | human sizes (`10GiB`) |
+//! | [`node`] | the node side: mount a volume where a workload can use it, and unmount it |
+//! | [`docker`] | Docker's volume plugin API over a unix socket |
 //! | [`output`] | tables and JSON for people and scripts |
 
 pub mod config;
 pub mod connect;
 pub mod csi;
 pub mod deadline;
+pub mod docker;
+pub mod node;
 pub mod output;
 pub mod pinning;
 pub mod prompt;

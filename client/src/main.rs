@@ -88,15 +88,9 @@ enum Command {
     /// The controller's certificate authority (admin).
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Serve an orchestrator's plugin protocol, backed by the controller.
+    /// Node agents: Docker's volume plugin.
     #[command(subcommand)]
-    Plugin(PluginCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum PluginCommand {
-    /// A CSI v1 plugin (Identity, Controller, Node) on a unix socket.
-    Csi(berth_client::csi::CsiArgs),
+    Plugin(node_cmd::PluginCommand),
 }
 
 #[derive(Args, Debug)]
@@ -320,6 +314,8 @@ enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+    #[command(flatten)]
+    Node(node_cmd::NodeVolumeCommand),
     /// Create DST as a copy of SRC.
     Copy {
         source: String,
@@ -541,12 +537,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Trust(command) = &cli.command {
         return trust_command(&cli, command).await;
     }
-    if let Command::Plugin(PluginCommand::Csi(args)) = &cli.command {
-        let opts = SessionOptions {
-            may_prompt: false,
-            ..cli.session_options()
-        };
-        return Ok(berth_client::csi::serve(opts, args, shutdown_signal()).await?);
+    if let Command::Plugin(command) = &cli.command {
+        return node_cmd::plugin(cli.session_options(), command).await;
     }
     let session = Session::open(&cli.session_options()).await?;
     match &cli.command {
@@ -725,6 +717,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_volume(cli.output, &volume)?;
         }
         Command::Snapshot(command) => snapshot_command(&session, cli.output, command).await?,
+        Command::Volume(VolumeCommand::Node(command)) => {
+            node_cmd::volume(&session, &cli.session_options(), cli.output, command).await?
+        }
         Command::Trust(_) | Command::Plugin(_) => unreachable!("handled above"),
         Command::Token(command) => admin::token(&session.admin(), cli.output, command).await?,
         Command::Cert(command) => admin::cert(&session.admin(), cli.output, command).await?,
@@ -746,22 +741,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 mod admin;
-
-/// Resolves on SIGINT or SIGTERM (a plugin's orderly stop).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
+mod node_cmd;
 
 /// This machine's host name: the default instance ID.
 fn this_host() -> String {

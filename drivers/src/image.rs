@@ -3,8 +3,9 @@
 //!
 //! Service options: `root` (required), the directory holding the images;
 //! `format`, `raw` (default: sparse raw files) or `qcow2` (made with
-//! `qemu-img`, which must be installed). Volumes need a size and take no
-//! volume options. Snapshots and copies are sparse-aware copies of the
+//! `qemu-img`, which must be installed). Volumes need a size and take one
+//! volume option, `fs` (`ext4` or `xfs`): the filesystem `berth volume
+//! mount` makes on first use (the driver only records it). Snapshots and copies are sparse-aware copies of the
 //! image. Attaching returns the image's path; one instance at a time.
 //!
 //! A size is refused with `OutOfRange`, before anything is written, when it
@@ -189,6 +190,30 @@ impl ImageDriver {
     }
 }
 
+/// The filesystems a volume's `fs` option may name: what the node makes on
+/// the image's first mount.
+pub const FILESYSTEMS: &[&str] = &["ext4", "xfs"];
+
+/// The one volume option: `fs`, the filesystem the node makes on first use.
+fn check_options(request: &CreateRequest) -> DriverResult<()> {
+    for (k, v) in &request.options {
+        if k != "fs" {
+            return Err(DriverError::InvalidArgument(format!(
+                "the image driver has no volume option {} (only fs); set the format on the service",
+                crate::echo(k)
+            )));
+        }
+        if !FILESYSTEMS.contains(&v.as_str()) {
+            return Err(DriverError::InvalidArgument(format!(
+                "fs {} is not a filesystem the node makes; use one of {}",
+                crate::echo(v),
+                FILESYSTEMS.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Layout {
     fn file(&self, dir: &Path, name: &VolumeName) -> DriverResult<PathBuf> {
         let plain = meta::child(dir, name.as_str())?;
@@ -220,12 +245,7 @@ impl Layout {
     }
 
     fn check(&self, request: &CreateRequest) -> DriverResult<()> {
-        if let Some(k) = request.options.keys().next() {
-            return Err(DriverError::InvalidArgument(format!(
-                "the image driver has no volume option {}; set the format on the service",
-                crate::echo(k)
-            )));
-        }
+        check_options(request)?;
         if request.size_bytes == 0 {
             return Err(DriverError::InvalidArgument(
                 "an image volume needs a size (--size), e.g. 10GiB".into(),
@@ -313,12 +333,7 @@ impl Layout {
     }
 
     fn copy_into(&self, source: &Path, request: &CreateRequest) -> DriverResult<DriverVolume> {
-        if let Some(k) = request.options.keys().next() {
-            return Err(DriverError::InvalidArgument(format!(
-                "the image driver has no volume option {}",
-                crate::echo(k)
-            )));
-        }
+        check_options(request)?;
         if let Some(v) = self.existing(request)? {
             return Ok(v);
         }
@@ -578,6 +593,33 @@ mod tests {
         let meta = fs::metadata(&c.fields["path"]).expect("copy");
         assert_eq!(meta.len(), 64 << 20);
         assert!(meta.blocks() * 512 < 1 << 20, "a copy must stay sparse");
+    }
+
+    #[tokio::test]
+    async fn the_fs_option_is_the_only_volume_option() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = ImageDriver::open(dir.path(), Format::Raw).expect("open");
+        let req = |k: &str, v: &str| CreateRequest {
+            name: VolumeName::parse("disk").expect("name"),
+            size_bytes: 1 << 20,
+            options: BTreeMap::from([(k.to_owned(), v.to_owned())]),
+        };
+        for fs in FILESYSTEMS {
+            let name = VolumeName::parse(&format!("disk-{fs}")).expect("name");
+            let r = CreateRequest {
+                name,
+                ..req("fs", fs)
+            };
+            driver.create(&r).await.expect("fs accepted");
+        }
+        for (k, v) in [("fs", "ntfs"), ("fs", ""), ("mode", "0755")] {
+            let err = driver.create(&req(k, v)).await.expect_err("refused");
+            assert!(
+                matches!(err, DriverError::InvalidArgument(_)),
+                "{k}={v}: {err:?}"
+            );
+        }
+        assert_eq!(driver.get(&req("fs", "x").name).await.expect("get"), None);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! the `berth` binary against it, kill or restart it.
 
 pub mod grpc;
+pub mod node;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

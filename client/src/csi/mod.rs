@@ -220,6 +220,22 @@ impl PluginConfig {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM: the plugin's orderly stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Serves the plugin on `args.endpoint` until `shutdown` resolves, then
 /// removes the socket. `session` should have `may_prompt: false`.
 pub async fn serve(
