@@ -129,7 +129,9 @@ impl Plugin {
         ));
         let endpoint = format!("unix://{}", s(&socket));
         let mut args: Vec<&str> = global.to_vec();
+        let mount_root = dir.join("mounts");
         args.extend(["plugin", "csi", "--endpoint", &endpoint, "--node-id", NODE]);
+        args.extend(["--mount-root", s(&mount_root)]);
         args.extend_from_slice(extra);
         let mut cmd = d.berth_cmd(&args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -294,12 +294,26 @@ impl ControllerService {
         let info = self.backend.service(&service).await?;
         check_capabilities(info.as_ref(), &req.volume_capabilities)
             .map_err(Status::invalid_argument)?;
-        let options: BTreeMap<String, String> = req
+        let mut options: BTreeMap<String, String> = req
             .parameters
             .iter()
             .filter(|(k, _)| k.as_str() != SERVICE_PARAMETER && !k.starts_with(ORCHESTRATOR_PREFIX))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // An image volume's filesystem is its `fs` option (made by the node
+        // on first mount): a capability's fs_type says which.
+        if info.as_ref().is_some_and(|s| s.driver == "image") && !options.contains_key("fs") {
+            let fs_type = req
+                .volume_capabilities
+                .iter()
+                .find_map(|c| match &c.access_type {
+                    Some(AccessType::Mount(m)) if !m.fs_type.is_empty() => Some(m.fs_type.clone()),
+                    _ => None,
+                });
+            if let Some(fs) = fs_type {
+                options.insert("fs".into(), fs);
+            }
+        }
         let name = berth_name(csi_name);
         let target = ObjectId {
             service: service.clone(),

@@ -83,6 +83,10 @@ pub struct CsiArgs {
     /// own (repeatable). With none in controller mode, any node id is accepted.
     #[arg(long = "known-node", value_name = "ID")]
     pub known_nodes: Vec<String>,
+    /// Where the Node service keeps its mount state and image staging
+    /// mounts [default: `mount_root` in the client config, else /var/lib/berth/mounts for root].
+    #[arg(long, value_name = "DIR")]
+    pub mount_root: Option<PathBuf>,
 }
 
 /// Why the plugin could not start or stopped.
@@ -115,6 +119,9 @@ pub enum CsiError {
     /// credentials, config).
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
+    /// The Node service cannot keep its mounts anywhere.
+    #[error("{0}")]
+    Node(crate::node::NodeError),
     /// The gRPC server failed.
     #[error("the CSI server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -193,11 +200,14 @@ pub struct PluginConfig {
     pub default_size: u64,
     /// Node ids publish accepts; `None`: any.
     pub known_nodes: Option<Vec<String>>,
+    /// The Node service's mount root (see [`crate::node::Node`]).
+    pub mount_root: PathBuf,
 }
 
 impl PluginConfig {
-    /// Checks the command line.
-    pub fn from_args(args: &CsiArgs) -> Result<Self, CsiError> {
+    /// Checks the command line; `config` is the client config file
+    /// (for the default mount root).
+    pub fn from_args(args: &CsiArgs, config: Option<&Path>) -> Result<Self, CsiError> {
         if !valid_driver_name(&args.driver_name) {
             return Err(CsiError::BadDriverName(args.driver_name.clone()));
         }
@@ -210,12 +220,22 @@ impl PluginConfig {
             known.push(node_id.clone());
         }
         let known_nodes = (!known.is_empty()).then_some(known);
+        let mount_root = match &args.mount_root {
+            Some(root) => root.clone(),
+            None if args.mode.node() => {
+                let loaded = crate::config::Loaded::load(config)
+                    .map_err(crate::session::SessionError::from)?;
+                crate::node::default_mount_root(&loaded.config).map_err(CsiError::Node)?
+            }
+            None => PathBuf::new(),
+        };
         Ok(Self {
             driver_name: args.driver_name.clone(),
             node_id,
             mode: args.mode,
             default_size: args.default_size,
             known_nodes,
+            mount_root,
         })
     }
 }
@@ -243,7 +263,7 @@ pub async fn serve(
     args: &CsiArgs,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CsiError> {
-    let config = PluginConfig::from_args(args)?;
+    let config = PluginConfig::from_args(args, session.config.as_deref())?;
     let path = socket_path(&args.endpoint)?;
     let backend = Arc::new(backend::Backend::new(session));
     // Problems no retry can fix (trust, credentials, config) stop the start;

@@ -1,7 +1,7 @@
-//! Mounts for the CSI Node service: bind mounts of `vfs` directories,
-//! loop devices and filesystems for `image` files, and the mount table.
+//! What the CSI Node service does beside the node library: loop devices
+//! and bind mounts for block access, the mount table, and usage figures.
 //!
-//! Blocking calls (mount(2), `losetup`, `mkfs`): run them off the async
+//! Blocking calls (mount(2), `losetup`): run them off the async
 //! threads (`tokio::task::spawn_blocking`).
 
 use std::ffi::CString;
@@ -87,17 +87,6 @@ pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), MountErr
         }
     }
     Ok(())
-}
-
-/// Mounts the filesystem on `device` at `target`.
-pub fn mount_fs(
-    device: &Path,
-    target: &Path,
-    fstype: &str,
-    readonly: bool,
-) -> Result<(), MountError> {
-    let flags = if readonly { libc::MS_RDONLY } else { 0 };
-    mount(device, target, Some(fstype), flags)
 }
 
 /// Unmounts `target`.
@@ -225,25 +214,6 @@ pub fn detach_loop(file: &Path) -> Result<(), MountError> {
         run("losetup", &["-d".as_ref(), dev.as_os_str()])?;
     }
     Ok(())
-}
-
-/// Makes a `fstype` filesystem on `device` unless it already holds one.
-pub fn ensure_filesystem(device: &Path, fstype: &str) -> Result<(), MountError> {
-    let probe = Command::new("blkid")
-        .args(["-p", "-s", "TYPE", "-o", "value"])
-        .arg(device)
-        .output()
-        .map_err(|e| MountError::Tool {
-            program: "blkid".into(),
-            message: e.to_string(),
-        })?;
-    // blkid exits 2 when it finds no filesystem.
-    if probe.status.success() && !probe.stdout.is_empty() {
-        return Ok(());
-    }
-    let mkfs = format!("mkfs.{fstype}");
-    let quiet: &std::ffi::OsStr = "-q".as_ref();
-    run(&mkfs, &[quiet, device.as_os_str()]).map(|_| ())
 }
 
 /// Bytes and inodes of the filesystem holding `path`.

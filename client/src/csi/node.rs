@@ -1,17 +1,21 @@
 //! The CSI Node service: makes an attached Berth volume usable where the
 //! workload runs.
 //!
-//! The device ControllerPublishVolume returned (`publish_context.device`,
-//! else the volume's attachment to this node) decides how:
+//! Mount access goes through the node library ([`crate::node::Node`], the
+//! same code as `berth volume mount` and the Docker plugin): NodeStage
+//! mounts the volume at the staging path, NodePublish at the target path
+//! (a second path of the same attachment, read-only when asked),
+//! NodeUnpublish and NodeUnstage unmount them, and the last unmount
+//! releases the loop device and detaches. The library records every step in
+//! its state file under `--mount-root`, so a plugin killed mid-way is
+//! settled by the next call.
 //!
-//! | device | stage (staging path) | publish (target path) |
-//! | --- | --- | --- |
-//! | a directory (`vfs`) | bind mount of the directory | bind mount of the staging path |
-//! | a file (`image`), mount access | loop device, filesystem made if blank (`fs_type`, default ext4), mounted | bind mount of the staging path |
-//! | a file (`image`), block access | loop device | bind mount of the loop device on a file |
+//! Block access (image volumes only), which the library does not do, is
+//! handled here: stage sets up a loop device over the image file, publish
+//! bind-mounts the device on a file at the target path.
 //!
-//! Every step checks the mount table first, so a repeated call answers the
-//! same; unpublish removes the target path, unstage detaches the loop.
+//! Every call checks the host first, so a repeated call answers the same;
+//! unpublish removes the target path.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,21 +31,33 @@ use super::controller::logged;
 use super::ids::ObjectId;
 use super::mounts::{self, MountError};
 use super::PluginConfig;
+use crate::node::{MountRequest, Node, NodeError, UnmountRequest};
 use crate::pb;
-
-/// The filesystem made on a blank image when the capability names none.
-pub const DEFAULT_FS: &str = "ext4";
 
 /// The Node service.
 pub struct NodeService {
     backend: Arc<Backend>,
     config: Arc<PluginConfig>,
+    node: Arc<Node>,
 }
 
 impl NodeService {
-    /// The service over `backend`.
+    /// The service over `backend`, mounting under `config.mount_root`.
     pub fn new(backend: Arc<Backend>, config: Arc<PluginConfig>) -> Self {
-        Self { backend, config }
+        let node = Arc::new(Node::new(config.mount_root.clone()));
+        Self {
+            backend,
+            config,
+            node,
+        }
+    }
+}
+
+/// A node-library error as a CSI status.
+fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Controller { status, .. } if status.code() == tonic::Code::Unavailable => status,
+        other => Status::new(other.code(), other.to_string()),
     }
 }
 
@@ -86,8 +102,8 @@ async fn blocking<T: Send + 'static>(
 
 /// What the node mounts for a volume.
 enum Device {
-    /// A directory (vfs): bind-mounted.
-    Directory(PathBuf),
+    /// A directory (vfs).
+    Directory,
     /// A file (image): attached as a loop device.
     Image(PathBuf),
 }
@@ -118,7 +134,7 @@ impl NodeService {
             }
         };
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => Ok(Device::Directory(path)),
+            Ok(m) if m.is_dir() => Ok(Device::Directory),
             Ok(m) if m.is_file() => Ok(Device::Image(path)),
             Ok(_) => Err(Status::failed_precondition(format!(
                 "the device {} of volume {id} is neither a directory nor an image file",
@@ -144,6 +160,48 @@ impl NodeService {
             .await
     }
 
+    /// Mounts through the node library at `path` (stage or publish).
+    async fn lib_mount(&self, id: &ObjectId, path: &Path, read_only: bool) -> Result<(), Status> {
+        let request = MountRequest {
+            service: id.service.clone(),
+            name: id.name.clone(),
+            path: Some(path.to_owned()),
+            read_only,
+            instance: self.config.node_id.clone(),
+            holder: None,
+        };
+        self.backend
+            .call(|s| {
+                let (node, request) = (Arc::clone(&self.node), request.clone());
+                async move {
+                    node.mount(&s, &request)
+                        .await
+                        .map(|_| ())
+                        .map_err(node_status)
+                }
+            })
+            .await
+    }
+
+    /// Unmounts through the node library at `path`; a path it never
+    /// mounted is left alone.
+    async fn lib_unmount(&self, id: &ObjectId, path: &Path) -> Result<(), Status> {
+        let request = UnmountRequest {
+            service: id.service.clone(),
+            name: id.name.clone(),
+            path: Some(path.to_owned()),
+            force: false,
+            instance: self.config.node_id.clone(),
+            holder: None,
+        };
+        self.backend
+            .call(|s| {
+                let (node, request) = (Arc::clone(&self.node), request.clone());
+                async move { node.unmount(&s, &request).await.map_err(node_status) }
+            })
+            .await
+    }
+
     async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<(), Status> {
         let raw = required(&req.volume_id, "volume_id")?;
         let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
@@ -153,50 +211,20 @@ impl NodeService {
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         let id = parse_id(raw)?;
         let _busy = self.backend.busy(format!("node volume {id}"))?;
-        let device = self.device(&id, &req.publish_context).await?;
-        blocking(move || match (&device, &capability.access_type) {
-            (Device::Directory(_), Some(AccessType::Block(_))) => Err(Status::invalid_argument(
-                "block access needs an image volume; this one is a directory",
-            )),
-            (_, None) => Err(Status::invalid_argument(
+        match &capability.access_type {
+            None => Err(Status::invalid_argument(
                 "volume_capability needs an access type (mount or block)",
             )),
-            (Device::Image(file), Some(AccessType::Block(_))) => {
-                mounts::attach_loop(file).map_err(internal)?;
-                Ok(())
-            }
-            (Device::Directory(dir), Some(AccessType::Mount(_))) => {
-                std::fs::create_dir_all(&staging).map_err(|e| {
-                    Status::internal(format!("cannot create {}: {e}", staging.display()))
-                })?;
-                if mounts::mounted_at(&staging).map_err(internal)?.is_some() {
-                    return Ok(());
+            Some(AccessType::Mount(_)) => self.lib_mount(&id, &staging, false).await,
+            Some(AccessType::Block(_)) => match self.device(&id, &req.publish_context).await? {
+                Device::Directory => Err(Status::invalid_argument(
+                    "block access needs an image volume; this one is a directory",
+                )),
+                Device::Image(file) => {
+                    blocking(move || mounts::attach_loop(&file).map(|_| ()).map_err(internal)).await
                 }
-                mounts::bind(dir, &staging, false).map_err(internal)
-            }
-            (Device::Image(file), Some(AccessType::Mount(m))) => {
-                std::fs::create_dir_all(&staging).map_err(|e| {
-                    Status::internal(format!("cannot create {}: {e}", staging.display()))
-                })?;
-                if mounts::mounted_at(&staging).map_err(internal)?.is_some() {
-                    return Ok(());
-                }
-                let fs = if m.fs_type.is_empty() {
-                    DEFAULT_FS
-                } else {
-                    m.fs_type.as_str()
-                };
-                if !fs.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    return Err(Status::invalid_argument(format!(
-                        "fs_type {fs:?} is not a filesystem name"
-                    )));
-                }
-                let dev = mounts::attach_loop(file).map_err(internal)?;
-                mounts::ensure_filesystem(&dev, fs).map_err(internal)?;
-                mounts::mount_fs(&dev, &staging, fs, false).map_err(internal)
-            }
-        })
-        .await
+            },
+        }
     }
 
     async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> Result<(), Status> {
@@ -206,21 +234,26 @@ impl NodeService {
             return Ok(());
         };
         let _busy = self.backend.busy(format!("node volume {id}"))?;
-        // The image file, to detach its loop device; a vanished volume has
-        // no device to look at, and its mounts still come down.
+        // Mount access: the library unmounts, and on the last path releases
+        // and detaches.
+        self.lib_unmount(&id, &staging).await?;
+        // Block access: the loop device over the image file, unless the
+        // library still uses the volume.
+        let in_use = self
+            .node
+            .paths_of(&id.service, &id.name)
+            .await
+            .map_err(node_status)?;
         let image = match self.volume(&id).await {
-            Ok(v) => v
+            Ok(v) if in_use.is_empty() => v
                 .attachments
                 .iter()
                 .find(|a| a.instance == self.config.node_id)
                 .map(|a| PathBuf::from(&a.device))
                 .filter(|p| p.is_file()),
-            Err(_) => None,
+            _ => None,
         };
         blocking(move || {
-            while mounts::mounted_at(&staging).map_err(internal)?.is_some() {
-                mounts::unmount(&staging).map_err(internal)?;
-            }
             if let Some(file) = image {
                 mounts::detach_loop(&file).map_err(internal)?;
             }
@@ -240,52 +273,54 @@ impl NodeService {
         let id = parse_id(raw)?;
         let readonly = req.readonly || readonly_mode(&capability);
         let _busy = self.backend.busy(format!("node volume {id}"))?;
-        let device = self.device(&id, &req.publish_context).await?;
-        blocking(move || match (&device, &capability.access_type) {
-            (_, Some(AccessType::Mount(_))) => {
-                if mounts::mounted_at(&staging).map_err(internal)?.is_none() {
+        match &capability.access_type {
+            None => Err(Status::invalid_argument(
+                "volume_capability needs an access type (mount or block)",
+            )),
+            Some(AccessType::Mount(_)) => {
+                let staged = {
+                    let staging = staging.clone();
+                    blocking(move || Ok(mounts::mounted_at(&staging).map_err(internal)?.is_some()))
+                        .await?
+                };
+                if !staged {
                     return Err(Status::failed_precondition(format!(
                         "volume {id} is not staged at {} (NodeStageVolume first)",
                         staging.display()
                     )));
                 }
-                std::fs::create_dir_all(&target).map_err(|e| {
-                    Status::internal(format!("cannot create {}: {e}", target.display()))
-                })?;
-                if mounts::mounted_at(&target).map_err(internal)?.is_some() {
-                    return Ok(());
-                }
-                mounts::bind(&staging, &target, readonly).map_err(internal)
+                self.lib_mount(&id, &target, readonly).await
             }
-            (Device::Image(file), Some(AccessType::Block(_))) => {
-                let dev = mounts::loop_of(file).map_err(internal)?.ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "volume {id} is not staged (NodeStageVolume first)"
-                    ))
-                })?;
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        Status::internal(format!("cannot create {}: {e}", parent.display()))
+            Some(AccessType::Block(_)) => {
+                let Device::Image(file) = self.device(&id, &req.publish_context).await? else {
+                    return Err(Status::invalid_argument(
+                        "block access needs an image volume; this one is a directory",
+                    ));
+                };
+                blocking(move || {
+                    let dev = mounts::loop_of(&file).map_err(internal)?.ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "volume {id} is not staged (NodeStageVolume first)"
+                        ))
                     })?;
-                }
-                if !target.exists() {
-                    std::fs::File::create(&target).map_err(|e| {
-                        Status::internal(format!("cannot create {}: {e}", target.display()))
-                    })?;
-                }
-                if mounts::mounted_at(&target).map_err(internal)?.is_some() {
-                    return Ok(());
-                }
-                mounts::bind(&dev, &target, readonly).map_err(internal)
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            Status::internal(format!("cannot create {}: {e}", parent.display()))
+                        })?;
+                    }
+                    if !target.exists() {
+                        std::fs::File::create(&target).map_err(|e| {
+                            Status::internal(format!("cannot create {}: {e}", target.display()))
+                        })?;
+                    }
+                    if mounts::mounted_at(&target).map_err(internal)?.is_some() {
+                        return Ok(());
+                    }
+                    mounts::bind(&dev, &target, readonly).map_err(internal)
+                })
+                .await
             }
-            (Device::Directory(_), Some(AccessType::Block(_))) => Err(Status::invalid_argument(
-                "block access needs an image volume; this one is a directory",
-            )),
-            (_, None) => Err(Status::invalid_argument(
-                "volume_capability needs an access type (mount or block)",
-            )),
-        })
-        .await
+        }
     }
 
     async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<(), Status> {
@@ -293,6 +328,8 @@ impl NodeService {
         let target = PathBuf::from(required(&req.target_path, "target_path")?);
         let id = parse_id(raw)?;
         let _busy = self.backend.busy(format!("node volume {id}"))?;
+        self.lib_unmount(&id, &target).await?;
+        // What the library did not mount (block access) comes down here.
         blocking(move || {
             while mounts::mounted_at(&target).map_err(internal)?.is_some() {
                 mounts::unmount(&target).map_err(internal)?;
