@@ -295,10 +295,7 @@ async fn identity_capabilities_and_probe() {
     let have: BTreeSet<i32> = caps
         .capabilities
         .iter()
-        .filter_map(|c| match &c.r#type {
-            Some(CapType::Rpc(r)) => Some(r.r#type),
-            None => None,
-        })
+        .filter_map(|c| c.r#type.as_ref().map(|CapType::Rpc(r)| r.r#type))
         .collect();
     for want in [
         Rpc::CreateDeleteVolume,
