@@ -8,7 +8,8 @@
 //!
 //! Covered: create with `--opt size`, two `docker run`s writing and reading
 //! back, `docker volume ls`, the bytes in Berth's image, two containers at
-//! once sharing one mount (reference counts by mount ID), `docker volume
+//! once sharing one mount (reference counts by mount ID, kept across a
+//! restart of the plugin), `docker volume
 //! rm`, a create refused by authorisation reaching Docker as a readable
 //! error, a silent controller answered within the client timeout, SIGHUP
 //! re-reading the credential files, SIGTERM stopping the plugin and removing
@@ -209,7 +210,7 @@ impl Dockerd {
         for applet in ["sh", "cat", "echo", "sleep", "true", "ls", "test"] {
             std::os::unix::fs::symlink("busybox", root.join(applet)).expect("symlink");
         }
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(self.dir.path().join("img"))
             .args(["-c", "."])
@@ -225,10 +226,11 @@ impl Dockerd {
             )
             .env("DOCKER_CONFIG", self.dir.path().join("cli"))
             .args(["import", "-", name])
-            .stdin(tar.stdout.expect("tar stdout"))
+            .stdin(tar.stdout.take().expect("tar stdout"))
             .stdout(Stdio::null());
         let status = import.status().expect("docker import");
-        assert!(status.success(), "docker import failed");
+        let tarred = tar.wait().expect("tar");
+        assert!(tarred.success() && status.success(), "docker import failed");
         name.to_owned()
     }
 }
@@ -467,6 +469,11 @@ fn docker_uses_berth_volumes_through_the_plugin() {
     dockerd.ok(&["rm", "-f", &c1]);
     assert_eq!(holders(&lab, "v1"), 1);
     assert_eq!(dockerd.ok(&["exec", &c2, "cat", "/data/f"]).trim(), "hi");
+    // A restarted plugin keeps the count: the mount stays until c2 stops.
+    drop(plugin);
+    plugin = PluginProc::start(&lab, &config, &socket);
+    assert_eq!(holders(&lab, "v1"), 1);
+    assert_eq!(dockerd.ok(&["exec", &c2, "cat", "/data/g"]).trim(), "two");
     dockerd.ok(&["rm", "-f", &c2]);
     assert_eq!(holders(&lab, "v1"), 0);
     assert!(lab.holders("img", "v1").is_empty());

@@ -320,3 +320,90 @@ fn a_busy_unmount_names_the_path_and_force_unmounts_lazily() {
     }
     assert!(loops_of(&lab.image("busy")).is_empty());
 }
+
+/// The filesystem type mounted at `path`, from the mount table.
+fn fs_type(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        (Path::new(fields.get(4)?) == path).then(|| fields.get(sep + 1).map(|s| s.to_string()))?
+    })
+}
+
+/// `blkid -p` of a file: its filesystem UUID.
+fn uuid_of(file: &Path) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID"])
+        .arg(file)
+        .output()
+        .expect("blkid");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_fs_option_picks_the_filesystem_and_nothing_is_ever_reformatted() {
+    if !ready("fs_option") {
+        return;
+    }
+    let lab = NodeLab::start();
+    // Default ext4.
+    create(&lab, "img", "plain");
+    let path = mount(&lab, "img", "plain", &[]);
+    assert_eq!(fs_type(Path::new(&path)).as_deref(), Some("ext4"));
+    unmount(&lab, "img", "plain", &[]);
+    // fs=xfs where mkfs.xfs exists (xfs needs at least 300 MB).
+    if berth_tests::node::tool_exists("mkfs.xfs") {
+        lab.d
+            .berth(&[
+                "volume", "create", "x", "-s", "img", "--size", "320MiB", "--opt", "fs=xfs",
+            ])
+            .success();
+        let path = mount(&lab, "img", "x", &[]);
+        assert_eq!(fs_type(Path::new(&path)).as_deref(), Some("xfs"));
+        unmount(&lab, "img", "x", &[]);
+        assert_released(&lab, "img", "x");
+    } else {
+        println!("node::fs_option: mkfs.xfs is not installed; xfs not checked");
+    }
+    // A filesystem made elsewhere is mounted as it is, never remade.
+    create(&lab, "img", "premade");
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(lab.image("premade"))
+        .status()
+        .expect("mkfs.ext4");
+    assert!(status.success());
+    let uuid = uuid_of(&lab.image("premade"));
+    assert!(!uuid.is_empty());
+    mount(&lab, "img", "premade", &[]);
+    unmount(&lab, "img", "premade", &[]);
+    assert_eq!(uuid_of(&lab.image("premade")), uuid);
+    // A device holding something else (here a DOS partition table) is
+    // refused, not formatted, and nothing is left attached.
+    create(&lab, "img", "parted");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(lab.image("parted"))
+            .expect("open image");
+        // One partition entry (type 0x83, from sector 2048) and the signature.
+        f.seek(SeekFrom::Start(446)).expect("seek");
+        let mut entry = [0u8; 16];
+        entry[4] = 0x83;
+        entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+        entry[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        f.write_all(&entry).expect("entry");
+        f.seek(SeekFrom::Start(510)).expect("seek");
+        f.write_all(&[0x55, 0xAA]).expect("signature");
+    }
+    let err = lab
+        .d
+        .berth(&["volume", "mount", "parted", "-s", "img"])
+        .failure();
+    assert!(err.contains("refusing to format"), "{err}");
+    assert!(err.contains("partition table"), "{err}");
+    assert_released(&lab, "img", "parted");
+    assert!(uuid_of(&lab.image("parted")).is_empty());
+}
