@@ -377,13 +377,11 @@ async fn the_socket_is_private_and_a_stale_one_is_replaced() {
     let stale = std::os::unix::net::UnixListener::bind(&plugin.socket).expect("bind");
     drop(stale);
     let socket = plugin.socket.clone();
-    let mut cmd = lab.d.berth_cmd(&[
-        "plugin",
-        "csi",
-        "--endpoint",
-        &format!("unix://{}", s(&socket)),
-    ]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // The endpoint from CSI_ENDPOINT, as the spec asks.
+    let mut cmd = lab.d.berth_cmd(&["plugin", "csi"]);
+    cmd.env("CSI_ENDPOINT", format!("unix://{}", s(&socket)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let up = wait_line(&mut child, "berth plugin csi listening on", log.clone());

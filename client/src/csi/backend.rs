@@ -197,3 +197,42 @@ impl Backend {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_operation_on_a_busy_object_is_aborted() {
+        let backend = Backend::new(SessionOptions::default());
+        let first = backend.busy("volume fs/a".into()).expect("free");
+        let err = backend
+            .busy("volume fs/a".into())
+            .err()
+            .expect("busy while the first runs");
+        assert_eq!(err.code(), Code::Aborted);
+        let _other = backend
+            .busy("volume fs/b".into())
+            .expect("another volume is free");
+        drop(first);
+        backend.busy("volume fs/a".into()).expect("free again");
+    }
+
+    #[test]
+    fn session_errors_keep_berths_codes() {
+        let denied = session_status(SessionError::Status(Status::permission_denied("no")));
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert_eq!(
+            session_status(SessionError::NoService).code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            session_status(SessionError::SeveralServices("a, b".into())).code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            session_status(SessionError::EmptyToken).code(),
+            Code::Unavailable
+        );
+    }
+}
