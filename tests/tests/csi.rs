@@ -1182,6 +1182,15 @@ async fn node_stage_and_publish_mount_the_volume() {
                 .expect("publish (twice)");
         }
         if matches!(cap.access_type, Some(AccessType::Mount(_))) {
+            // The same target read-only: incompatible with what is there.
+            code(
+                n.node_publish_volume(csi::NodePublishVolumeRequest {
+                    readonly: true,
+                    ..publish.clone()
+                })
+                .await,
+                Code::AlreadyExists,
+            );
             std::fs::write(target.join("hello.txt"), "from the pod")
                 .expect("write through the mount");
             let stats = n

@@ -57,6 +57,9 @@ impl NodeService {
 fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::Controller { status, .. } if status.code() == tonic::Code::Unavailable => status,
+        // Published at this path already, with the other read-only flag:
+        // the spec's answer for an incompatible repeat.
+        e @ NodeError::OtherMode { .. } => Status::already_exists(e.to_string()),
         other => Status::new(other.code(), other.to_string()),
     }
 }
