@@ -640,6 +640,41 @@ async fn create_and_delete_are_idempotent_with_csi_codes() {
 }
 
 #[tokio::test]
+async fn concurrent_creates_of_one_name_make_one_volume() {
+    let lab = Lab::start();
+    let plugin = lab.plugin(&[], &[]);
+    let ch = plugin.channel().await;
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let calls = (0..4).map(|_| {
+            let mut c = ControllerClient::new(ch.clone());
+            let req = create_req(&name, Some("fs"), MIB);
+            tokio::spawn(async move { c.create_volume(req).await })
+        });
+        let mut ok = 0;
+        for call in calls.collect::<Vec<_>>() {
+            match call.await.expect("task") {
+                Ok(v) => {
+                    ok += 1;
+                    assert_eq!(
+                        v.into_inner().volume.expect("volume").volume_id,
+                        format!("fs/{name}")
+                    );
+                }
+                // The spec's answer while another call on the volume runs.
+                Err(status) => assert_eq!(status.code(), Code::Aborted, "{}", status.message()),
+            }
+        }
+        assert!(ok >= 1, "one of the calls made it");
+    }
+    let listed = lab
+        .d
+        .berth(&["volume", "list", "--service", "fs", "-o", "json"])
+        .json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(5), "{listed}");
+}
+
+#[tokio::test]
 async fn authorization_stays_berths() {
     let lab = Lab::start();
     let token = lab

@@ -67,7 +67,7 @@ pub struct CsiArgs {
     /// The unix socket to serve on, `unix:///PATH` (a stale socket there is replaced).
     #[arg(long, env = "CSI_ENDPOINT", value_name = "unix:///PATH")]
     pub endpoint: String,
-    /// This node's id: what NodeGetInfo reports and the instance volumes are attached to [default: the host name].
+    /// This node's id: what NodeGetInfo reports and the instance volumes are attached to [default: `instance` in the client config, else the host name].
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
     /// Which CSI services to serve besides Identity.
@@ -152,15 +152,6 @@ pub fn valid_driver_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
-/// This machine's host name, the default node id.
-pub fn host_name() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// Binds the socket: creates the parent directory, replaces a stale socket
 /// (one nobody answers on), refuses anything else, and sets mode 0660.
 pub fn bind(path: &Path) -> Result<UnixListener, CsiError> {
@@ -211,7 +202,9 @@ impl PluginConfig {
         if !valid_driver_name(&args.driver_name) {
             return Err(CsiError::BadDriverName(args.driver_name.clone()));
         }
-        let node_id = args.node_id.clone().unwrap_or_else(host_name);
+        let loaded =
+            crate::config::Loaded::load(config).map_err(crate::session::SessionError::from)?;
+        let node_id = crate::node::default_instance(args.node_id.as_deref(), &loaded.config);
         if node_id.is_empty() || node_id.len() > 128 || node_id.chars().any(char::is_control) {
             return Err(CsiError::BadNodeId(node_id));
         }
@@ -223,8 +216,6 @@ impl PluginConfig {
         let mount_root = match &args.mount_root {
             Some(root) => root.clone(),
             None if args.mode.node() => {
-                let loaded = crate::config::Loaded::load(config)
-                    .map_err(crate::session::SessionError::from)?;
                 crate::node::default_mount_root(&loaded.config).map_err(CsiError::Node)?
             }
             None => PathBuf::new(),
