@@ -3,6 +3,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | [`config`] | the client configuration file |
+//! | [`csi`] | `berth plugin csi`: a CSI v1 plugin (Identity, Controller, Node) backed by berthd |
 //! | [`connect`] | connection set-up and trust decisions, in one place |
 //! | [`deadline`] | the bound on every call (`--timeout`) |
 //! | [`docker`] | Docker's volume plugin API over a unix socket |
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod csi;
 pub mod deadline;
 pub mod docker;
 pub mod instance;

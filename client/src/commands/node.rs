@@ -58,6 +58,8 @@ pub enum PluginCommand {
         #[arg(long, value_name = "PATH", default_value = berth_client::docker::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// A CSI v1 plugin (Identity, Controller, Node) on a unix socket.
+    Csi(berth_client::csi::CsiArgs),
 }
 
 fn node_for(opts: &SessionOptions) -> anyhow::Result<(Node, Loaded)> {
@@ -158,6 +160,9 @@ pub async fn plugin(mut opts: SessionOptions, command: &PluginCommand) -> anyhow
                 instance,
             })
             .await?;
+        }
+        PluginCommand::Csi(args) => {
+            berth_client::csi::serve(opts, args, berth_client::csi::shutdown_signal()).await?;
         }
     }
     Ok(())
