@@ -20,5 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    // CSI v1 (package `csi.v1`) for `berth plugin csi`; a descriptor set of
+    // its own, so berthd's reflection does not list CSI services.
+    let csi = protox::compile(["proto/csi/v1/csi.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(csi)?;
     Ok(())
 }

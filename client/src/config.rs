@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! host = "ctl.example:7979"          # default controller
+//! # mount_root = "/var/lib/berth/mounts"  # where `berth volume mount` mounts
+//! # instance = "node-1"              # this node's instance ID (default: host name)
 //!
 //! [controllers."ctl.example:7979"]
 //! fingerprint = "AB:CD:..."          # preseeded pin: never prompts
@@ -25,6 +27,11 @@ use serde::Deserialize;
 pub struct ClientConfig {
     /// The controller used when `--host`/`BERTH_HOST` are not given.
     pub host: Option<String>,
+    /// Where `berth volume mount` and the plugins mount volumes (default:
+    /// `/var/lib/berth/mounts` for root, else `$XDG_RUNTIME_DIR/berth/mounts`).
+    pub mount_root: Option<PathBuf>,
+    /// The instance this node attaches volumes as (default: the host name).
+    pub instance: Option<String>,
     /// Per-controller settings, keyed by `HOST:PORT`.
     #[serde(default)]
     pub controllers: BTreeMap<String, ControllerEntry>,

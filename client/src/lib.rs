@@ -3,9 +3,12 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | [`config`] | the client configuration file |
+//! | [`csi`] | `berth plugin csi`: a CSI v1 plugin (Identity, Controller, Node) backed by berthd |
 //! | [`connect`] | connection set-up and trust decisions, in one place |
 //! | [`deadline`] | the bound on every call (`--timeout`) |
+//! | [`docker`] | Docker's volume plugin API over a unix socket |
 //! | [`instance`] | this machine as an instance (the default instance ID) |
+//! | [`node`] | the node side: mount a volume where a workload can use it, and unmount it |
 //! | [`output`] | tables and JSON for people and scripts |
 //! | [`pinning`] | fingerprints, the sled trust store, the pin verifier |
 //! | [`prompt`] | the first-contact question and the changed-fingerprint banner |
@@ -22,8 +25,11 @@
 
 pub mod config;
 pub mod connect;
+pub mod csi;
 pub mod deadline;
+pub mod docker;
 pub mod instance;
+pub mod node;
 pub mod output;
 pub mod pinning;
 pub mod prompt;

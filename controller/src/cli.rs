@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::ConfigFile;
-use crate::server::LimitSettings;
-use crate::tls::{self, IdentitySource, MinVersion};
+use crate::rpc::limits::LimitSettings;
+use crate::tls::live::{self as tls, IdentitySource, MinVersion};
 use crate::{paths, profile, Controller, Options, Security, DEFAULT_LISTEN};
 use anyhow::Context as _;
 use berth_drivers::DriverRegistry;
@@ -265,13 +265,13 @@ async fn shutdown_signal() {
 /// bounded by `--max-connections` rather than by `EMFILE`.
 fn raise_open_file_limit() {
     let show = |n: Option<u64>| n.map_or("unlimited".to_owned(), |n| n.to_string());
-    match crate::server::raise_open_file_limit() {
+    match crate::rpc::limits::raise_open_file_limit() {
         Ok((before, after)) if before != after => {
             tracing::info!(from = %show(before), to = %show(after), "raised the open-file limit");
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::warn!(error = %e, limit = %show(crate::server::open_file_limit()),
+            tracing::warn!(error = %e, limit = %show(crate::rpc::limits::open_file_limit()),
                 "cannot raise the open-file limit to its hard limit; the connection cap is sized to the current one");
         }
     }

@@ -19,18 +19,21 @@ use serde::Deserialize;
 pub struct ConfigFile {
     /// Address to listen on (overridden by `--listen`).
     pub listen: Option<String>,
+    /// The services, in file order.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
     /// Connection and stream limits (`[limits]`); `berthd` flags win.
     #[serde(default)]
-    pub limits: crate::server::LimitSettings,
+    pub limits: crate::rpc::limits::LimitSettings,
 }
 
 /// One configured service: a named instance of a driver.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
+    /// The service name clients use.
     pub name: String,
+    /// The driver that serves it (a registered name).
     pub driver: String,
     /// Driver options; values may be strings, numbers or booleans.
     #[serde(default)]
@@ -47,17 +50,30 @@ pub struct ServiceConfig {
 /// What is wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// The file is not valid TOML of the expected shape.
     #[error("config file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, on one line.
+        message: String,
+    },
+    /// One service's entry is wrong.
     #[error("config file {path}, service {service:?}: {problem}")]
     Service {
+        /// The file.
         path: PathBuf,
+        /// The service.
         service: String,
+        /// What is wrong.
         problem: String,
     },
 }
@@ -112,8 +128,21 @@ impl ConfigFile {
             // subject (they are refused too) and would only mislead.
             for (list, entries) in [("allow", &mut service.allow), ("deny", &mut service.deny)] {
                 for entry in entries.iter_mut() {
-                    *entry = crate::credentials::normalize_subject(entry)
+                    *entry = crate::auth::subject::normalize_subject(entry)
                         .map_err(|e| fail(format!("{list} list entry refused: {e}")))?;
+                }
+            }
+            // Drivers read options as strings: a table or an array (for
+            // example from a dotted key, `a.b = "x"`) has no meaning to them
+            // and would reach the driver as TOML text.
+            for (key, value) in &service.options {
+                if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
+                    return Err(fail(format!(
+                        "option {:?} is a {}; driver options are strings, numbers or booleans \
+                         (quote a key that holds a dot: \"a.b\" = ...)",
+                        one_line(key).chars().take(64).collect::<String>(),
+                        value.type_str()
+                    )));
                 }
             }
         }
@@ -148,6 +177,30 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `controller_config` fuzz target: a dotted key under
+    /// `[services.options]` made nested tables, accepted as an option whose
+    /// value reached the driver as TOML text (and, nested deep enough,
+    /// could not be written back).
+    #[test]
+    fn option_tables_and_arrays_are_refused() {
+        let path = Path::new("/etc/berth/berthd.toml");
+        for options in ["a.b = \"x\"", "a = [\"x\"]", "a = { b = 1 }"] {
+            let text = format!(
+                "[[services]]\nname = \"fast\"\ndriver = \"vfs\"\n[services.options]\n{options}\n"
+            );
+            let err = ConfigFile::parse(&text, path).expect_err(&text);
+            let message = err.to_string();
+            assert!(message.contains("option \"a\""), "{message}");
+            assert!(
+                message.contains("strings, numbers or booleans"),
+                "{message}"
+            );
+        }
+        let text = "[[services]]\nname = \"fast\"\ndriver = \"vfs\"\n[services.options]\n\"a.b\" = \"x\"\nsize = 3\nsync = true\n";
+        let file = ConfigFile::parse(text, path).expect("quoted dotted key, number, boolean");
+        assert_eq!(file.services[0].driver_options().get("a.b"), Some("x"));
+    }
 
     /// Found by the `controller_config` fuzz target: NULs and a carriage
     /// return inside a string were echoed raw in the error.

@@ -4,41 +4,48 @@
 //! binaries embed it the same way and may register extra drivers in the
 //! [`berth_drivers::DriverRegistry`] they pass in.
 //!
-//! Where things live:
+//! Where things live, by layer (each room's `mod.rs` says more):
 //!
 //! | module | what it is |
 //! | --- | --- |
 //! | [`cli`] | the `berthd` command line, reusable by custom controllers |
 //! | [`config`] | the TOML configuration file and its services |
-//! | [`catalog`] | configured services bound to built drivers |
-//! | [`store`] | durable volume records and operation intents (sled) |
-//! | [`locks`] | per-volume serialisation |
-//! | [`volumes`] | volume operations: idempotency, crash safety |
-//! | [`api`] | the gRPC volume and catalogue services, error codes |
-//! | [`admin`] | the gRPC admin service: credentials and the CA |
-//! | [`auth`] | identities, authentication, per-service authorisation |
-//! | [`credentials`] | tokens and client certificates: issue, verify, revoke |
-//! | [`pipeline`] | the layer every request passes (logging, authentication) |
-//! | [`server`] | serving the router on a listener until shutdown |
-//! | [`pki`] | the controller's CA, certificates, key files |
-//! | [`tls`] | the live TLS configuration: reload, renewal |
+//! | [`paths`] | the data directory, every file name in it, the private-path rule |
+//! | [`fsio`] | the one private/atomic file writer |
 //! | [`profile`] | the ready-made client profile written at start |
-//! | [`paths`] | the data directory and what lives in it |
+//! | [`rpc`] | the gRPC face: server, pipeline, the authorising [`rpc::call::Gate`], one error-to-status table, the services |
+//! | [`rpc::server`] | serving the router on a listener: connections, TLS handshakes, shutdown |
+//! | [`rpc::limits`] | connection and stream limits: defaults, settings, resolution |
+//! | [`rpc::pipeline`] | the layer every request passes (authentication, logging) |
+//! | [`rpc::call`] | handlers get authorised calls; the method comes from the route |
+//! | [`rpc::status`] | every error to its gRPC status, in one place |
+//! | [`rpc::volumes`], [`rpc::snapshots`], [`rpc::admin`] | the gRPC services |
+//! | [`auth`] | who is calling and what they may do |
+//! | [`auth::identity`] | the leaf types: `Identity`, `Role`, `Scope`, `Via` |
+//! | [`auth::authn`] | authentication from a token and/or a client certificate |
+//! | [`auth::authz`] | per-service authorisation, allow and deny lists, audit log |
+//! | [`auth::credentials`] | tokens and client certificates: issue, verify, revoke |
+//! | [`auth::subject`] | subject names: what is refused, normal form, display |
+//! | [`tls`] | the controller's TLS identity |
+//! | [`tls::ca`] | the CA and the certificates it issues |
+//! | [`tls::live`] | the live TLS configuration: reload, renewal |
+//! | [`tls::x509`], [`tls::names`], [`tls::crypto`] | reading certificates, the SAN policy, the one crypto provider |
+//! | [`volumes`] | volume operations: validation, idempotency, locking |
+//! | [`volumes::journal`] | the journaled operation: crash safety in one place |
+//! | [`volumes::store`] | durable records and intents (sled) |
+//! | [`volumes::catalog`] | configured services bound to built drivers |
+//! | [`volumes::locks`] | per-volume serialisation |
 
-pub mod admin;
-pub mod api;
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod auth;
-pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod credentials;
-pub mod locks;
+pub mod fsio;
 pub mod paths;
-pub mod pipeline;
-pub mod pki;
 pub mod profile;
-pub mod server;
-pub mod store;
+pub mod rpc;
 pub mod tls;
 pub mod volumes;
 
@@ -49,9 +56,9 @@ use std::sync::Arc;
 use berth_drivers::DriverRegistry;
 use tokio::net::TcpListener;
 
-use crate::catalog::Catalog;
 use crate::config::{ConfigFile, ServiceConfig};
-use crate::store::Store;
+use crate::volumes::catalog::Catalog;
+use crate::volumes::store::Store;
 use crate::volumes::Volumes;
 
 /// The longest a graceful shutdown waits for in-flight calls.
@@ -72,7 +79,7 @@ pub struct Options {
     pub security: Security,
     /// Connection and stream limits given on the command line; they win
     /// over the config file's `[limits]`, which wins over the defaults.
-    pub limits: server::LimitSettings,
+    pub limits: rpc::limits::LimitSettings,
 }
 
 /// The transport security the operator chose.
@@ -81,8 +88,11 @@ pub enum Security {
     /// TLS (the default): the identity source, version floor and extra
     /// client CAs. The TLS directory is always `<data-dir>/tls`.
     Tls {
-        source: tls::IdentitySource,
-        min_version: tls::MinVersion,
+        /// Where the server certificate comes from.
+        source: tls::live::IdentitySource,
+        /// The lowest TLS version accepted.
+        min_version: tls::live::MinVersion,
+        /// Extra CA bundles trusted for client certificates.
         client_cas: Vec<PathBuf>,
     },
     /// `--insecure-plaintext`: no encryption and no server identity.
@@ -92,8 +102,8 @@ pub enum Security {
 impl Default for Security {
     fn default() -> Self {
         Self::Tls {
-            source: tls::IdentitySource::Generated { sans: vec![] },
-            min_version: tls::MinVersion::Tls12,
+            source: tls::live::IdentitySource::Generated { sans: vec![] },
+            min_version: tls::live::MinVersion::Tls12,
             client_cas: vec![],
         }
     }
@@ -105,12 +115,12 @@ pub struct Controller {
     volumes: Arc<Volumes>,
     config: Option<ConfigFile>,
     layout: paths::DataDir,
-    ca: Arc<pki::Ca>,
-    transport: server::Transport,
-    credentials: Arc<credentials::Credentials>,
+    ca: Arc<tls::ca::Ca>,
+    transport: rpc::server::Transport,
+    credentials: Arc<auth::credentials::Credentials>,
     store: Store,
     admin_token: PathBuf,
-    limits: server::Limits,
+    limits: rpc::limits::Limits,
 }
 
 impl Controller {
@@ -160,7 +170,7 @@ impl Controller {
             ),
         };
         // The flags alone first, so a bad value is blamed on where it is.
-        let open_files = server::open_file_limit();
+        let open_files = rpc::limits::open_file_limit();
         options.limits.resolve(open_files)?;
         let limits = match &config {
             Some(file) => options
@@ -172,14 +182,14 @@ impl Controller {
         };
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
         let layout = paths::DataDir::create(layout.root())?;
-        let ca = Arc::new(pki::Ca::load_or_create(&layout.tls())?);
+        let ca = Arc::new(tls::ca::Ca::load_or_create(&layout.tls())?);
         let transport = match &options.security {
             Security::Tls {
                 source,
                 min_version,
                 client_cas,
-            } => server::Transport::Tls(Arc::new(tls::Tls::load(
-                tls::TlsOptions {
+            } => rpc::server::Transport::Tls(Arc::new(tls::live::Tls::load(
+                tls::live::TlsOptions {
                     dir: layout.tls(),
                     source: source.clone(),
                     min_version: *min_version,
@@ -187,10 +197,10 @@ impl Controller {
                 },
                 &ca,
             )?)),
-            Security::DangerousPlaintext => server::Transport::DangerousPlaintext,
+            Security::DangerousPlaintext => rpc::server::Transport::DangerousPlaintext,
         };
         let store = Store::open(&layout.db())?;
-        let credentials = Arc::new(credentials::Credentials::open(
+        let credentials = Arc::new(auth::credentials::Credentials::open(
             &layout.auth(),
             store.db(),
             Arc::clone(&ca),
@@ -220,8 +230,8 @@ impl Controller {
     /// The fingerprint clients pin, or `None` when serving plaintext.
     pub fn fingerprint(&self) -> Option<String> {
         match &self.transport {
-            server::Transport::Tls(tls) => Some(tls.presented().root_fingerprint.clone()),
-            server::Transport::DangerousPlaintext => None,
+            rpc::server::Transport::Tls(tls) => Some(tls.presented().root_fingerprint.clone()),
+            rpc::server::Transport::DangerousPlaintext => None,
         }
     }
 
@@ -243,15 +253,15 @@ impl Controller {
     ) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         let maintenance = match &self.transport {
-            server::Transport::Tls(tls) => {
+            rpc::server::Transport::Tls(tls) => {
                 tracing::info!(fingerprint = %tls.presented().root_fingerprint,
                     "serving TLS; clients pin this fingerprint (also: berthd fingerprint)");
-                Some(tls::spawn_maintenance(
+                Some(tls::live::spawn_maintenance(
                     Arc::clone(tls),
                     Arc::clone(&self.ca),
                 ))
             }
-            server::Transport::DangerousPlaintext => {
+            rpc::server::Transport::DangerousPlaintext => {
                 if local.ip().is_loopback() {
                     tracing::warn!(address = %local, "--insecure-plaintext: serving WITHOUT TLS; traffic is readable and the controller cannot be authenticated");
                 } else {
@@ -261,9 +271,13 @@ impl Controller {
             }
         };
         let authz = auth::Authorizer::new(Arc::clone(self.volumes.catalog_arc()));
-        let services = server::Services {
-            api: api::Api::new(Arc::clone(&self.volumes), authz.clone()),
-            admin: admin::AdminApi::new(Arc::clone(&self.credentials), authz, self.store.clone()),
+        let services = rpc::server::Services {
+            api: rpc::volumes::Api::new(Arc::clone(&self.volumes), authz.clone()),
+            admin: rpc::admin::AdminApi::new(
+                Arc::clone(&self.credentials),
+                authz,
+                self.store.clone(),
+            ),
             auth: Arc::new(auth::Authenticator::new(Arc::clone(&self.credentials))),
         };
         // Graceful: stop accepting, let in-flight calls finish, but never
@@ -283,7 +297,7 @@ impl Controller {
             request_body_timeout = %humantime::format_duration(limits.request_body_timeout),
             "connection limits"
         );
-        let serve = server::run(listener, self.transport.clone(), services, limits, shutdown);
+        let serve = rpc::server::run(listener, self.transport.clone(), services, limits, shutdown);
         let result = tokio::select! {
             r = serve => r,
             _ = async {

@@ -1,5 +1,7 @@
 //! `berthd`: the Berth controller with the built-in drivers.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,11 +1,20 @@
-//! The data directory and what lives in it.
+//! The data directory and what lives in it: every file name below is
+//! defined here, once.
 //!
 //! ```text
-//! <data-dir>/db/        sled database of volume records      (0700)
-//! <data-dir>/volumes/   root of the default `local` service
-//! <data-dir>/tls/       the controller's TLS identity         (0700)
-//! <data-dir>/auth/      token signing key, admin token        (0700)
-//! <data-dir>/client.toml  a ready client profile              (0600)
+//! <data-dir>/db/                sled database of volume records      (0700)
+//! <data-dir>/volumes/           root of the default `local` service
+//! <data-dir>/tls/               the controller's TLS identity         (0700)
+//! <data-dir>/tls/ca.crt         the CA certificate: what clients pin  (0644)
+//! <data-dir>/tls/ca.key         its private key                       (0600)
+//! <data-dir>/tls/server.crt     server certificate + CA (the chain)   (0644)
+//! <data-dir>/tls/server.key     its private key                       (0600)
+//! <data-dir>/tls/fingerprint    the fingerprint clients pin           (0644)
+//! <data-dir>/auth/              token signing key, admin token        (0700)
+//! <data-dir>/auth/signing.key   Ed25519 token signing key (PKCS#8)    (0600)
+//! <data-dir>/auth/signing.pub   its public half                       (0644)
+//! <data-dir>/auth/admin.token   the bootstrap admin token             (0600)
+//! <data-dir>/client.toml        a ready client profile                (0600)
 //! ```
 //!
 //! At start the data directory, `tls/`, `auth/` and `db/` must each be a
@@ -17,6 +26,25 @@
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// `tls/ca.crt`: the CA certificate.
+pub const CA_CERT: &str = "ca.crt";
+/// `tls/ca.key`: the CA's private key.
+pub const CA_KEY: &str = "ca.key";
+/// `tls/server.crt`: the generated server certificate chain.
+pub const SERVER_CERT: &str = "server.crt";
+/// `tls/server.key`: its private key.
+pub const SERVER_KEY: &str = "server.key";
+/// `tls/fingerprint`: the fingerprint clients pin, for `berthd fingerprint`.
+pub const FINGERPRINT: &str = "fingerprint";
+/// `auth/signing.key`: the token signing key.
+pub const SIGNING_KEY: &str = "signing.key";
+/// `auth/signing.pub`: its public half.
+pub const SIGNING_PUB: &str = "signing.pub";
+/// `auth/admin.token`: the bootstrap admin token.
+pub const ADMIN_TOKEN: &str = "admin.token";
+/// `client.toml`: the ready-made client profile.
+pub const CLIENT_PROFILE: &str = "client.toml";
 
 /// Where the data directory is when none is given: `$XDG_DATA_HOME/berth`,
 /// else `~/.local/share/berth`.
@@ -101,8 +129,7 @@ pub enum Private {
 
 /// The effective uid of this process.
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Refuses a private path that is a symbolic link, is not of the expected
@@ -252,24 +279,34 @@ impl DataDir {
         }
     }
 
+    /// The data directory itself.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// `db/`: the sled database.
     pub fn db(&self) -> PathBuf {
         self.root.join("db")
     }
 
+    /// `volumes/`: the default `local` service's root.
     pub fn volumes(&self) -> PathBuf {
         self.root.join("volumes")
     }
 
+    /// `tls/`: the controller's TLS identity.
     pub fn tls(&self) -> PathBuf {
         self.root.join("tls")
     }
 
+    /// `auth/`: the token signing key and the admin token.
     pub fn auth(&self) -> PathBuf {
         self.root.join("auth")
+    }
+
+    /// `client.toml`: the ready-made client profile.
+    pub fn client_profile(&self) -> PathBuf {
+        self.root.join(CLIENT_PROFILE)
     }
 }
 

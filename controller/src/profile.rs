@@ -4,14 +4,28 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::pki::{self, PkiError};
+use crate::fsio::{self, FileError};
+use crate::paths::{self, DataDirError};
+
+/// Why the profile could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// Writing a file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The configuration directory could not be made.
+    #[error(transparent)]
+    Dir(#[from] DataDirError),
+}
 
 /// What goes into the profile.
 #[derive(Debug, Clone)]
 pub struct Profile {
+    /// The controller's address, as clients dial it.
     pub host: String,
     /// `None` when serving plaintext.
     pub fingerprint: Option<String>,
+    /// The admin token file, if the profile should name it.
     pub token_file: Option<PathBuf>,
 }
 
@@ -55,9 +69,13 @@ pub fn default_client_config() -> Option<PathBuf> {
 /// Writes `<data-dir>/client.toml` (0600) and, if the invoking user has no
 /// client configuration yet, installs it there (never overwriting). Returns
 /// the installed path, if any.
-pub fn write(data_dir: &Path, profile: &Profile) -> Result<Option<PathBuf>, PkiError> {
+pub fn write(data_dir: &Path, profile: &Profile) -> Result<Option<PathBuf>, ProfileError> {
     let text = profile.to_toml();
-    pki::replace_file(&data_dir.join("client.toml"), text.as_bytes(), 0o600)?;
+    fsio::replace(
+        &data_dir.join(paths::CLIENT_PROFILE),
+        text.as_bytes(),
+        0o600,
+    )?;
     let Some(target) = default_client_config() else {
         return Ok(None);
     };
@@ -65,14 +83,12 @@ pub fn write(data_dir: &Path, profile: &Profile) -> Result<Option<PathBuf>, PkiE
         return Ok(None);
     }
     if let Some(dir) = target.parent() {
-        crate::paths::create_private_dir(dir)?;
+        paths::create_private_dir(dir)?;
     }
-    match pki::write_private_new(&target, text.as_bytes()) {
+    match fsio::write_private_new(&target, text.as_bytes()) {
         Ok(()) => Ok(Some(target)),
         // Someone else created it meanwhile: theirs stays.
-        Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
+        Err(e) if e.already_exists() => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }

@@ -9,6 +9,23 @@
 //! feature, the [`conformance`] kit that tells you whether your driver
 //! behaves. It has no gRPC or server dependency.
 //!
+//! # Where things live
+//!
+//! | module | what it is |
+//! | --- | --- |
+//! | `driver` | the [`VolumeDriver`] trait and the types it speaks in |
+//! | `error` | [`DriverError`], and [`echo`] for quoting input in messages |
+//! | `name` | [`VolumeName`]: the one naming rule |
+//! | `registry` | [`DriverRegistry`]: building drivers from configuration |
+//! | [`file`] | what the file-backed drivers share: layout, metadata files, durable writes |
+//! | [`vfs`] | the built-in `vfs` driver: volumes as directories |
+//! | [`image`] | the built-in `image` driver: volumes as raw or qcow2 image files |
+//! | `conformance` | (feature `conformance`) the checks every driver must pass |
+//!
+//! Unsafe code is denied crate-wide; two functions in [`file::durable`]
+//! allow it, each for one documented libc call (`getrlimit`, and `lseek`
+//! with `SEEK_DATA`).
+//!
 //! # A complete driver
 //!
 //! ```
@@ -97,13 +114,15 @@
 //! which error to return when, what must be durable before returning, and
 //! what may run concurrently.
 
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod driver;
-pub mod durable;
 mod error;
+pub mod file;
 pub mod image;
-mod meta;
 mod name;
 mod registry;
 pub mod vfs;

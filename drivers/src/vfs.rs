@@ -35,13 +35,13 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
-use crate::durable::{check_size, copy_tree, open_dir_nofollow, sync_dir, Staged, OFF_T_MAX};
-use crate::meta::{self, stamp};
+use crate::file::durable::{check_size, copy_tree, open_dir_nofollow, sync_dir, Staged, OFF_T_MAX};
+use crate::file::layout::{blocking, Dirs};
+use crate::file::meta::{self, stamp};
+use crate::file::store::{file_driver, FileStore};
 use crate::{
-    Attachment, Capabilities, CreateRequest, DriverError, DriverOptions, DriverResult,
-    DriverSnapshot, DriverVolume, VolumeDriver, VolumeName,
+    CreateRequest, DriverError, DriverOptions, DriverResult, DriverSnapshot, DriverVolume,
+    VolumeName,
 };
 
 /// The name the `vfs` driver is registered under.
@@ -57,46 +57,26 @@ pub struct VfsDriver {
 
 #[derive(Debug)]
 struct Layout {
-    root: PathBuf,
-    meta: PathBuf,
-    snapshots: PathBuf,
-    snapshot_meta: PathBuf,
-    staging: PathBuf,
-    trash: PathBuf,
+    dirs: Dirs,
+}
+
+impl std::ops::Deref for Layout {
+    type Target = Dirs;
+
+    fn deref(&self) -> &Dirs {
+        &self.dirs
+    }
 }
 
 impl VfsDriver {
     /// Opens (creating if needed) a `vfs` store rooted at `root`, and clears
     /// what a crash left half done.
     pub fn open(root: impl Into<PathBuf>) -> DriverResult<Self> {
-        let root = root.into();
-        let hidden = root.join(".berth");
         let layout = Layout {
-            meta: hidden.join("volumes"),
-            snapshots: hidden.join("snapshots"),
-            snapshot_meta: hidden.join("snapshot-meta"),
-            staging: hidden.join("staging"),
-            trash: hidden.join("trash"),
-            root,
+            dirs: Dirs::create(root.into())?,
         };
-        for dir in [
-            &layout.root,
-            &layout.meta,
-            &layout.snapshots,
-            &layout.snapshot_meta,
-            &layout.staging,
-            &layout.trash,
-        ] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| DriverError::io(format!("creating {}", dir.display()), e))?;
-        }
         layout.empty(&layout.staging);
         layout.empty(&layout.trash);
-        crate::durable::remove_temporaries(&layout.meta);
-        crate::durable::remove_temporaries(&layout.snapshot_meta);
         Ok(Self {
             inner: Arc::new(layout),
         })
@@ -125,35 +105,15 @@ impl VfsDriver {
         T: Send + 'static,
         F: FnOnce(&Layout) -> DriverResult<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| DriverError::Internal(format!("vfs worker failed: {e}")))?
+        blocking(DRIVER_NAME, &self.inner, f).await
     }
 }
 
 impl Layout {
-    fn volume_size(&self, name: &VolumeName) -> DriverResult<Option<u64>> {
-        meta::volume_size(&self.meta, name)
-    }
-
-    fn snapshot(&self, snapshot: &VolumeName) -> DriverResult<Option<DriverSnapshot>> {
-        meta::snapshot(&self.snapshot_meta, snapshot)
-    }
-
-    fn volume(&self, name: &VolumeName, size_bytes: u64) -> DriverResult<DriverVolume> {
-        let path = meta::child(&self.root, name.as_str())?;
-        Ok(DriverVolume {
-            name: name.clone(),
-            size_bytes,
-            fields: BTreeMap::from([("path".to_owned(), path.display().to_string())]),
-        })
-    }
-
     /// The existing volume if it matches `request`, AlreadyExists if it
     /// differs, `None` if there is none.
     fn existing(&self, request: &CreateRequest) -> DriverResult<Option<DriverVolume>> {
-        meta::existing(self.volume_size(&request.name)?, request, |size| {
+        meta::existing(self.size_of(&request.name)?, request, |size| {
             self.volume(&request.name, size)
         })
     }
@@ -161,70 +121,6 @@ impl Layout {
     fn record(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
         meta::write_volume(&self.meta, &request.name, request.size_bytes)?;
         self.volume(&request.name, request.size_bytes)
-    }
-
-    fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
-        let mode = parse_mode(&request.options)?;
-        check_size(request.size_bytes, OFF_T_MAX, "a vfs volume")?;
-        if let Some(existing) = self.existing(request)? {
-            return Ok(existing);
-        }
-        let data = meta::child(&self.root, request.name.as_str())?;
-        // A directory without metadata is a create that a crash interrupted
-        // before it was acknowledged: adopt it, but only a real directory,
-        // and only through a descriptor that did not follow a link.
-        match fs::DirBuilder::new().mode(mode).create(&data) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(DriverError::io(format!("creating {}", data.display()), e)),
-        }
-        let dir = adoptable(&data)?;
-        dir.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| DriverError::io(format!("setting the mode of {}", data.display()), e))?;
-        sync_dir(&self.root)?;
-        self.record(request)
-    }
-
-    /// Creates `request.name` holding a copy of `source` (a directory).
-    fn create_copy(&self, source: &Path, request: &CreateRequest) -> DriverResult<DriverVolume> {
-        if !request.options.is_empty() {
-            parse_mode(&request.options)?;
-        }
-        check_size(request.size_bytes, OFF_T_MAX, "a vfs volume")?;
-        if let Some(existing) = self.existing(request)? {
-            return Ok(existing);
-        }
-        let data = meta::child(&self.root, request.name.as_str())?;
-        match fs::symlink_metadata(&data) {
-            // Left by an interrupted create: it was never acknowledged.
-            Ok(meta) if meta.is_dir() => self.discard(&data)?,
-            Ok(meta) => return Err(not_adoptable(&data, &meta)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DriverError::io(format!("inspecting {}", data.display()), e)),
-        }
-        let staged = Staged::new(self.staging.join(format!("{}.{}", request.name, stamp())));
-        copy_tree(source, staged.path())?;
-        if let Some(mode) = request
-            .options
-            .get("mode")
-            .map(|_| parse_mode(&request.options))
-            .transpose()?
-        {
-            open_dir_nofollow(staged.path())
-                .and_then(|dir| dir.set_permissions(fs::Permissions::from_mode(mode)))
-                .map_err(|e| {
-                    DriverError::io(
-                        format!("setting the mode of {}", staged.path().display()),
-                        e,
-                    )
-                })?;
-        }
-        fs::rename(staged.path(), &data)
-            .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
-        staged.keep();
-        sync_dir(&self.root)?;
-        sync_dir(&self.staging)?;
-        self.record(request)
     }
 
     /// Moves `path` to the trash (atomically out of sight), then deletes it.
@@ -255,80 +151,6 @@ impl Layout {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(DriverError::io(format!("removing {}", path.display()), e)),
         }
-    }
-
-    fn delete(&self, name: &VolumeName) -> DriverResult<()> {
-        let data = meta::child(&self.root, name.as_str())?;
-        // symlink_metadata: whatever is there (a link too) is moved to the
-        // trash as it is; nothing is followed.
-        if fs::symlink_metadata(&data).is_ok() {
-            self.discard(&data)?;
-        }
-        self.remove_meta(&self.meta, name)
-    }
-
-    fn list(&self) -> DriverResult<Vec<DriverVolume>> {
-        let mut volumes = Vec::new();
-        for name in meta::names_in(&self.meta)? {
-            if let Some(size) = self.volume_size(&name)? {
-                volumes.push(self.volume(&name, size)?);
-            }
-        }
-        Ok(volumes)
-    }
-
-    fn create_snapshot(
-        &self,
-        volume: &VolumeName,
-        snapshot: &VolumeName,
-    ) -> DriverResult<DriverSnapshot> {
-        if let Some(existing) = self.snapshot(snapshot)? {
-            if &existing.volume == volume {
-                return Ok(existing);
-            }
-            return Err(DriverError::AlreadyExists(format!(
-                "snapshot {snapshot} already exists, of volume {}",
-                existing.volume
-            )));
-        }
-        let Some(size_bytes) = self.volume_size(volume)? else {
-            return Err(DriverError::NotFound(format!("volume {volume}")));
-        };
-        let data = meta::child(&self.snapshots, snapshot.as_str())?;
-        if fs::symlink_metadata(&data).is_ok() {
-            self.discard(&data)?;
-        }
-        let staged = Staged::new(self.staging.join(format!("{snapshot}.{}", stamp())));
-        copy_tree(&meta::child(&self.root, volume.as_str())?, staged.path())?;
-        fs::rename(staged.path(), &data)
-            .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
-        staged.keep();
-        sync_dir(&self.snapshots)?;
-        let taken = DriverSnapshot {
-            name: snapshot.clone(),
-            volume: volume.clone(),
-            size_bytes,
-        };
-        meta::write_snapshot(&self.snapshot_meta, &taken)?;
-        Ok(taken)
-    }
-
-    fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
-        let data = meta::child(&self.snapshots, snapshot.as_str())?;
-        if fs::symlink_metadata(&data).is_ok() {
-            self.discard(&data)?;
-        }
-        self.remove_meta(&self.snapshot_meta, snapshot)
-    }
-
-    fn list_snapshots(&self) -> DriverResult<Vec<DriverSnapshot>> {
-        let mut out = Vec::new();
-        for name in meta::names_in(&self.snapshot_meta)? {
-            if let Some(s) = self.snapshot(&name)? {
-                out.push(s);
-            }
-        }
-        Ok(out)
     }
 
     /// Best effort: what fails to go now goes at the next delete or start.
@@ -399,121 +221,147 @@ fn parse_mode(options: &BTreeMap<String, String>) -> DriverResult<u32> {
     }
 }
 
-#[async_trait]
-impl VolumeDriver for VfsDriver {
-    fn name(&self) -> &str {
-        DRIVER_NAME
+impl FileStore for Layout {
+    fn dirs(&self) -> &Dirs {
+        &self.dirs
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            attach: true,
-            multi_attach: false,
-            snapshot: true,
-            copy: true,
-            create_from_snapshot: true,
+    fn data(&self, dir: &Path, name: &VolumeName) -> DriverResult<PathBuf> {
+        meta::child(dir, name.as_str())
+    }
+
+    fn attachment_fields(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn volume(&self, name: &VolumeName, size_bytes: u64) -> DriverResult<DriverVolume> {
+        let path = meta::child(&self.root, name.as_str())?;
+        Ok(DriverVolume {
+            name: name.clone(),
+            size_bytes,
+            fields: BTreeMap::from([("path".to_owned(), path.display().to_string())]),
+        })
+    }
+
+    fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        let mode = parse_mode(&request.options)?;
+        check_size(request.size_bytes, OFF_T_MAX, "a vfs volume")?;
+        if let Some(existing) = self.existing(request)? {
+            return Ok(existing);
         }
+        let data = meta::child(&self.root, request.name.as_str())?;
+        // A directory without metadata is a create that a crash interrupted
+        // before it was acknowledged: adopt it, but only a real directory,
+        // and only through a descriptor that did not follow a link.
+        match fs::DirBuilder::new().mode(mode).create(&data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(DriverError::io(format!("creating {}", data.display()), e)),
+        }
+        let dir = adoptable(&data)?;
+        dir.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| DriverError::io(format!("setting the mode of {}", data.display()), e))?;
+        sync_dir(&self.root)?;
+        self.record(request)
     }
 
-    async fn create(&self, request: &CreateRequest) -> DriverResult<DriverVolume> {
-        let request = request.clone();
-        self.blocking(move |l| l.create(&request)).await
+    /// Creates `request.name` holding a copy of `source` (a directory).
+    fn create_copy(&self, source: &Path, request: &CreateRequest) -> DriverResult<DriverVolume> {
+        if !request.options.is_empty() {
+            parse_mode(&request.options)?;
+        }
+        check_size(request.size_bytes, OFF_T_MAX, "a vfs volume")?;
+        if let Some(existing) = self.existing(request)? {
+            return Ok(existing);
+        }
+        let data = meta::child(&self.root, request.name.as_str())?;
+        match fs::symlink_metadata(&data) {
+            // Left by an interrupted create: it was never acknowledged.
+            Ok(meta) if meta.is_dir() => self.discard(&data)?,
+            Ok(meta) => return Err(not_adoptable(&data, &meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DriverError::io(format!("inspecting {}", data.display()), e)),
+        }
+        let staged = Staged::new(self.staging.join(format!("{}.{}", request.name, stamp())));
+        copy_tree(source, staged.path())?;
+        if let Some(mode) = request
+            .options
+            .get("mode")
+            .map(|_| parse_mode(&request.options))
+            .transpose()?
+        {
+            open_dir_nofollow(staged.path())
+                .and_then(|dir| dir.set_permissions(fs::Permissions::from_mode(mode)))
+                .map_err(|e| {
+                    DriverError::io(
+                        format!("setting the mode of {}", staged.path().display()),
+                        e,
+                    )
+                })?;
+        }
+        fs::rename(staged.path(), &data)
+            .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
+        staged.keep();
+        sync_dir(&self.root)?;
+        sync_dir(&self.staging)?;
+        self.record(request)
     }
 
-    async fn delete(&self, name: &VolumeName) -> DriverResult<()> {
-        let name = name.clone();
-        self.blocking(move |l| l.delete(&name)).await
+    fn delete(&self, name: &VolumeName) -> DriverResult<()> {
+        let data = meta::child(&self.root, name.as_str())?;
+        // symlink_metadata: whatever is there (a link too) is moved to the
+        // trash as it is; nothing is followed.
+        if fs::symlink_metadata(&data).is_ok() {
+            self.discard(&data)?;
+        }
+        self.remove_meta(&self.meta, name)
     }
 
-    async fn get(&self, name: &VolumeName) -> DriverResult<Option<DriverVolume>> {
-        let name = name.clone();
-        self.blocking(move |l| match l.volume_size(&name)? {
-            Some(size) => l.volume(&name, size).map(Some),
-            None => Ok(None),
-        })
-        .await
-    }
-
-    async fn list(&self) -> DriverResult<Vec<DriverVolume>> {
-        self.blocking(|l| l.list()).await
-    }
-
-    async fn attach(&self, name: &VolumeName, instance: &str) -> DriverResult<Attachment> {
-        let (name, instance) = (name.clone(), instance.to_owned());
-        self.blocking(move |l| {
-            if l.volume_size(&name)?.is_none() {
-                return Err(DriverError::NotFound(format!("volume {name}")));
-            }
-            let path = meta::child(&l.root, name.as_str())?;
-            Ok(Attachment {
-                instance,
-                device: path.display().to_string(),
-                fields: BTreeMap::new(),
-            })
-        })
-        .await
-    }
-
-    async fn detach(&self, _name: &VolumeName, _instance: &str) -> DriverResult<()> {
-        // A directory needs nothing undone.
-        Ok(())
-    }
-
-    async fn create_snapshot(
+    fn create_snapshot(
         &self,
         volume: &VolumeName,
         snapshot: &VolumeName,
     ) -> DriverResult<DriverSnapshot> {
-        let (volume, snapshot) = (volume.clone(), snapshot.clone());
-        self.blocking(move |l| l.create_snapshot(&volume, &snapshot))
-            .await
+        if let Some(existing) = self.retaken(volume, snapshot)? {
+            return Ok(existing);
+        }
+        let Some(size_bytes) = self.size_of(volume)? else {
+            return Err(DriverError::NotFound(format!("volume {volume}")));
+        };
+        let data = meta::child(&self.snapshots, snapshot.as_str())?;
+        if fs::symlink_metadata(&data).is_ok() {
+            self.discard(&data)?;
+        }
+        let staged = Staged::new(self.staging.join(format!("{snapshot}.{}", stamp())));
+        copy_tree(&meta::child(&self.root, volume.as_str())?, staged.path())?;
+        fs::rename(staged.path(), &data)
+            .map_err(|e| DriverError::io(format!("moving {} into place", data.display()), e))?;
+        staged.keep();
+        sync_dir(&self.snapshots)?;
+        let taken = DriverSnapshot {
+            name: snapshot.clone(),
+            volume: volume.clone(),
+            size_bytes,
+        };
+        meta::write_snapshot(&self.snapshot_meta, &taken)?;
+        Ok(taken)
     }
 
-    async fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
-        let snapshot = snapshot.clone();
-        self.blocking(move |l| l.delete_snapshot(&snapshot)).await
-    }
-
-    async fn list_snapshots(&self) -> DriverResult<Vec<DriverSnapshot>> {
-        self.blocking(|l| l.list_snapshots()).await
-    }
-
-    async fn create_from_snapshot(
-        &self,
-        snapshot: &VolumeName,
-        request: &CreateRequest,
-    ) -> DriverResult<DriverVolume> {
-        let (snapshot, request) = (snapshot.clone(), request.clone());
-        self.blocking(move |l| {
-            if l.snapshot(&snapshot)?.is_none() {
-                return Err(DriverError::NotFound(format!("snapshot {snapshot}")));
-            }
-            let source = meta::child(&l.snapshots, snapshot.as_str())?;
-            l.create_copy(&source, &request)
-        })
-        .await
-    }
-
-    async fn copy(
-        &self,
-        source: &VolumeName,
-        request: &CreateRequest,
-    ) -> DriverResult<DriverVolume> {
-        let (source, request) = (source.clone(), request.clone());
-        self.blocking(move |l| {
-            if l.volume_size(&source)?.is_none() {
-                return Err(DriverError::NotFound(format!("volume {source}")));
-            }
-            let from = meta::child(&l.root, source.as_str())?;
-            l.create_copy(&from, &request)
-        })
-        .await
+    fn delete_snapshot(&self, snapshot: &VolumeName) -> DriverResult<()> {
+        let data = meta::child(&self.snapshots, snapshot.as_str())?;
+        if fs::symlink_metadata(&data).is_ok() {
+            self.discard(&data)?;
+        }
+        self.remove_meta(&self.snapshot_meta, snapshot)
     }
 }
+
+file_driver!(VfsDriver);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::VolumeDriver;
 
     fn request(name: &str, size: u64) -> CreateRequest {
         CreateRequest {

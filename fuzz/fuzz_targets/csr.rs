@@ -24,7 +24,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use berth_controller::auth::Via;
-use berth_controller::credentials::CredentialError;
+use berth_controller::auth::credentials::CredentialError;
 use berth_fuzz::{admin_scope, fixture, user_scope};
 use libfuzzer_sys::fuzz_target;
 use rustls::pki_types::pem::PemObject;

@@ -12,7 +12,8 @@
 //! - an accepted subject is 1 to 128 bytes without control characters.
 #![no_main]
 
-use berth_controller::credentials::{check_scope, check_subject};
+use berth_controller::auth::credentials::check_scope;
+use berth_controller::auth::subject::normalize_subject as check_subject;
 use berth_drivers::{VolumeName, MAX_NAME_LEN, NAME_RULE};
 use berth_fuzz::user_scope;
 use libfuzzer_sys::fuzz_target;

@@ -24,7 +24,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use berth_controller::auth::{Authenticator, Identity, Via};
-use berth_controller::credentials::CredentialError;
+use berth_controller::auth::credentials::CredentialError;
 use berth_fuzz::{fixture, Fixture, Issued};
 use libfuzzer_sys::fuzz_target;
 
@@ -98,7 +98,9 @@ fuzz_target!(|data: &[u8]| {
             .body(())
             .expect("request");
         let authenticator = Authenticator::new(fx.credentials.clone());
-        let outcome = authenticator.authenticate(&request);
+        let outcome = authenticator
+            .authenticate(&request)
+            .map_err(tonic::Status::from);
         berth_fuzz::show(|| format!("mode 1: {outcome:?}"));
         match outcome {
             Ok(id) => {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use berth_controller::auth::{Role, Scope};
-use berth_controller::credentials::{Credentials, TokenRecord};
-use berth_controller::pki::Ca;
+use berth_controller::auth::credentials::{Credentials, TokenRecord};
+use berth_controller::tls::ca::Ca;
 
 /// A token the fixture issued, and whether it then revoked it.
 pub struct Issued {

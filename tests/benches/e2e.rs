@@ -408,7 +408,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// (the same store berthd opens), so paging can be measured without
 /// creating 100,000 directories first.
 fn seed_records(data_dir: &Path, n: usize) {
-    use berth_controller::store::{Store, VolumeKey, VolumeRecord};
+    use berth_controller::volumes::store::{Store, VolumeKey, VolumeRecord};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

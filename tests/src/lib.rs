@@ -9,11 +9,13 @@
 //! | --- | --- |
 //! | this file | [`Berthd`] (start, restart, kill a controller), [`Run`] (a finished `berth`), data-directory views |
 //! | [`grpc`] | plain tonic channels to a plaintext controller, with a bearer token |
+//! | [`node`] | root, mount points and loop devices for the node and Docker suites |
 //! | [`openssl`] | the stock `openssl` command: keys, requests, an operator CA, inspection |
 //! | [`process`] | child processes run to completion within a bound |
 //! | [`tokens`] | the bootstrap admin token, issued tokens, a token's claims |
 
 pub mod grpc;
+pub mod node;
 pub mod openssl;
 pub mod process;
 pub mod tokens;

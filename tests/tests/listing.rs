@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use berth_controller::store::{Store, VolumeKey, VolumeRecord};
+use berth_controller::volumes::store::{Store, VolumeKey, VolumeRecord};
 use berth_proto::v1 as pb;
 use berth_tests::grpc::{bearer, channel, Authed};
 use berth_tests::Berthd;

@@ -9,6 +9,7 @@ use crate::cli::Globals;
 pub mod ca;
 pub mod cert;
 pub mod docs;
+pub mod node;
 pub mod service;
 pub mod snapshot;
 pub mod token;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Write the manual pages (berth.1 and one per command) or print berth.1.
     #[command(after_help = docs::MAN_HELP)]
     Man(docs::ManArgs),
+    /// Node agents: Docker's volume plugin and the CSI plugin.
+    #[command(subcommand)]
+    Plugin(node::PluginCommand),
 }
 
 /// Runs one command. Every group but `trust`, `completions` and `man` opens
@@ -78,6 +82,7 @@ pub async fn run(globals: &Globals, command: &Command) -> anyhow::Result<()> {
         Command::Ca(c) => ca::run(globals, c).await,
         Command::Completions(c) => docs::completions(c),
         Command::Man(c) => docs::man(c),
+        Command::Plugin(c) => node::plugin(globals.session_options(), c).await,
     }
 }
 

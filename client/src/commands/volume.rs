@@ -103,6 +103,8 @@ pub enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+    #[command(flatten)]
+    Node(super::node::NodeVolumeCommand),
     /// Create DESTINATION as a copy of SOURCE (same service).
     #[command(after_help = "Example:\n  berth volume copy db db-test")]
     Copy {
@@ -307,6 +309,9 @@ pub async fn run(globals: &Globals, command: &VolumeCommand) -> anyhow::Result<(
             };
             let volume = volumes.copy_volume(request).await?.into_inner();
             print_volume(format, &volume)
+        }
+        VolumeCommand::Node(c) => {
+            super::node::volume(&session, &globals.session_options(), format, c).await
         }
     }
 }

@@ -7,43 +7,32 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{identity, Authorizer, Role, Scope, AUDIT};
-use crate::credentials::{self, CertRecord, CredentialError, Credentials, TokenRecord};
-use crate::store::Store;
+use crate::auth::credentials::{self, CertRecord, Credentials, TokenRecord};
+use crate::auth::{Authorizer, Role, Scope, AUDIT};
+use crate::rpc::call::{Call, Gate};
+use crate::volumes::store::Store;
 
 /// Implements `berth.v1.Admin`.
 #[derive(Clone)]
 pub struct AdminApi {
     credentials: Arc<Credentials>,
-    authz: Authorizer,
+    gate: Gate,
     store: Store,
 }
 
 impl AdminApi {
+    /// The admin service over `credentials`, authorising with `authz` and
+    /// making changes durable in `store`.
     pub fn new(credentials: Arc<Credentials>, authz: Authorizer, store: Store) -> Self {
         Self {
             credentials,
-            authz,
+            gate: Gate::new(authz),
             store,
         }
     }
 
     async fn durable(&self) -> Result<(), Status> {
-        self.store
-            .flush()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))
-    }
-}
-
-impl From<CredentialError> for Status {
-    fn from(e: CredentialError) -> Self {
-        match e {
-            CredentialError::Invalid(m) => Status::invalid_argument(m),
-            CredentialError::Subject(e) => Status::invalid_argument(e.to_string()),
-            CredentialError::NotFound(_) => Status::not_found(e.to_string()),
-            other => Status::internal(other.to_string()),
-        }
+        Ok(self.store.flush().await?)
     }
 }
 
@@ -124,7 +113,7 @@ impl AdminApi {
     /// A typo would otherwise issue a credential that silently grants
     /// nothing, or grants a service created later under that name.
     fn check_services(&self, scope: &Scope, allow_unknown: bool) -> Result<(), Status> {
-        let catalog = self.authz.catalog();
+        let catalog = self.gate.authz().catalog();
         let unknown: Vec<&str> = scope
             .services
             .iter()
@@ -137,7 +126,7 @@ impl AdminApi {
         let quoted = |names: Vec<&str>| {
             names
                 .iter()
-                .map(|n| format!("\"{}\"", credentials::shown(n)))
+                .map(|n| format!("\"{}\"", crate::auth::subject::shown(n)))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -155,9 +144,9 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        let who = identity(&request)?;
-        self.authz.admin(&who, "IssueToken")?;
-        let req = request.into_inner();
+        let Call {
+            who, message: req, ..
+        } = self.gate.admin(request)?;
         let scope = scope_from(req.scope)?;
         self.check_services(&scope, req.allow_unknown_services)?;
         let (token, record) = self.credentials.issue_token(
@@ -177,8 +166,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let who = identity(&request)?;
-        self.authz.admin(&who, "ListTokens")?;
+        self.gate.admin(request)?;
         let tokens = self
             .credentials
             .list_tokens()?
@@ -192,9 +180,10 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::TokenInfo>, Status> {
-        let who = identity(&request)?;
-        self.authz.admin(&who, "RevokeToken")?;
-        let record = self.credentials.revoke_token(&request.into_inner().jti)?;
+        let Call {
+            who, message: req, ..
+        } = self.gate.admin(request)?;
+        let record = self.credentials.revoke_token(&req.jti)?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, jti = %record.jti, "revoked a token");
         Ok(Response::new(token_info(&record)))
@@ -204,9 +193,9 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::SignCertificateRequest>,
     ) -> Result<Response<pb::SignCertificateResponse>, Status> {
-        let who = identity(&request)?;
-        self.authz.admin(&who, "SignCertificate")?;
-        let req = request.into_inner();
+        let Call {
+            who, message: req, ..
+        } = self.gate.admin(request)?;
         let scope = scope_from(req.scope)?;
         self.check_services(&scope, req.allow_unknown_services)?;
         let (certificate_pem, record) = self.credentials.sign_csr(
@@ -227,8 +216,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::ListCertificatesRequest>,
     ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
-        let who = identity(&request)?;
-        self.authz.admin(&who, "ListCertificates")?;
+        self.gate.admin(request)?;
         let certificates = self
             .credentials
             .list_certs()?
@@ -242,9 +230,10 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::CertificateInfo>, Status> {
-        let who = identity(&request)?;
-        self.authz.admin(&who, "RevokeCertificate")?;
-        let record = self.credentials.revoke_cert(&request.into_inner().serial)?;
+        let Call {
+            who, message: req, ..
+        } = self.gate.admin(request)?;
+        let record = self.credentials.revoke_cert(&req.serial)?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, serial = %record.serial, "revoked a client certificate");
         Ok(Response::new(cert_info(&record)))
@@ -254,8 +243,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::GetCaRequest>,
     ) -> Result<Response<pb::GetCaResponse>, Status> {
-        let who = identity(&request)?;
-        self.authz.admin(&who, "GetCa")?;
+        self.gate.admin(request)?;
         let ca = self.credentials.ca();
         Ok(Response::new(pb::GetCaResponse {
             ca_pem: ca.cert_pem.clone(),
@@ -267,8 +255,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::RotateAdminTokenRequest>,
     ) -> Result<Response<pb::RotateAdminTokenResponse>, Status> {
-        let who = identity(&request)?;
-        self.authz.admin(&who, "RotateAdminToken")?;
+        let who = self.gate.admin(request)?.who;
         let (record, revoked) = self.credentials.rotate_admin_token()?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, jti = %record.jti, revoked = ?revoked, "rotated the bootstrap admin token");

@@ -29,12 +29,17 @@ use serde::{Deserialize, Serialize};
 pub struct VolumeRecord {
     /// Stable, unique id assigned at creation.
     pub id: String,
+    /// The volume name.
     pub name: String,
+    /// The service it belongs to.
     pub service: String,
+    /// The driver that made it.
     pub driver: String,
+    /// Its size, as the driver reported it.
     pub size_bytes: u64,
     /// Creation time, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// The options it was created with.
     pub options: BTreeMap<String, String>,
     /// Driver-reported facts (`path`, ...).
     pub fields: BTreeMap<String, String>,
@@ -49,8 +54,11 @@ pub struct VolumeRecord {
 /// One instance a volume is attached to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentRecord {
+    /// The instance it is attached to.
     pub instance: String,
+    /// Where the instance finds it (a path or device).
     pub device: String,
+    /// Driver-reported facts about the attachment.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
 }
@@ -58,16 +66,22 @@ pub struct AttachmentRecord {
 /// What the controller knows about one snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
+    /// Stable, unique id assigned at creation.
     pub id: String,
+    /// The snapshot name.
     pub name: String,
+    /// The service it belongs to.
     pub service: String,
     /// The volume it was taken from.
     pub volume: String,
+    /// Its size, as the driver reported it.
     pub size_bytes: u64,
+    /// Creation time, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
 }
 
 impl SnapshotRecord {
+    /// Creation time.
     pub fn created_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.created_at_ms)
     }
@@ -76,7 +90,9 @@ impl SnapshotRecord {
 /// Which kind of object a key names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A volume.
     Volume,
+    /// A snapshot.
     Snapshot,
 }
 
@@ -97,6 +113,7 @@ impl Kind {
 }
 
 impl VolumeRecord {
+    /// Creation time.
     pub fn created_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.created_at_ms)
     }
@@ -108,24 +125,42 @@ impl VolumeRecord {
 pub enum Intent {
     /// Creating a volume (empty, from a snapshot, or as a copy).
     Create {
+        /// The record it will have.
         record: VolumeRecord,
     },
+    /// Deleting a volume.
     Delete {
+        /// The record being deleted.
         record: VolumeRecord,
     },
+    /// Taking a snapshot.
     CreateSnapshot {
+        /// The record it will have.
         record: SnapshotRecord,
     },
+    /// Deleting a snapshot.
     DeleteSnapshot {
+        /// The record being deleted.
         record: SnapshotRecord,
     },
 }
 
 impl Intent {
-    fn kind(&self) -> Kind {
+    /// Whether it is about a volume or a snapshot.
+    pub fn kind(&self) -> Kind {
         match self {
             Intent::Create { .. } | Intent::Delete { .. } => Kind::Volume,
             Intent::CreateSnapshot { .. } | Intent::DeleteSnapshot { .. } => Kind::Snapshot,
+        }
+    }
+
+    /// The operation's name, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Intent::Create { .. } => "create",
+            Intent::Delete { .. } => "delete",
+            Intent::CreateSnapshot { .. } => "create_snapshot",
+            Intent::DeleteSnapshot { .. } => "delete_snapshot",
         }
     }
 }
@@ -133,13 +168,31 @@ impl Intent {
 /// Errors of the record store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database cannot be opened.
     #[error("cannot open the volume database at {path}: {source}; is another berthd using this data directory?")]
-    Open { path: PathBuf, source: sled::Error },
+    Open {
+        /// The database directory.
+        path: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// A database operation failed.
     #[error("volume database error: {0}")]
     Db(#[from] sled::Error),
+    /// A record could not be serialised; nothing was written.
+    #[error("cannot encode entry {key:?} for the volume database: {source}")]
+    Encode {
+        /// The entry's key.
+        key: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// An entry does not decode.
     #[error("corrupt entry {key:?} in the volume database: {source}")]
     Corrupt {
+        /// The entry's key.
         key: String,
+        /// What serde said.
         source: serde_json::Error,
     },
 }
@@ -147,11 +200,14 @@ pub enum StoreError {
 /// The key of one volume, without its kind prefix.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VolumeKey {
+    /// The service.
     pub service: String,
+    /// The volume or snapshot name.
     pub name: String,
 }
 
 impl VolumeKey {
+    /// The key of `name` in `service`.
     pub fn new(service: &str, name: &str) -> Self {
         Self {
             service: service.to_owned(),
@@ -315,8 +371,9 @@ impl Store {
 
     /// Records an intent (not yet durable: call [`flush`](Self::flush)).
     pub fn begin(&self, key: &VolumeKey, intent: &Intent) -> Result<(), StoreError> {
-        self.tree
-            .insert(key.encode(intent.kind().intent()), encode(intent))?;
+        let k = key.encode(intent.kind().intent());
+        let v = encode(&k, intent)?;
+        self.tree.insert(k, v)?;
         Ok(())
     }
 
@@ -349,7 +406,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         match record {
-            Some(record) => batch.insert(key.encode(kind.record()), encode(record)),
+            Some(record) => {
+                let k = key.encode(kind.record());
+                let v = encode(&k, record)?;
+                batch.insert(k, v)
+            }
             None => batch.remove(key.encode(kind.record())),
         }
         batch.remove(key.encode(kind.intent()));
@@ -504,9 +565,11 @@ fn sorted<'a>(services: &[&'a str]) -> Vec<&'a str> {
     sorted
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and integers cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        source,
+    })
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> {

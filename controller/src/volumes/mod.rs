@@ -10,15 +10,21 @@
 //! attached; drivers make attach and detach idempotent, so a crash between
 //! the two is settled by the next attach or detach.
 
+pub mod catalog;
+pub mod journal;
+pub mod locks;
+pub mod store;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_drivers::{echo, CreateRequest, DriverError, VolumeName};
 
-use crate::catalog::{Catalog, Service};
-use crate::locks::KeyedLocks;
-use crate::store::{
+use crate::volumes::catalog::{Catalog, Service};
+use crate::volumes::journal::{Change, Journal, JournalError};
+use crate::volumes::locks::KeyedLocks;
+use crate::volumes::store::{
     AttachmentRecord, Intent, Kind, Page, SnapshotRecord, Store, StoreError, VolumeKey,
     VolumeRecord,
 };
@@ -32,22 +38,31 @@ pub const SCAN_BUDGET: usize = 4096;
 /// Why a volume operation failed. Each variant maps to one gRPC code.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
+    /// The request is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// No such service, volume or snapshot.
     #[error("{0}")]
     NotFound(String),
+    /// The name is taken by something else.
     #[error("{0}")]
     AlreadyExists(String),
+    /// Not now: attached, has snapshots, attached elsewhere.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The service's driver does not support it.
     #[error("{0}")]
     Unimplemented(String),
+    /// The driver refused or failed.
     #[error("service {service}: {source}")]
     Driver {
+        /// The service whose driver it was.
         service: String,
+        /// What the driver said.
         #[source]
         source: DriverError,
     },
+    /// The record store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -110,9 +125,13 @@ fn shown_options(options: &BTreeMap<String, String>) -> String {
 
 /// A create request, not yet validated.
 pub struct NewVolume {
+    /// The service to create it in.
     pub service: String,
+    /// The volume name.
     pub name: String,
+    /// The size; 0 with a snapshot means the snapshot's size.
     pub size_bytes: u64,
+    /// Driver options.
     pub options: BTreeMap<String, String>,
     /// Restore this snapshot into the new volume.
     pub from_snapshot: Option<String>,
@@ -121,8 +140,11 @@ pub struct NewVolume {
 /// Which volumes a listing keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachmentFilter {
+    /// Every volume.
     Any,
+    /// Volumes attached somewhere.
     Attached,
+    /// Volumes attached nowhere.
     Available,
 }
 
@@ -130,8 +152,16 @@ pub enum AttachmentFilter {
 pub struct Volumes {
     catalog: Arc<Catalog>,
     store: Store,
+    journal: Journal,
     locks: KeyedLocks<VolumeKey>,
     snapshot_locks: KeyedLocks<VolumeKey>,
+}
+
+fn journal_error(service: &Service) -> impl FnOnce(JournalError) -> VolumeError + '_ {
+    move |e| match e {
+        JournalError::Driver(source) => driver_error(service)(source),
+        JournalError::Store(e) => VolumeError::Store(e),
+    }
 }
 
 fn driver_error(service: &Service) -> impl FnOnce(DriverError) -> VolumeError + '_ {
@@ -142,19 +172,23 @@ fn driver_error(service: &Service) -> impl FnOnce(DriverError) -> VolumeError + 
 }
 
 impl Volumes {
+    /// A volume manager over the configured services and the record store.
     pub fn new(catalog: Arc<Catalog>, store: Store) -> Self {
         Self {
             catalog,
+            journal: Journal::new(store.clone()),
             store,
             locks: KeyedLocks::default(),
             snapshot_locks: KeyedLocks::default(),
         }
     }
 
+    /// The configured services.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 
+    /// The configured services, shared.
     pub fn catalog_arc(&self) -> &Arc<Catalog> {
         &self.catalog
     }
@@ -202,6 +236,7 @@ impl Volumes {
             })
     }
 
+    /// The record of one volume.
     pub fn get(&self, service: &str, name: &str) -> Result<VolumeRecord, VolumeError> {
         let service = self.service(service)?;
         let name = Self::name("volume", name)?;
@@ -390,48 +425,31 @@ impl Volumes {
         }
     }
 
-    /// Intent, driver call, commit: the shape of every create.
+    /// A journaled create: the driver's answer fills in the record.
     async fn run_create(
         &self,
         service: &Service,
         key: &VolumeKey,
-        mut record: VolumeRecord,
+        record: VolumeRecord,
         call: impl std::future::Future<Output = Result<berth_drivers::DriverVolume, DriverError>>,
     ) -> Result<VolumeRecord, VolumeError> {
-        self.store.begin(
-            key,
-            &Intent::Create {
-                record: record.clone(),
-            },
-        )?;
-        self.store.flush().await?;
-        match call.await {
-            Ok(created) => {
+        // The store has no record under this name, so whatever the driver
+        // made of it before failing is an orphan: undo it.
+        let undo = VolumeName::parse(&key.name)
+            .ok()
+            .map(|name| async move { service.driver.delete(&name).await });
+        let intent = Intent::Create {
+            record: record.clone(),
+        };
+        let mut record = record;
+        self.journal
+            .run(key, &intent, call, undo, |created| {
                 record.size_bytes = created.size_bytes;
                 record.fields = created.fields;
-                self.store.commit(key, Some(&record))?;
-                self.store.flush().await?;
-                Ok(record)
-            }
-            Err(source) => {
-                // The store has no record under this name, so whatever the
-                // driver made of it before failing is an orphan: undo it,
-                // unless the driver refused before touching anything.
-                if !untouched(&source) {
-                    if let Ok(name) = VolumeName::parse(&key.name) {
-                        if let Err(e) = service.driver.delete(&name).await {
-                            // Keep the intent: the next start undoes it.
-                            tracing::warn!(service = %service.name, volume = %name, error = %e,
-                                "could not undo a failed create; it will be undone at the next start");
-                            return Err(driver_error(service)(source));
-                        }
-                    }
-                }
-                self.store.abandon(Kind::Volume, key)?;
-                self.store.flush().await?;
-                Err(driver_error(service)(source))
-            }
-        }
+                (Some(record.clone()), record)
+            })
+            .await
+            .map_err(journal_error(service))
     }
 
     /// Deletes a volume and its data. Attached volumes need `force` (they
@@ -464,17 +482,17 @@ impl Volumes {
             }
             self.detach_all(&service, &name, &key, &mut record).await?;
         }
-        self.store.begin(&key, &Intent::Delete { record })?;
-        self.store.flush().await?;
-        if let Err(source) = service.driver.delete(&name).await {
-            // The volume is still there: forget the intent and report.
-            self.store.abandon(Kind::Volume, &key)?;
-            self.store.flush().await?;
-            return Err(driver_error(&service)(source));
-        }
-        self.store.commit(&key, None)?;
-        self.store.flush().await?;
-        Ok(())
+        // A failed delete leaves the volume there: nothing to undo.
+        self.journal
+            .run(
+                &key,
+                &Intent::Delete { record },
+                service.driver.delete(&name),
+                None::<std::future::Ready<Result<(), DriverError>>>,
+                |()| (None::<VolumeRecord>, ()),
+            )
+            .await
+            .map_err(journal_error(&service))
     }
 
     async fn detach_all(
@@ -600,6 +618,7 @@ impl Volumes {
             })
     }
 
+    /// The record of one snapshot.
     pub fn get_snapshot(&self, service: &str, name: &str) -> Result<SnapshotRecord, VolumeError> {
         let service = self.service(service)?;
         let name = Self::name("snapshot", name)?;
@@ -644,7 +663,7 @@ impl Volumes {
             )));
         }
         let vol = self.record(&service, &volume)?;
-        let mut record = SnapshotRecord {
+        let record = SnapshotRecord {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_string(),
             service: service.name.clone(),
@@ -652,52 +671,44 @@ impl Volumes {
             size_bytes: vol.size_bytes,
             created_at_ms: now_ms(),
         };
-        self.store.begin(
-            &key,
-            &Intent::CreateSnapshot {
-                record: record.clone(),
-            },
-        )?;
-        self.store.flush().await?;
-        match service.driver.create_snapshot(&volume, &name).await {
-            Ok(taken) => {
-                record.size_bytes = taken.size_bytes;
-                self.store.commit_snapshot(&key, Some(&record))?;
-                self.store.flush().await?;
-                Ok(record)
-            }
-            Err(source) => {
-                // Undo what the driver may have made, as for volumes.
-                if !untouched(&source) {
-                    if let Err(e) = service.driver.delete_snapshot(&name).await {
-                        tracing::warn!(service = %service.name, snapshot = %name, error = %e,
-                            "could not undo a failed snapshot; it will be undone at the next start");
-                        return Err(driver_error(&service)(source));
-                    }
-                }
-                self.store.abandon(Kind::Snapshot, &key)?;
-                self.store.flush().await?;
-                Err(driver_error(&service)(source))
-            }
-        }
+        let intent = Intent::CreateSnapshot {
+            record: record.clone(),
+        };
+        let mut record = record;
+        // Undo what the driver may have made, as for volumes.
+        let undo = Some(service.driver.delete_snapshot(&name));
+        self.journal
+            .run(
+                &key,
+                &intent,
+                service.driver.create_snapshot(&volume, &name),
+                undo,
+                |taken| {
+                    record.size_bytes = taken.size_bytes;
+                    (Some(record.clone()), record)
+                },
+            )
+            .await
+            .map_err(journal_error(&service))
     }
 
+    /// Deletes a snapshot; journaled like every change.
     pub async fn delete_snapshot(&self, service: &str, name: &str) -> Result<(), VolumeError> {
         let service = Arc::clone(self.service(service)?);
         let name = Self::name("snapshot", name)?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.snapshot_locks.lock(key.clone()).await;
         let record = self.snapshot_record(&service, &name)?;
-        self.store.begin(&key, &Intent::DeleteSnapshot { record })?;
-        self.store.flush().await?;
-        if let Err(source) = service.driver.delete_snapshot(&name).await {
-            self.store.abandon(Kind::Snapshot, &key)?;
-            self.store.flush().await?;
-            return Err(driver_error(&service)(source));
-        }
-        self.store.commit_snapshot(&key, None)?;
-        self.store.flush().await?;
-        Ok(())
+        self.journal
+            .run(
+                &key,
+                &Intent::DeleteSnapshot { record },
+                service.driver.delete_snapshot(&name),
+                None::<std::future::Ready<Result<(), DriverError>>>,
+                |()| (None::<SnapshotRecord>, ()),
+            )
+            .await
+            .map_err(journal_error(&service))
     }
 
     /// Finishes or undoes operations a crash interrupted, then reports
@@ -717,23 +728,23 @@ impl Volumes {
                 Intent::Create { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "undoing an interrupted create");
                     service.driver.delete(&name).await.map_err(fail)?;
-                    self.store.abandon(Kind::Volume, &key)?;
+                    self.journal.abandon(Kind::Volume, &key)?;
                 }
                 // The client asked for it to go: finish.
                 Intent::Delete { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "finishing an interrupted delete");
                     service.driver.delete(&name).await.map_err(fail)?;
-                    self.store.commit(&key, None)?;
+                    self.journal.settle(&key, Change::Volume(None))?;
                 }
                 Intent::CreateSnapshot { .. } => {
                     tracing::info!(service = %key.service, snapshot = %key.name, "undoing an interrupted snapshot");
                     service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                    self.store.abandon(Kind::Snapshot, &key)?;
+                    self.journal.abandon(Kind::Snapshot, &key)?;
                 }
                 Intent::DeleteSnapshot { .. } => {
                     tracing::info!(service = %key.service, snapshot = %key.name, "finishing an interrupted snapshot delete");
                     service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                    self.store.commit_snapshot(&key, None)?;
+                    self.journal.settle(&key, Change::Snapshot(None))?;
                 }
             }
         }
@@ -765,24 +776,10 @@ impl Volumes {
         Ok(())
     }
 
+    /// Makes every record written so far durable.
     pub async fn flush(&self) -> Result<(), VolumeError> {
         Ok(self.store.flush().await?)
     }
-}
-
-/// Whether a driver error says it refused before touching anything, so there
-/// is nothing to undo.
-fn untouched(error: &DriverError) -> bool {
-    matches!(
-        error,
-        DriverError::AlreadyExists(_)
-            | DriverError::InvalidArgument(_)
-            | DriverError::OutOfRange(_)
-            | DriverError::InvalidOption { .. }
-            | DriverError::NotFound(_)
-            | DriverError::FailedPrecondition(_)
-            | DriverError::Unsupported { .. }
-    )
 }
 
 /// Whether a record passes a listing's attachment filter.

@@ -86,7 +86,7 @@ pub(crate) fn snapshot(dir: &Path, name: &VolumeName) -> DriverResult<Option<Dri
 
 /// Records a volume (durably).
 pub(crate) fn write_volume(dir: &Path, name: &VolumeName, size_bytes: u64) -> DriverResult<()> {
-    crate::durable::write_atomic(
+    crate::file::durable::write_atomic(
         &child(dir, name.as_str())?,
         format!("size_bytes={size_bytes}\n").as_bytes(),
     )
@@ -94,7 +94,7 @@ pub(crate) fn write_volume(dir: &Path, name: &VolumeName, size_bytes: u64) -> Dr
 
 /// Records a snapshot (durably).
 pub(crate) fn write_snapshot(dir: &Path, snapshot: &DriverSnapshot) -> DriverResult<()> {
-    crate::durable::write_atomic(
+    crate::file::durable::write_atomic(
         &child(dir, snapshot.name.as_str())?,
         format!(
             "volume={}\nsize_bytes={}\n",

@@ -1,5 +1,5 @@
-//! The gRPC face of the controller: request validation, mapping to
-//! [`Volumes`] and back, and error codes.
+//! `berth.v1.ServiceCatalog` and `berth.v1.Volumes`: request validation,
+//! mapping to [`Volumes`] and back.
 
 use std::sync::Arc;
 
@@ -7,8 +7,9 @@ use base64::Engine as _;
 use berth_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{identity, Authorizer, Identity};
-use crate::store::{AttachmentRecord, SnapshotRecord, VolumeKey, VolumeRecord};
+use crate::auth::{Authorizer, Identity};
+use crate::rpc::call::{Call, Gate};
+use crate::volumes::store::{AttachmentRecord, VolumeKey, VolumeRecord};
 use crate::volumes::{self, AttachmentFilter, NewVolume, VolumeError, Volumes};
 
 /// Page size when the request gives none, and the most one page may hold.
@@ -19,79 +20,42 @@ const TOKEN_PREFIX: &str = "v1.";
 /// Implements `berth.v1.ServiceCatalog` and `berth.v1.Volumes`.
 #[derive(Clone)]
 pub struct Api {
-    volumes: Arc<Volumes>,
-    authz: Authorizer,
+    pub(crate) volumes: Arc<Volumes>,
+    pub(crate) gate: Gate,
 }
 
 impl Api {
+    /// The services over `volumes`, authorising with `authz`.
     pub fn new(volumes: Arc<Volumes>, authz: Authorizer) -> Self {
-        Self { volumes, authz }
+        Self {
+            volumes,
+            gate: Gate::new(authz),
+        }
     }
 
     /// The services a listing reads: the one asked for (already checked),
     /// else every configured service `who` may see.
-    fn visible_services<'a>(&'a self, who: &Identity, asked: Option<&'a str>) -> Vec<&'a str> {
+    pub(crate) fn visible_services<'a>(
+        &'a self,
+        who: &Identity,
+        asked: Option<&'a str>,
+    ) -> Vec<&'a str> {
         match asked {
             Some(service) => vec![service],
             None => self
                 .volumes
                 .catalog()
                 .names()
-                .filter(|s| self.authz.visible(who, s))
+                .filter(|s| self.gate.authz().visible(who, s))
                 .collect(),
         }
     }
 }
 
-impl From<VolumeError> for Status {
-    fn from(e: VolumeError) -> Self {
-        use berth_drivers::DriverError as D;
-        let message = clip(e.to_string());
-        match e {
-            VolumeError::InvalidArgument(_) => Status::invalid_argument(message),
-            VolumeError::NotFound(_) => Status::not_found(message),
-            VolumeError::AlreadyExists(_) => Status::already_exists(message),
-            VolumeError::FailedPrecondition(_) => Status::failed_precondition(message),
-            VolumeError::Unimplemented(_) => Status::unimplemented(message),
-            VolumeError::Store(_) => Status::internal(message),
-            VolumeError::Driver { source, .. } => match source {
-                D::InvalidArgument(_) | D::InvalidOption { .. } => {
-                    Status::invalid_argument(message)
-                }
-                D::NotFound(_) => Status::not_found(message),
-                D::AlreadyExists(_) => Status::already_exists(message),
-                D::OutOfRange(_) => Status::out_of_range(message),
-                D::FailedPrecondition(_) => Status::failed_precondition(message),
-                D::Unsupported { .. } => Status::unimplemented(message),
-                D::Unavailable(_) => Status::unavailable(message),
-                D::Io { .. } | D::Internal(_) => Status::internal(message),
-            },
-        }
-    }
-}
-
-/// The longest error message a reply carries, in bytes.
-pub const MAX_MESSAGE: usize = 1024;
-
-/// Cuts a message to [`MAX_MESSAGE`] bytes (at a character boundary, with an
-/// ellipsis): a last guard, for drivers that echo input without
-/// [`berth_drivers::echo`].
-fn clip(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push('…');
-    }
-    message
-}
-
 /// Runs a mutating operation in its own task, so that a client that
 /// cancels or disconnects cannot drop it halfway: the operation keeps its
 /// volume lock until the driver is done and the record is committed.
-async fn detached<T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
     operation: impl std::future::Future<Output = Result<T, VolumeError>> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::spawn(operation)
@@ -135,18 +99,6 @@ fn attachment_to_proto(a: AttachmentRecord) -> pb::Attachment {
     }
 }
 
-/// Converts a snapshot record to its wire form.
-pub fn snapshot_to_proto(record: SnapshotRecord) -> pb::Snapshot {
-    pb::Snapshot {
-        created_at: Some(prost_types::Timestamp::from(record.created_at())),
-        id: record.id,
-        name: record.name,
-        service: record.service,
-        volume: record.volume,
-        size_bytes: record.size_bytes,
-    }
-}
-
 fn encode_token(key: &VolumeKey) -> String {
     format!(
         "{TOKEN_PREFIX}{}",
@@ -174,12 +126,12 @@ impl pb::service_catalog_server::ServiceCatalog for Api {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        let who = identity(&request)?;
+        let who = self.gate.listing(request)?.who;
         let services = self
             .volumes
             .catalog()
             .iter()
-            .filter(|s| self.authz.visible(&who, &s.name))
+            .filter(|s| self.gate.authz().visible(&who, &s.name))
             .map(|s| pb::Service {
                 name: s.name.clone(),
                 driver: s.driver_name.clone(),
@@ -202,13 +154,10 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
+        let Call {
+            who, message: req, ..
+        } = self.gate.listing(request)?;
         let service = (!req.service.is_empty()).then_some(req.service);
-        if let Some(service) = &service {
-            // Authorised before any lookup: see Authorizer::check.
-            self.authz.check(&who, "ListVolumes", service)?;
-        }
         let after = match req.page_token.as_str() {
             "" => None,
             token => {
@@ -256,10 +205,7 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "GetVolume", &req.service)?;
+        let req = self.gate.service(request)?.message;
         let record = self.volumes.get(&req.service, &req.name)?;
         Ok(Response::new(to_proto(record)))
     }
@@ -268,10 +214,7 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "CreateVolume", &req.service)?;
+        let req = self.gate.service(request)?.message;
         let volumes = Arc::clone(&self.volumes);
         let record = detached(async move {
             volumes
@@ -292,10 +235,7 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "DeleteVolume", &req.service)?;
+        let req = self.gate.service(request)?.message;
         let volumes = Arc::clone(&self.volumes);
         detached(async move { volumes.delete(&req.service, &req.name, req.force).await }).await?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
@@ -305,10 +245,7 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::AttachVolumeRequest>,
     ) -> Result<Response<pb::AttachVolumeResponse>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "AttachVolume", &req.service)?;
+        let req = self.gate.service(request)?.message;
         let volumes = Arc::clone(&self.volumes);
         let (record, attachment) =
             detached(async move { volumes.attach(&req.service, &req.name, &req.instance).await })
@@ -323,10 +260,7 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::DetachVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "DetachVolume", &req.service)?;
+        let req = self.gate.service(request)?.message;
         let volumes = Arc::clone(&self.volumes);
         let record = detached(async move {
             volumes
@@ -341,89 +275,12 @@ impl pb::volumes_server::Volumes for Api {
         &self,
         request: Request<pb::CopyVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "CopyVolume", &req.service)?;
+        let req = self.gate.service(request)?.message;
         let volumes = Arc::clone(&self.volumes);
         let record =
             detached(async move { volumes.copy(&req.service, &req.source, &req.name).await })
                 .await?;
         Ok(Response::new(to_proto(record)))
-    }
-}
-
-#[tonic::async_trait]
-impl pb::snapshots_server::Snapshots for Api {
-    async fn create_snapshot(
-        &self,
-        request: Request<pb::CreateSnapshotRequest>,
-    ) -> Result<Response<pb::Snapshot>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "CreateSnapshot", &req.service)?;
-        let volumes = Arc::clone(&self.volumes);
-        let record = detached(async move {
-            volumes
-                .create_snapshot(&req.service, &req.volume, &req.name)
-                .await
-        })
-        .await?;
-        Ok(Response::new(snapshot_to_proto(record)))
-    }
-
-    async fn list_snapshots(
-        &self,
-        request: Request<pb::ListSnapshotsRequest>,
-    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        let service = (!req.service.is_empty()).then_some(req.service.as_str());
-        let volume = (!req.volume.is_empty()).then_some(req.volume.as_str());
-        if volume.is_some() && service.is_none() {
-            return Err(Status::invalid_argument(
-                "a volume filter needs the service too",
-            ));
-        }
-        if let Some(service) = service {
-            // Authorised before any lookup: see Authorizer::check.
-            self.authz.check(&who, "ListSnapshots", service)?;
-        }
-        let services = self.visible_services(&who, service);
-        let snapshots = self
-            .volumes
-            .list_snapshots(&services, volume)?
-            .into_iter()
-            .map(snapshot_to_proto)
-            .collect();
-        Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
-    }
-
-    async fn get_snapshot(
-        &self,
-        request: Request<pb::GetSnapshotRequest>,
-    ) -> Result<Response<pb::Snapshot>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "GetSnapshot", &req.service)?;
-        Ok(Response::new(snapshot_to_proto(
-            self.volumes.get_snapshot(&req.service, &req.name)?,
-        )))
-    }
-
-    async fn delete_snapshot(
-        &self,
-        request: Request<pb::DeleteSnapshotRequest>,
-    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        let who = identity(&request)?;
-        let req = request.into_inner();
-        // Authorised before any lookup: see Authorizer::check.
-        self.authz.check(&who, "DeleteSnapshot", &req.service)?;
-        let volumes = Arc::clone(&self.volumes);
-        detached(async move { volumes.delete_snapshot(&req.service, &req.name).await }).await?;
-        Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 }
 

@@ -10,11 +10,17 @@ use crate::config::{ConfigError, ServiceConfig};
 
 /// One configured service.
 pub struct Service {
+    /// The service name.
     pub name: String,
+    /// The driver's registered name.
     pub driver_name: String,
+    /// The driver instance built for this service.
     pub driver: Arc<dyn VolumeDriver>,
+    /// What the driver supports.
     pub capabilities: Capabilities,
+    /// Subjects allowed beyond their credential's scope.
     pub allow: Vec<String>,
+    /// Subjects refused whatever their scope.
     pub deny: Vec<String>,
 }
 
@@ -67,14 +73,17 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// The service named `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.get(name)
     }
 
+    /// The services, in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
     }
 
+    /// The service names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.services.keys().map(String::as_str)
     }

@@ -24,8 +24,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Identity, Role, Scope, Via};
-use crate::pki::{self, Ca, PkiError};
+use crate::auth::identity::{Identity, Role, Scope, Via};
+use crate::auth::subject::{normalize_subject, shown, SubjectError};
+use crate::fsio::{self, FileError};
+use crate::paths;
+use crate::tls::ca::{check_key, random_serial, Ca, PkiError};
+use crate::tls::x509::validity;
 
 /// Default token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -34,30 +38,43 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Lifetime of the bootstrap admin token.
 pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The bootstrap admin token's file name in the auth directory.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const ADMIN_TOKEN_FILE: &str = paths::ADMIN_TOKEN;
 /// Clock skew tolerated on `exp`/`nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
 /// Claims of a Berth token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    /// The subject (`sub`).
     pub sub: String,
+    /// Issued at, seconds since the epoch.
     pub iat: u64,
+    /// Not valid before, seconds since the epoch.
     pub nbf: u64,
+    /// Expires at, seconds since the epoch.
     pub exp: u64,
+    /// The token id revocation names.
     pub jti: String,
+    /// The role granted.
     pub role: Role,
+    /// The services granted (`*` for all).
     pub services: BTreeSet<String>,
 }
 
 /// What the controller remembers of a token it issued.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
+    /// The token id.
     pub jti: String,
+    /// Whom it was issued to.
     pub subject: String,
+    /// What it grants.
     pub scope: Scope,
+    /// Issued at, seconds since the epoch.
     pub issued_at: u64,
+    /// Expires at, seconds since the epoch.
     pub expires_at: u64,
+    /// Whether it has been revoked.
     pub revoked: bool,
     /// Whether this is a bootstrap admin token (the one written to
     /// `admin.token`); rotating that file revokes every earlier one.
@@ -70,29 +87,52 @@ pub struct TokenRecord {
 pub struct CertRecord {
     /// Lowercase hex of the serial number's bytes.
     pub serial: String,
+    /// Whom it was issued to (its CN).
     pub subject: String,
+    /// What it grants.
     pub scope: Scope,
+    /// Valid from, seconds since the epoch.
     pub not_before: u64,
+    /// Valid until, seconds since the epoch.
     pub not_after: u64,
+    /// Whether it has been revoked.
     pub revoked: bool,
 }
 
 /// Why a credential was refused or could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// The caller sent something unusable (a bad CSR, scope or credential).
     #[error("{0}")]
     Invalid(String),
+    /// No credential by that id.
     #[error("{0} does not exist")]
     NotFound(String),
-    /// The controller's own records are damaged (Internal).
+    /// The controller's own records are damaged.
     #[error("{0}")]
     Corrupt(String),
+    /// The controller failed on its side (signing, reading its own CA):
+    /// nothing the caller sent is wrong.
+    #[error("{0}")]
+    Internal(String),
+    /// A record could not be serialised for the database.
+    #[error("cannot encode a credential record: {0}")]
+    Encode(serde_json::Error),
+    /// A subject name is refused.
     #[error(transparent)]
     Subject(#[from] SubjectError),
+    /// The CA or a key file failed.
     #[error("{0}")]
     Pki(#[from] PkiError),
+    /// The credential database failed.
     #[error("credential database error: {0}")]
     Db(#[from] sled::Error),
+}
+
+impl From<FileError> for CredentialError {
+    fn from(e: FileError) -> Self {
+        Self::Pki(e.into())
+    }
 }
 
 /// A verified credential, remembered by the SHA-256 of its bytes so that
@@ -154,139 +194,8 @@ fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, CredentialError
         .map_err(|e| CredentialError::Corrupt(format!("corrupt credential record: {e}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-/// The longest subject name, in bytes of UTF-8.
-pub const SUBJECT_MAX_BYTES: usize = 128;
-
-/// Why a subject name (a token's subject, a certificate's CN, an allow or
-/// deny list entry) is refused. Each message shows the name with every
-/// refused character escaped, so that it cannot reorder or hide text in a
-/// terminal or a log.
-#[derive(Debug, thiserror::Error)]
-pub enum SubjectError {
-    #[error("a subject cannot be empty")]
-    Empty,
-    #[error(
-        "subject \"{shown}\" is {len} bytes long; the limit is {SUBJECT_MAX_BYTES} bytes of UTF-8"
-    )]
-    TooLong { shown: String, len: usize },
-    #[error(
-        "subject \"{shown}\" holds U+{code:04X} ({kind}) at character {position}: subjects may hold only visible characters and inner ASCII spaces; remove it"
-    )]
-    Hidden {
-        shown: String,
-        code: u32,
-        kind: &'static str,
-        position: usize,
-    },
-    #[error("subject \"{shown}\" starts or ends with a space; remove it")]
-    EdgeSpace { shown: String },
-    #[error("subject \"{shown}\" starts with a combining mark, which joins what comes before it; remove it")]
-    LeadingMark { shown: String },
-}
-
-/// What kind of invisible or look-alike-making character `c` is, if it is
-/// one a subject may not hold: controls, format characters (zero-width,
-/// bidirectional controls, the byte-order mark, tags), separators other than
-/// the ASCII space, private-use and unassigned code points, and the other
-/// default-ignorable characters that render as nothing (variation selectors,
-/// Hangul fillers, the combining grapheme joiner), plus the blank braille
-/// pattern.
-fn hidden_kind(c: char) -> Option<&'static str> {
-    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
-    match c.general_category() {
-        G::Control => return Some("a control character"),
-        G::Format => return Some(
-            "an invisible format character: zero-width, bidirectional control or byte-order mark",
-        ),
-        G::SpaceSeparator if c != ' ' => return Some("a space other than the ASCII space"),
-        G::LineSeparator | G::ParagraphSeparator => return Some("a line or paragraph separator"),
-        G::PrivateUse => return Some("a private-use character"),
-        G::Unassigned | G::Surrogate => return Some("an unassigned code point"),
-        _ => {}
-    }
-    matches!(
-        c,
-        '\u{034F}'
-            | '\u{115F}'
-            | '\u{1160}'
-            | '\u{17B4}'
-            | '\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{2800}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FFA0}'
-            | '\u{E0100}'..='\u{E01EF}'
-    )
-    .then_some("a character that renders as nothing")
-}
-
-/// `text` for a message: quotes, backslashes and every character a subject
-/// may not hold escaped, at most 64 characters.
-pub fn shown(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == 64 {
-            out.push_str("...");
-            break;
-        }
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if hidden_kind(c).is_some() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Checks a subject name and returns it in Unicode normal form C.
-///
-/// Refused: empty names, names over [`SUBJECT_MAX_BYTES`], names with a
-/// character that is invisible or changes how the text around it reads
-/// (see `hidden_kind`), leading or trailing spaces, and a leading combining
-/// mark. What is kept is NFC, so that `e` + U+0301 and `é` are one subject
-/// and a deny list on one form refuses the other.
-pub fn normalize_subject(raw: &str) -> Result<String, SubjectError> {
-    use unicode_normalization::UnicodeNormalization as _;
-    use unicode_properties::{GeneralCategoryGroup as GG, UnicodeGeneralCategory as _};
-    if raw.is_empty() {
-        return Err(SubjectError::Empty);
-    }
-    for (i, c) in raw.chars().enumerate() {
-        if let Some(kind) = hidden_kind(c) {
-            return Err(SubjectError::Hidden {
-                shown: shown(raw),
-                code: c as u32,
-                kind,
-                position: i + 1,
-            });
-        }
-    }
-    if raw.starts_with(' ') || raw.ends_with(' ') {
-        return Err(SubjectError::EdgeSpace { shown: shown(raw) });
-    }
-    if raw
-        .chars()
-        .next()
-        .is_some_and(|c| c.general_category_group() == GG::Mark)
-    {
-        return Err(SubjectError::LeadingMark { shown: shown(raw) });
-    }
-    let normal: String = raw.nfc().collect();
-    if normal.len() > SUBJECT_MAX_BYTES {
-        return Err(SubjectError::TooLong {
-            shown: shown(&normal),
-            len: normal.len(),
-        });
-    }
-    Ok(normal)
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CredentialError> {
+    serde_json::to_vec(value).map_err(CredentialError::Encode)
 }
 
 /// Checks a scope: users need at least one service.
@@ -310,36 +219,33 @@ impl Credentials {
     /// Loads the signing key from `dir` (creating it on first start) and opens
     /// the credential trees in `db`.
     pub fn open(dir: &Path, db: &sled::Db, ca: Arc<Ca>) -> Result<Self, CredentialError> {
-        crate::paths::create_private_dir(dir).map_err(PkiError::from)?;
+        paths::create_private_dir(dir).map_err(PkiError::from)?;
         // Checked before anything is created or replaced: a token others
         // can read is refused like an exposed key.
         let admin_token = dir.join(ADMIN_TOKEN_FILE);
         if admin_token.exists() {
-            pki::check_private(&admin_token)?;
+            check_key(&admin_token)?;
         }
-        let (key_path, pub_path) = (dir.join("signing.key"), dir.join("signing.pub"));
+        let (key_path, pub_path) = (dir.join(paths::SIGNING_KEY), dir.join(paths::SIGNING_PUB));
         if !key_path.exists() {
             let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(PkiError::from)?;
-            pki::write_private_new(&key_path, key.serialize_pem().as_bytes())?;
+            fsio::write_private_new(&key_path, key.serialize_pem().as_bytes())?;
             tracing::info!(path = %key_path.display(), "created the token signing key");
         }
-        pki::check_private(&key_path)?;
+        check_key(&key_path)?;
         let invalid = |path: &Path, e: &dyn std::fmt::Display| {
             CredentialError::Pki(PkiError::Invalid {
                 path: path.to_owned(),
                 problem: format!("not a usable Ed25519 key: {e}"),
             })
         };
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|source| PkiError::Io {
-            path: key_path.clone(),
-            source,
-        })?;
+        let key_pem = fsio::read_to_string(&key_path).map_err(PkiError::from)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, &e))?;
         // The public half is derived from the key; signing.pub is a copy for
         // operators, rewritten when missing (e.g. after a crash).
         let pub_pem = key.public_key_pem();
         if !pub_path.exists() {
-            pki::replace_file(&pub_path, pub_pem.as_bytes(), 0o644)?;
+            fsio::replace(&pub_path, pub_pem.as_bytes(), 0o644)?;
         }
         let encoding =
             EncodingKey::from_ed_pem(key_pem.as_bytes()).map_err(|e| invalid(&key_path, &e))?;
@@ -394,8 +300,9 @@ impl Credentials {
             role: scope.role,
             services: scope.services.clone(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
-            .map_err(|e| CredentialError::Invalid(format!("cannot sign the token: {e}")))?;
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
+                .map_err(|e| CredentialError::Internal(format!("cannot sign the token: {e}")))?;
         let record = TokenRecord {
             jti: claims.jti.clone(),
             subject: claims.sub,
@@ -405,7 +312,8 @@ impl Credentials {
             revoked: false,
             bootstrap,
         };
-        self.tokens.insert(record.jti.as_bytes(), encode(&record))?;
+        self.tokens
+            .insert(record.jti.as_bytes(), encode(&record)?)?;
         Ok((token, record))
     }
 
@@ -538,17 +446,19 @@ impl Credentials {
         Ok((identity, record.jti, window))
     }
 
+    /// Every token issued, revoked ones included.
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, CredentialError> {
         self.tokens.iter().map(|e| decode(&e?.1)).collect()
     }
 
+    /// Revokes a token by id; effective at its next use.
     pub fn revoke_token(&self, jti: &str) -> Result<TokenRecord, CredentialError> {
         let mut record: TokenRecord = match self.tokens.get(jti.as_bytes())? {
             Some(raw) => decode(&raw)?,
             None => return Err(CredentialError::NotFound(format!("token {jti:?}"))),
         };
         record.revoked = true;
-        self.tokens.insert(jti.as_bytes(), encode(&record))?;
+        self.tokens.insert(jti.as_bytes(), encode(&record)?)?;
         self.forget(jti);
         Ok(record)
     }
@@ -593,10 +503,10 @@ impl Credentials {
             CredentialError::Invalid(format!("the request's public key is not supported: {e}"))
         })?;
 
-        let serial = pki::random_serial();
+        let serial = random_serial();
         let now = SystemTime::now();
-        let (_, ca_not_after) = pki::validity(&self.ca.cert_der).ok_or_else(|| {
-            CredentialError::Invalid("the CA certificate has no readable validity".into())
+        let (_, ca_not_after) = validity(&self.ca.cert_der).ok_or_else(|| {
+            CredentialError::Internal("the CA certificate has no readable validity".into())
         })?;
         let not_after = now
             .checked_add(ttl)
@@ -629,7 +539,7 @@ impl Credentials {
             revoked: false,
         };
         self.certs
-            .insert(record.serial.as_bytes(), encode(&record))?;
+            .insert(record.serial.as_bytes(), encode(&record)?)?;
         Ok((cert, record))
     }
 
@@ -710,7 +620,7 @@ impl Credentials {
         // CA's name and a known serial, but not its signature.
         let (_, ca) =
             x509_parser::parse_x509_certificate(self.ca.cert_der.as_ref()).map_err(|e| {
-                CredentialError::Invalid(format!("the CA certificate does not parse: {e}"))
+                CredentialError::Internal(format!("the CA certificate does not parse: {e}"))
             })?;
         let ours = cert.issuer().as_raw() == ca.subject().as_raw()
             && cert.verify_signature(Some(ca.public_key())).is_ok();
@@ -755,10 +665,12 @@ impl Credentials {
         ))
     }
 
+    /// Every client certificate signed, revoked ones included.
     pub fn list_certs(&self) -> Result<Vec<CertRecord>, CredentialError> {
         self.certs.iter().map(|e| decode(&e?.1)).collect()
     }
 
+    /// Revokes a client certificate by serial (hex, colons allowed).
     pub fn revoke_cert(&self, serial: &str) -> Result<CertRecord, CredentialError> {
         let key = serial.trim().to_ascii_lowercase().replace(':', "");
         let mut record: CertRecord = match self.certs.get(key.as_bytes())? {
@@ -766,11 +678,12 @@ impl Credentials {
             None => return Err(CredentialError::NotFound(format!("certificate {serial:?}"))),
         };
         record.revoked = true;
-        self.certs.insert(key.as_bytes(), encode(&record))?;
+        self.certs.insert(key.as_bytes(), encode(&record)?)?;
         self.forget(&key);
         Ok(record)
     }
 
+    /// The CA client certificates are signed by.
     pub fn ca(&self) -> &Ca {
         &self.ca
     }
@@ -783,7 +696,7 @@ impl Credentials {
     fn rotation_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, CredentialError> {
         self.rotation
             .lock()
-            .map_err(|_| CredentialError::Corrupt("a rotation of the admin token panicked".into()))
+            .map_err(|_| CredentialError::Internal("a rotation of the admin token panicked".into()))
     }
 
     fn issue_bootstrap(&self) -> Result<(String, TokenRecord), CredentialError> {
@@ -825,22 +738,21 @@ impl Credentials {
                 Ok((id, jti, _)) if id.scope.role == Role::Admin => Some(jti),
                 _ => {
                     tracing::warn!(path = %path.display(), "the bootstrap admin token is no longer valid; issuing a new one");
-                    std::fs::remove_file(&path).map_err(|source| PkiError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    std::fs::remove_file(&path)
+                        .map_err(fsio::at(&path))
+                        .map_err(PkiError::from)?;
                     None
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(PkiError::Io { path, source }.into()),
+            Err(source) => return Err(PkiError::from(FileError { path, source }).into()),
         };
         if let Some(jti) = current {
             if let Some(raw) = self.tokens.get(jti.as_bytes())? {
                 let mut record: TokenRecord = decode(&raw)?;
                 if !record.bootstrap {
                     record.bootstrap = true;
-                    self.tokens.insert(jti.as_bytes(), encode(&record))?;
+                    self.tokens.insert(jti.as_bytes(), encode(&record)?)?;
                 }
             }
             // Finishes a rotation a crash interrupted after the new file
@@ -851,7 +763,7 @@ impl Credentials {
             return Ok(path);
         }
         let (token, record) = self.issue_bootstrap()?;
-        pki::write_private_new(&path, format!("{token}\n").as_bytes())?;
+        fsio::write_private_new(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), jti = %record.jti, "created the bootstrap admin token");
         for old in self.revoke_bootstrap_except(&record.jti)? {
             tracing::info!(jti = %old, "revoked the previous bootstrap admin token");
@@ -869,7 +781,7 @@ impl Credentials {
         let _rotation = self.rotation_lock()?;
         let path = self.admin_token_path();
         let (token, record) = self.issue_bootstrap()?;
-        pki::replace_file(&path, format!("{token}\n").as_bytes(), 0o600)?;
+        fsio::replace(&path, format!("{token}\n").as_bytes(), 0o600)?;
         let revoked = self.revoke_bootstrap_except(&record.jti)?;
         Ok((record, revoked))
     }
@@ -900,53 +812,6 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn invisible_and_bidirectional_subjects_are_refused_with_the_code_point() {
-        for (raw, code) in [
-            ("mallory\u{200b}", "U+200B"),
-            ("\u{202e}yrollam", "U+202E"),
-            ("\u{feff}mallory", "U+FEFF"),
-            ("mal\u{00ad}lory", "U+00AD"),
-            ("mallory\u{2066}", "U+2066"),
-            ("mallory\u{e0041}", "U+E0041"),
-            ("mallory\u{3164}", "U+3164"),
-            ("mallory\u{fe0f}", "U+FE0F"),
-            ("mallory\u{034f}", "U+034F"),
-            ("mal\u{00a0}lory", "U+00A0"),
-            ("mal\tlory", "U+0009"),
-            ("mallory\u{e000}", "U+E000"),
-            ("mallory\u{2028}", "U+2028"),
-        ] {
-            let err = normalize_subject(raw).expect_err(raw).to_string();
-            assert!(err.contains(code), "{raw:?}: {err}");
-            // The message never carries the raw character itself.
-            let bad = raw
-                .chars()
-                .find(|c| hidden_kind(*c).is_some())
-                .expect("bad");
-            assert!(!err.contains(bad), "{raw:?}: {err}");
-        }
-        for raw in [" alice", "alice ", "\u{0301}alice", ""] {
-            assert!(normalize_subject(raw).is_err(), "{raw:?}");
-        }
-        assert!(normalize_subject(&"a".repeat(SUBJECT_MAX_BYTES + 1)).is_err());
-    }
-
-    #[test]
-    fn kept_subjects_are_in_normal_form_c() {
-        assert_eq!(normalize_subject("jose\u{301}").expect("ok"), "jos\u{e9}");
-        assert_eq!(normalize_subject("jos\u{e9}").expect("ok"), "jos\u{e9}");
-        for kept in [
-            "alice",
-            "John Smith",
-            "backup-bot",
-            "\u{5c71}\u{7530}",
-            "ext.user@example",
-        ] {
-            assert_eq!(normalize_subject(kept).expect(kept), kept);
-        }
-    }
-
     fn credentials() -> (tempfile::TempDir, Credentials) {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Arc::new(Ca::load_or_create(&dir.path().join("tls")).expect("ca"));
@@ -962,7 +827,7 @@ mod tests {
     /// recorded, valid from `from` to `until` (seconds from now).
     fn recorded_cert(c: &Credentials, cn: &str, from: i64, until: i64) -> CertificateDer<'static> {
         let key = KeyPair::generate().expect("key");
-        let serial = pki::random_serial();
+        let serial = random_serial();
         let now = time::OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -984,7 +849,7 @@ mod tests {
             revoked: false,
         };
         c.certs
-            .insert(record.serial.as_bytes(), encode(&record))
+            .insert(record.serial.as_bytes(), encode(&record).expect("encode"))
             .expect("record");
         CertificateDer::from_pem_slice(pem.as_bytes()).expect("der")
     }

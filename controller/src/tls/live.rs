@@ -18,24 +18,39 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::pki::{self, Ca, PkiError};
+use crate::fsio;
+use crate::paths;
+use crate::tls::ca::{check_key, Ca, PkiError};
+use crate::tls::crypto;
+use crate::tls::names::server_sans;
+use crate::tls::x509::{fingerprint, read_chain, read_key, renew_at, sans_of, validity};
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone)]
 pub enum IdentitySource {
     /// Issued by the controller's own CA into `<data-dir>/tls/`, renewed
     /// automatically. `sans` are the extra names it carries.
-    Generated { sans: Vec<String> },
+    Generated {
+        /// Extra SANs (`--san`).
+        sans: Vec<String>,
+    },
     /// Operator-provided PEM files (`--tls-cert`, `--tls-key`), reloaded when
     /// they change and on SIGHUP.
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        /// The certificate chain (`--tls-cert`).
+        cert: PathBuf,
+        /// Its private key (`--tls-key`).
+        key: PathBuf,
+    },
 }
 
 /// The lowest protocol version accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MinVersion {
+    /// TLS 1.2 and 1.3.
     #[value(name = "1.2")]
     Tls12,
+    /// TLS 1.3 only.
     #[value(name = "1.3")]
     Tls13,
 }
@@ -45,7 +60,9 @@ pub enum MinVersion {
 pub struct TlsOptions {
     /// `<data-dir>/tls`.
     pub dir: PathBuf,
+    /// Where the server certificate comes from.
     pub source: IdentitySource,
+    /// The lowest protocol version accepted.
     pub min_version: MinVersion,
     /// Extra CA bundles trusted for client certificates.
     pub client_cas: Vec<PathBuf>,
@@ -89,10 +106,12 @@ impl Tls {
         tokio_rustls::TlsAcceptor::from(self.config.load_full())
     }
 
+    /// What the current configuration presents.
     pub fn presented(&self) -> Arc<Presented> {
         self.presented.load_full()
     }
 
+    /// What the configuration is built from.
     pub fn options(&self) -> &TlsOptions {
         &self.options
     }
@@ -129,16 +148,16 @@ fn ensure_server_cert(
     extra_sans: &[String],
     now: SystemTime,
 ) -> Result<bool, PkiError> {
-    let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
-    let wanted = pki::server_sans(extra_sans);
-    let current = pki::read_chain(&cert_path)
+    let (cert_path, key_path) = (dir.join(paths::SERVER_CERT), dir.join(paths::SERVER_KEY));
+    let wanted = server_sans(extra_sans);
+    let current = read_chain(&cert_path)
         .ok()
         .and_then(|chain| chain.into_iter().next());
     let fresh = current.as_ref().is_some_and(|leaf| {
-        let due = pki::validity(leaf)
-            .map(|(nb, na)| pki::renew_at(nb, na) <= now)
+        let due = validity(leaf)
+            .map(|(nb, na)| renew_at(nb, na) <= now)
             .unwrap_or(true);
-        let mut have = pki::sans_of(leaf);
+        let mut have = sans_of(leaf);
         let mut want = wanted.clone();
         have.sort();
         want.sort();
@@ -148,8 +167,8 @@ fn ensure_server_cert(
         return Ok(false);
     }
     let (chain, key) = ca.issue_server(&wanted)?;
-    pki::replace_file(&key_path, key.as_bytes(), 0o600)?;
-    pki::replace_file(&cert_path, chain.as_bytes(), 0o644)?;
+    fsio::replace(&key_path, key.as_bytes(), 0o600)?;
+    fsio::replace(&cert_path, chain.as_bytes(), 0o644)?;
     tracing::info!(path = %cert_path.display(), sans = ?wanted, "issued a server certificate");
     Ok(true)
 }
@@ -157,8 +176,8 @@ fn ensure_server_cert(
 /// Whether a certificate file and a key file belong together (a crash
 /// between writing the two can leave them apart).
 fn pair_matches(cert: &Path, key: &Path) -> bool {
-    let provider = rustls::crypto::ring::default_provider();
-    match (pki::read_chain(cert), pki::read_key(key)) {
+    let provider = crypto::provider();
+    match (read_chain(cert), read_key(key)) {
         (Ok(chain), Ok(key)) => CertifiedKey::from_der(chain, key, &provider).is_ok(),
         _ => false,
     }
@@ -167,22 +186,22 @@ fn pair_matches(cert: &Path, key: &Path) -> bool {
 /// Records the root clients pin, so `berthd fingerprint` can read it while
 /// the controller runs.
 fn write_pinned_root(options: &TlsOptions, presented: &Presented) -> Result<(), PkiError> {
-    pki::replace_file(
+    Ok(fsio::replace(
         &options.dir.join(FINGERPRINT_FILE),
         format!("{}\n", presented.root_fingerprint).as_bytes(),
         0o644,
-    )
+    )?)
 }
 
 fn build(
     options: &TlsOptions,
     ca_der: &CertificateDer<'static>,
 ) -> Result<(ServerConfig, Presented), PkiError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crypto::provider();
     let (cert_path, key_path) = match &options.source {
         IdentitySource::Generated { .. } => (
-            options.dir.join("server.crt"),
-            options.dir.join("server.key"),
+            options.dir.join(paths::SERVER_CERT),
+            options.dir.join(paths::SERVER_KEY),
         ),
         IdentitySource::Files { cert, key } => (cert.clone(), key.clone()),
     };
@@ -190,17 +209,12 @@ fn build(
         // An operator's key may be reached through links (certbot's `live/`
         // holds links): the file they lead to is checked.
         IdentitySource::Files { .. } => {
-            pki::check_private(&std::fs::canonicalize(&key_path).map_err(|source| {
-                PkiError::Io {
-                    path: key_path.clone(),
-                    source,
-                }
-            })?)?
+            check_key(&std::fs::canonicalize(&key_path).map_err(fsio::at(&key_path))?)?
         }
-        IdentitySource::Generated { .. } => pki::check_private(&key_path)?,
+        IdentitySource::Generated { .. } => check_key(&key_path)?,
     }
-    let chain = pki::read_chain(&cert_path)?;
-    let key = pki::read_key(&key_path)?;
+    let chain = read_chain(&cert_path)?;
+    let key = read_key(&key_path)?;
     let certified =
         CertifiedKey::from_der(chain.clone(), key, &provider).map_err(|e| PkiError::Invalid {
             path: key_path.clone(),
@@ -211,19 +225,17 @@ fn build(
         })?;
     let root = chain.last().unwrap_or(&chain[0]);
     let renew_at = match &options.source {
-        IdentitySource::Generated { .. } => {
-            pki::validity(&chain[0]).map(|(nb, na)| pki::renew_at(nb, na))
-        }
+        IdentitySource::Generated { .. } => validity(&chain[0]).map(|(nb, na)| renew_at(nb, na)),
         IdentitySource::Files { .. } => None,
     };
 
     let mut roots = RootCertStore::empty();
     roots.add(ca_der.clone()).map_err(|e| PkiError::Invalid {
-        path: PathBuf::from("tls/ca.crt"),
+        path: options.dir.join(paths::CA_CERT),
         problem: format!("the controller's CA is not usable as a trust anchor: {e}"),
     })?;
     for bundle in &options.client_cas {
-        for cert in pki::read_chain(bundle)? {
+        for cert in read_chain(bundle)? {
             roots.add(cert).map_err(|e| PkiError::Invalid {
                 path: bundle.clone(),
                 problem: format!("holds a certificate that is not a usable CA: {e}"),
@@ -234,8 +246,8 @@ fn build(
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
             .allow_unauthenticated()
             .build()
-            .map_err(|e| PkiError::Invalid {
-                path: PathBuf::from("--client-ca"),
+            .map_err(|e| PkiError::Setting {
+                setting: "--client-ca",
                 problem: format!("cannot build the client-certificate verifier: {e}"),
             })?;
 
@@ -245,15 +257,15 @@ fn build(
     };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .map_err(|e| PkiError::Invalid {
-            path: PathBuf::from("--tls-min-version"),
+        .map_err(|e| PkiError::Setting {
+            setting: "--tls-min-version",
             problem: e.to_string(),
         })?
         .with_client_cert_verifier(client_verifier)
         .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
     config.alpn_protocols = vec![b"h2".to_vec()];
     let presented = Presented {
-        root_fingerprint: pki::fingerprint(root),
+        root_fingerprint: fingerprint(root),
         renew_at,
     };
     Ok((config, presented))
@@ -271,7 +283,7 @@ impl rustls::server::ResolvesServerCert for FixedCert {
 }
 
 /// The file in `<data-dir>/tls/` holding the fingerprint clients pin.
-pub const FINGERPRINT_FILE: &str = "fingerprint";
+pub const FINGERPRINT_FILE: &str = paths::FINGERPRINT;
 
 /// The fingerprint clients pin, for `berthd fingerprint`: what the running
 /// (or last) controller recorded, else the CA's. Reads files only, so it
@@ -284,9 +296,9 @@ pub fn pinned_fingerprint(tls_dir: &Path) -> Result<String, PkiError> {
             return Ok(fp.to_owned());
         }
     }
-    let ca = tls_dir.join("ca.crt");
-    let chain = pki::read_chain(&ca)?;
-    Ok(pki::fingerprint(&chain[0]))
+    let ca = tls_dir.join(paths::CA_CERT);
+    let chain = read_chain(&ca)?;
+    Ok(fingerprint(&chain[0]))
 }
 
 /// How often operator-provided files are checked for changes.
@@ -370,7 +382,7 @@ mod tests {
         )
         .expect("load");
         let pin = tls.presented().root_fingerprint.clone();
-        let leaf = |p: &Path| pki::read_chain(&p.join("server.crt")).expect("chain")[0].clone();
+        let leaf = |p: &Path| read_chain(&p.join(paths::SERVER_CERT)).expect("chain")[0].clone();
         let first = leaf(&tls_dir);
         let renew_at = tls.presented().renew_at.expect("renewal time");
 
@@ -385,9 +397,12 @@ mod tests {
             .expect("renew"));
         assert_ne!(leaf(&tls_dir), first);
         assert_eq!(tls.presented().root_fingerprint, pin);
-        let (nb, na) = pki::validity(&leaf(&tls_dir)).expect("validity");
+        let (nb, na) = validity(&leaf(&tls_dir)).expect("validity");
         let life = na.duration_since(nb).expect("life");
-        assert!(life >= pki::SERVER_LIFETIME, "about 90 days: {life:?}");
+        assert!(
+            life >= crate::tls::ca::SERVER_LIFETIME,
+            "about 90 days: {life:?}"
+        );
     }
 
     #[test]
@@ -395,10 +410,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tls_dir = dir.path().join("tls");
         let ca = Ca::load_or_create(&tls_dir).expect("ca");
-        let (chain, key) = ca.issue_server(&pki::server_sans(&[])).expect("issue");
+        let (chain, key) = ca.issue_server(&server_sans(&[])).expect("issue");
         let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        pki::replace_file(&cert_path, chain.as_bytes(), 0o644).expect("cert");
-        pki::replace_file(&key_path, key.as_bytes(), 0o600).expect("key");
+        fsio::replace(&cert_path, chain.as_bytes(), 0o644).expect("cert");
+        fsio::replace(&key_path, key.as_bytes(), 0o600).expect("key");
         let tls = Tls::load(
             TlsOptions {
                 dir: tls_dir,
@@ -413,8 +428,8 @@ mod tests {
         )
         .expect("load");
         let before = tls.presented().root_fingerprint.clone();
-        let (_, other_key) = ca.issue_server(&pki::server_sans(&[])).expect("issue");
-        pki::replace_file(&key_path, other_key.as_bytes(), 0o600).expect("key");
+        let (_, other_key) = ca.issue_server(&server_sans(&[])).expect("issue");
+        fsio::replace(&key_path, other_key.as_bytes(), 0o600).expect("key");
         let err = tls.reload().expect_err("mismatched key refused");
         assert!(err.to_string().contains("does not match"), "{err}");
         assert_eq!(tls.presented().root_fingerprint, before);

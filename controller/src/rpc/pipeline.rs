@@ -12,6 +12,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::auth::{Authenticator, AUDIT};
+use crate::rpc::call::Method;
 
 /// Calls under this prefix need no identity.
 const OPEN_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -23,6 +24,7 @@ pub struct PipelineLayer {
 }
 
 impl PipelineLayer {
+    /// A pipeline authenticating with `auth`.
     pub fn new(auth: Arc<Authenticator>) -> Self {
         Self { auth }
     }
@@ -72,8 +74,10 @@ where
             match self.auth.authenticate(&request) {
                 Ok(identity) => {
                     request.extensions_mut().insert(identity);
+                    request.extensions_mut().insert(Method::from_path(&method));
                 }
-                Err(status) => {
+                Err(error) => {
+                    let status = tonic::Status::from(error);
                     tracing::info!(target: AUDIT, %method, decision = "unauthenticated", reason = %status.message());
                     tracing::debug!(target: "berthd::request", %method, grpc_status = status.code() as i32,
                         elapsed_us = started.elapsed().as_micros() as u64, "rpc");

@@ -138,15 +138,16 @@ impl Drop for Staged {
 /// 1 MiB hole allocates blocks (the filesystem has no sparse files) it
 /// stops and answers the cap, leaving the filesystem's own refusal to the
 /// create. The probe is removed before returning.
+#[allow(unsafe_code)] // getrlimit: see the SAFETY note on the call.
 pub fn max_file_size(dir: &Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     const PROBE_START: u64 = 1 << 20;
     let mut cap = OFF_T_MAX;
-    // SAFETY: getrlimit writes into the struct we pass and nothing else.
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } == 0
         && limit.rlim_cur != libc::RLIM_INFINITY
     {
@@ -236,6 +237,7 @@ pub fn copy_sparse(from: &Path, to: &Path) -> DriverResult<()> {
 
 /// The next data region at or after `pos`, as `(start, end)`; the whole rest
 /// of the file where the filesystem cannot tell holes apart.
+#[allow(unsafe_code)] // lseek(SEEK_DATA/SEEK_HOLE): see the SAFETY note on the call.
 fn next_data(file: &fs::File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
     use std::os::fd::AsRawFd;
     let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
