@@ -10,7 +10,10 @@
 //! attached; drivers make attach and detach idempotent, so a crash between
 //! the two is settled by the next attach or detach.
 
+pub mod backend;
 pub mod catalog;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod journal;
 pub mod locks;
 pub mod records;
