@@ -39,6 +39,9 @@ use crate::volumes::store::{
     Intent, Kind, Page, SnapshotRecord, StoreError, VolumeKey, VolumeRecord,
 };
 
+/// How many times start-up tries to reach etcd.
+pub const CONNECT_ATTEMPTS: u32 = 5;
+
 /// How to reach etcd and lay out the keys.
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
@@ -105,9 +108,24 @@ async fn bounded<T>(
 }
 
 impl EtcdStore {
-    /// Connects to etcd and takes this controller's lease. Fails (rather
-    /// than waits) when etcd does not answer within the timeout.
+    /// Connects to etcd and takes this controller's lease, trying for up
+    /// to [`CONNECT_ATTEMPTS`] times the call timeout (etcd may still be
+    /// electing its leader); then fails rather than waits on.
     pub async fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match Self::connect_once(&options).await {
+                Err(StoreError::Unavailable(why)) if attempt < CONNECT_ATTEMPTS => {
+                    tracing::info!(attempt, error = %why, "etcd not reachable yet; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(options: &EtcdOptions) -> Result<Self, StoreError> {
         let connect = ConnectOptions::new()
             .with_connect_timeout(options.timeout)
             .with_timeout(options.timeout);
