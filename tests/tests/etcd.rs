@@ -34,7 +34,10 @@ impl Etcd {
         let required = std::env::var("BERTH_REQUIRE_ETCD").is_ok_and(|v| v == "1");
         let skip = |why: &str| {
             assert!(!required, "BERTH_REQUIRE_ETCD=1 but {why}");
-            println!("skipped: {why} (set BERTH_REQUIRE_ETCD=1 to make this a failure)");
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                println!("skipped: {why} (set BERTH_REQUIRE_ETCD=1 to make this a failure)");
+            });
             None
         };
         if !cfg!(feature = "etcd") {
