@@ -32,6 +32,8 @@
 //! | [`tls::x509`], [`tls::names`], [`tls::crypto`] | reading certificates, the SAN policy, the one crypto provider |
 //! | [`volumes`] | volume operations: validation, idempotency, locking |
 //! | [`volumes::journal`] | the journaled operation: crash safety in one place |
+//! | [`volumes::records`] | the record store seam: the `Records` trait, locks and fenced writes |
+//! | [`volumes::backend`] | choosing the store: sled (default) or etcd (`--store`, feature `etcd`) |
 //! | [`volumes::store`] | durable records and intents (sled) |
 //! | [`volumes::catalog`] | configured services bound to built drivers |
 //! | [`volumes::locks`] | per-volume serialisation |
