@@ -11,8 +11,7 @@
 //!    it touched nothing), drop the intent and flush; if the undo itself
 //!    fails, the intent stays for the next start to settle.
 //!
-//! The journal speaks to its records through
-//! [`Records`](crate::volumes::records::Records): the sled
+//! The journal speaks to its records through [`Records`]: the sled
 //! [`Store`](crate::volumes::store::Store) by default, etcd when asked. Every
 //! write carries the [`Fence`] of the lock the operation holds.
 
