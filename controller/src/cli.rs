@@ -51,6 +51,8 @@ struct Cli {
     insecure_plaintext: bool,
     #[command(flatten)]
     limits: LimitFlags,
+    #[command(flatten)]
+    store: crate::volumes::backend::StoreArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -163,6 +165,7 @@ async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow:
             }
         },
         limits: cli.limits.settings(),
+        store: cli.store.clone(),
     };
     // The configuration is checked and the address bound before anything
     // is created: a bad config or a taken port leaves no CA and no keys.

@@ -25,6 +25,12 @@ pub struct ConfigFile {
     /// Connection and stream limits (`[limits]`); `berthd` flags win.
     #[serde(default)]
     pub limits: crate::rpc::limits::LimitSettings,
+    /// Where the volume records live (overridden by `--store`): `sled`
+    /// (the default) or `etcd://HOST:PORT[,HOST:PORT...]`.
+    pub store: Option<String>,
+    /// The `[etcd]` table: settings of an etcd store (flags win).
+    #[serde(default)]
+    pub etcd: crate::volumes::backend::EtcdConfig,
 }
 
 /// One configured service: a named instance of a driver.

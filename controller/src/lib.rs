@@ -32,6 +32,8 @@
 //! | [`tls::x509`], [`tls::names`], [`tls::crypto`] | reading certificates, the SAN policy, the one crypto provider |
 //! | [`volumes`] | volume operations: validation, idempotency, locking |
 //! | [`volumes::journal`] | the journaled operation: crash safety in one place |
+//! | [`volumes::records`] | the record store seam: the `Records` trait, locks and fenced writes |
+//! | [`volumes::backend`] | choosing the store: sled (default) or etcd (`--store`, feature `etcd`) |
 //! | [`volumes::store`] | durable records and intents (sled) |
 //! | [`volumes::catalog`] | configured services bound to built drivers |
 //! | [`volumes::locks`] | per-volume serialisation |
@@ -80,6 +82,9 @@ pub struct Options {
     /// Connection and stream limits given on the command line; they win
     /// over the config file's `[limits]`, which wins over the defaults.
     pub limits: rpc::limits::LimitSettings,
+    /// The record store given on the command line (`--store`, `--etcd-*`);
+    /// they win over the config file's `store` and `[etcd]`. Default: sled.
+    pub store: volumes::backend::StoreArgs,
 }
 
 /// The transport security the operator chose.
@@ -180,6 +185,13 @@ impl Controller {
                 .map_err(|e| anyhow::anyhow!("config file {}: [limits] {e}", source.display()))?,
             None => options.limits.resolve(open_files)?,
         };
+        let records = options
+            .store
+            .resolve(
+                config.as_ref().and_then(|c| c.store.as_deref()),
+                config.as_ref().map(|c| &c.etcd),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
         let layout = paths::DataDir::create(layout.root())?;
         let ca = Arc::new(tls::ca::Ca::load_or_create(&layout.tls())?);
@@ -207,7 +219,7 @@ impl Controller {
         )?);
         let admin_token = credentials.ensure_admin_token()?;
         store.flush().await?;
-        let volumes = Arc::new(Volumes::new(catalog, store.clone()));
+        let volumes = Arc::new(Volumes::with_records(catalog, records.open(&store).await?));
         volumes.reconcile().await?;
         Ok(Self {
             volumes,

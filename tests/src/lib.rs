@@ -55,6 +55,11 @@ pub fn bin_dir() -> &'static Path {
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
+        // Built with the same features as the tests, so the binaries are
+        // not rebuilt back and forth.
+        if cfg!(feature = "etcd") {
+            build.args(["--features", "berth-controller/etcd"]);
+        }
         let status = build.status().expect("run cargo build");
         assert!(status.success(), "building berthd and berth failed");
         dir

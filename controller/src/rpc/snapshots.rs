@@ -55,7 +55,8 @@ impl pb::snapshots_server::Snapshots for Api {
         let services = self.visible_services(&who, service);
         let snapshots = self
             .volumes
-            .list_snapshots(&services, volume)?
+            .list_snapshots(&services, volume)
+            .await?
             .into_iter()
             .map(snapshot_to_proto)
             .collect();
@@ -68,7 +69,7 @@ impl pb::snapshots_server::Snapshots for Api {
     ) -> Result<Response<pb::Snapshot>, Status> {
         let req = self.gate.service(request)?.message;
         Ok(Response::new(snapshot_to_proto(
-            self.volumes.get_snapshot(&req.service, &req.name)?,
+            self.volumes.get_snapshot(&req.service, &req.name).await?,
         )))
     }
 

@@ -41,7 +41,7 @@ impl From<VolumeError> for Status {
             VolumeError::AlreadyExists(_) => Status::already_exists(message),
             VolumeError::FailedPrecondition(_) => Status::failed_precondition(message),
             VolumeError::Unimplemented(_) => Status::unimplemented(message),
-            VolumeError::Store(_) => Status::internal(message),
+            VolumeError::Store(e) => e.into(),
             VolumeError::Driver { source, .. } => match source {
                 D::InvalidArgument(_) | D::InvalidOption { .. } => {
                     Status::invalid_argument(message)
@@ -106,7 +106,16 @@ impl From<AuthzError> for Status {
 
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
-        Status::internal(clip(e.to_string()))
+        let message = clip(e.to_string());
+        match e {
+            StoreError::Unavailable(_) => Status::unavailable(message),
+            StoreError::Contended(_) | StoreError::Fenced(_) => Status::aborted(message),
+            StoreError::Open { .. }
+            | StoreError::Db(_)
+            | StoreError::Encode { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Backend(_) => Status::internal(message),
+        }
     }
 }
 

@@ -192,9 +192,12 @@ impl pb::volumes_server::Volumes for Api {
         // wake-ups than the read itself (measured with perf under the e2e
         // benchmark).
         let services = self.visible_services(&who, service.as_deref());
-        let page = self.volumes.page(&services, after.as_ref(), limit, |r| {
-            volumes::passes(filter, r)
-        })?;
+        let page = self
+            .volumes
+            .page(&services, after.as_ref(), limit, |r| {
+                volumes::passes(filter, r)
+            })
+            .await?;
         Ok(Response::new(pb::ListVolumesResponse {
             volumes: page.records.into_iter().map(to_proto).collect(),
             next_page_token: page.next.as_ref().map(encode_token).unwrap_or_default(),
@@ -206,7 +209,7 @@ impl pb::volumes_server::Volumes for Api {
         request: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         let req = self.gate.service(request)?.message;
-        let record = self.volumes.get(&req.service, &req.name)?;
+        let record = self.volumes.get(&req.service, &req.name).await?;
         Ok(Response::new(to_proto(record)))
     }
 

@@ -11,17 +11,17 @@
 //!    it touched nothing), drop the intent and flush; if the undo itself
 //!    fails, the intent stays for the next start to settle.
 //!
-//! The journal speaks to its records through [`IntentLog`]: the sled
-//! [`Store`] is the one there is; a distributed store implements the same
-//! calls.
+//! The journal speaks to its records through [`Records`]: the sled
+//! [`Store`](crate::volumes::store::Store) by default, etcd when asked. Every
+//! write carries the [`Fence`] of the lock the operation holds.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use berth_drivers::DriverError;
 
-use crate::volumes::store::{
-    Intent, Kind, SnapshotRecord, Store, StoreError, VolumeKey, VolumeRecord,
-};
+use crate::volumes::records::{Fence, Records};
+use crate::volumes::store::{Intent, Kind, SnapshotRecord, StoreError, VolumeKey, VolumeRecord};
 
 /// The record change an operation commits together with dropping its
 /// intent.
@@ -31,39 +31,6 @@ pub enum Change<'a> {
     Volume(Option<&'a VolumeRecord>),
     /// Set (`Some`) or remove (`None`) a snapshot record.
     Snapshot(Option<&'a SnapshotRecord>),
-}
-
-/// What the journal needs of a record store.
-pub trait IntentLog {
-    /// Records an intent (durable after [`IntentLog::flush`]).
-    fn begin(&self, key: &VolumeKey, intent: &Intent) -> Result<(), StoreError>;
-    /// Applies `change` and drops the intent of its kind, atomically.
-    fn commit(&self, key: &VolumeKey, change: Change<'_>) -> Result<(), StoreError>;
-    /// Drops an intent without changing any record.
-    fn abandon(&self, kind: Kind, key: &VolumeKey) -> Result<(), StoreError>;
-    /// Makes everything written so far durable.
-    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-impl IntentLog for Store {
-    fn begin(&self, key: &VolumeKey, intent: &Intent) -> Result<(), StoreError> {
-        Store::begin(self, key, intent)
-    }
-
-    fn commit(&self, key: &VolumeKey, change: Change<'_>) -> Result<(), StoreError> {
-        match change {
-            Change::Volume(record) => Store::commit(self, key, record),
-            Change::Snapshot(record) => Store::commit_snapshot(self, key, record),
-        }
-    }
-
-    fn abandon(&self, kind: Kind, key: &VolumeKey) -> Result<(), StoreError> {
-        Store::abandon(self, kind, key)
-    }
-
-    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
-        Store::flush(self)
-    }
 }
 
 /// Why a journaled operation failed.
@@ -79,13 +46,13 @@ pub enum JournalError {
 
 /// Runs driver operations between an intent and its commit.
 #[derive(Clone)]
-pub struct Journal<L = Store> {
-    log: L,
+pub struct Journal {
+    log: Arc<dyn Records>,
 }
 
-impl<L: IntentLog> Journal<L> {
+impl Journal {
     /// A journal writing to `log`.
-    pub fn new(log: L) -> Self {
+    pub fn new(log: Arc<dyn Records>) -> Self {
         Self { log }
     }
 
@@ -94,9 +61,10 @@ impl<L: IntentLog> Journal<L> {
     /// may have left (`None` when a failure leaves nothing to undo, as for
     /// deletes); `settle` turns the driver's answer into the record change
     /// to commit (a record to set, or `None` to remove it) and the value to
-    /// return.
+    /// return. Every write is fenced on `fence`, the lock of `key`.
     pub async fn run<T, Rec, Out>(
         &self,
+        fence: &Fence,
         key: &VolumeKey,
         intent: &Intent,
         call: impl Future<Output = Result<T, DriverError>>,
@@ -107,12 +75,14 @@ impl<L: IntentLog> Journal<L> {
         Rec: Recorded,
     {
         let kind = intent.kind();
-        self.log.begin(key, intent)?;
+        self.log.begin(fence, key, intent).await?;
         self.log.flush().await?;
         match call.await {
             Ok(done) => {
                 let (record, value) = settle(done);
-                self.log.commit(key, Rec::change(record.as_ref()))?;
+                self.log
+                    .commit(fence, key, Rec::change(record.as_ref()))
+                    .await?;
                 self.log.flush().await?;
                 Ok(value)
             }
@@ -125,7 +95,7 @@ impl<L: IntentLog> Journal<L> {
                         return Err(JournalError::Driver(failed));
                     }
                 }
-                self.log.abandon(kind, key)?;
+                self.log.abandon(fence, kind, key).await?;
                 self.log.flush().await?;
                 Err(JournalError::Driver(failed))
             }
@@ -133,13 +103,23 @@ impl<L: IntentLog> Journal<L> {
     }
 
     /// Commits the outcome of settling a left-over intent (at start).
-    pub fn settle(&self, key: &VolumeKey, change: Change<'_>) -> Result<(), StoreError> {
-        self.log.commit(key, change)
+    pub async fn settle(
+        &self,
+        fence: &Fence,
+        key: &VolumeKey,
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
+        self.log.commit(fence, key, change).await
     }
 
     /// Drops a left-over intent whose operation was undone (at start).
-    pub fn abandon(&self, kind: Kind, key: &VolumeKey) -> Result<(), StoreError> {
-        self.log.abandon(kind, key)
+    pub async fn abandon(
+        &self,
+        fence: &Fence,
+        kind: Kind,
+        key: &VolumeKey,
+    ) -> Result<(), StoreError> {
+        self.log.abandon(fence, kind, key).await
     }
 
     /// Makes everything written so far durable.

@@ -10,9 +10,13 @@
 //! attached; drivers make attach and detach idempotent, so a crash between
 //! the two is settled by the next attach or detach.
 
+pub mod backend;
 pub mod catalog;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod journal;
 pub mod locks;
+pub mod records;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +28,7 @@ use berth_drivers::{echo, CreateRequest, DriverError, VolumeName};
 use crate::volumes::catalog::{Catalog, Service};
 use crate::volumes::journal::{Change, Journal, JournalError};
 use crate::volumes::locks::KeyedLocks;
+use crate::volumes::records::{Fence, Records};
 use crate::volumes::store::{
     AttachmentRecord, Intent, Kind, Page, SnapshotRecord, Store, StoreError, VolumeKey,
     VolumeRecord,
@@ -151,7 +156,7 @@ pub enum AttachmentFilter {
 /// The volume manager.
 pub struct Volumes {
     catalog: Arc<Catalog>,
-    store: Store,
+    store: Arc<dyn Records>,
     journal: Journal,
     locks: KeyedLocks<VolumeKey>,
     snapshot_locks: KeyedLocks<VolumeKey>,
@@ -172,11 +177,18 @@ fn driver_error(service: &Service) -> impl FnOnce(DriverError) -> VolumeError + 
 }
 
 impl Volumes {
-    /// A volume manager over the configured services and the record store.
+    /// A volume manager over the configured services and the sled record
+    /// store.
     pub fn new(catalog: Arc<Catalog>, store: Store) -> Self {
+        Self::with_records(catalog, Arc::new(store))
+    }
+
+    /// A volume manager over the configured services and any record store
+    /// (sled, or a store shared by several controllers).
+    pub fn with_records(catalog: Arc<Catalog>, store: Arc<dyn Records>) -> Self {
         Self {
             catalog,
-            journal: Journal::new(store.clone()),
+            journal: Journal::new(Arc::clone(&store)),
             store,
             locks: KeyedLocks::default(),
             snapshot_locks: KeyedLocks::default(),
@@ -225,9 +237,14 @@ impl Volumes {
         }
     }
 
-    fn record(&self, service: &Service, name: &VolumeName) -> Result<VolumeRecord, VolumeError> {
+    async fn record(
+        &self,
+        service: &Service,
+        name: &VolumeName,
+    ) -> Result<VolumeRecord, VolumeError> {
         self.store
-            .get(&VolumeKey::new(&service.name, name.as_str()))?
+            .get(&VolumeKey::new(&service.name, name.as_str()))
+            .await?
             .ok_or_else(|| {
                 VolumeError::NotFound(format!(
                     "volume {name} does not exist in service {}",
@@ -237,23 +254,24 @@ impl Volumes {
     }
 
     /// The record of one volume.
-    pub fn get(&self, service: &str, name: &str) -> Result<VolumeRecord, VolumeError> {
+    pub async fn get(&self, service: &str, name: &str) -> Result<VolumeRecord, VolumeError> {
         let service = self.service(service)?;
         let name = Self::name("volume", name)?;
-        self.record(service, &name)
+        self.record(service, &name).await
     }
 
     /// One page of the records of `services`; see [`Store::page`].
-    pub fn page(
+    pub async fn page(
         &self,
         services: &[&str],
         after: Option<&VolumeKey>,
         limit: usize,
-        keep: impl Fn(&VolumeRecord) -> bool,
+        keep: impl Fn(&VolumeRecord) -> bool + Send + Sync,
     ) -> Result<Page, VolumeError> {
         Ok(self
             .store
-            .page(services, after, limit, SCAN_BUDGET.max(limit), keep)?)
+            .page(services, after, limit, SCAN_BUDGET.max(limit), &keep)
+            .await?)
     }
 
     /// Creates a volume (empty, or from a snapshot); idempotent on
@@ -275,18 +293,20 @@ impl Volumes {
         };
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let _snap_guard = match &snapshot {
-            Some(s) => Some(
-                self.snapshot_locks
-                    .lock(VolumeKey::new(&service.name, s.as_str()))
-                    .await,
-            ),
-            None => None,
+        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let (_snap_guard, _snap_fence) = match &snapshot {
+            Some(s) => {
+                let snap_key = VolumeKey::new(&service.name, s.as_str());
+                let guard = self.snapshot_locks.lock(snap_key.clone()).await;
+                let fence = self.store.lock(Kind::Snapshot, &snap_key, true).await?;
+                (Some(guard), Some(fence))
+            }
+            None => (None, None),
         };
         let source = snapshot.as_ref().map(|s| format!("snapshot:{s}"));
         // An existing volume answers a retry even if its snapshot has been
         // removed since (size 0 means "the snapshot's size").
-        if let Some(existing) = self.store.get(&key)? {
+        if let Some(existing) = self.store.get(&key).await? {
             let size = if new.size_bytes == 0 && source.is_some() {
                 existing.size_bytes
             } else {
@@ -296,7 +316,7 @@ impl Volumes {
         }
         let mut size_bytes = new.size_bytes;
         if let Some(s) = &snapshot {
-            let snap = self.snapshot_record(&service, s)?;
+            let snap = self.snapshot_record(&service, s).await?;
             if size_bytes == 0 {
                 size_bytes = snap.size_bytes;
             } else if size_bytes < snap.size_bytes {
@@ -313,7 +333,7 @@ impl Volumes {
             options: record.options.clone(),
         };
         let driver = Arc::clone(&service.driver);
-        self.run_create(&service, &key, record, async move {
+        self.run_create(&service, &fence, &key, record, async move {
             match &snapshot {
                 Some(s) => driver.create_from_snapshot(s, &request).await,
                 None => driver.create(&request).await,
@@ -348,11 +368,14 @@ impl Volumes {
         } else {
             (key.clone(), src_key.clone())
         };
-        let _g1 = self.locks.lock(first).await;
-        let _g2 = self.locks.lock(second).await;
-        let src = self.record(&service, &source)?;
+        let _g1 = self.locks.lock(first.clone()).await;
+        let _g2 = self.locks.lock(second.clone()).await;
+        let f1 = self.store.lock(Kind::Volume, &first, true).await?;
+        let f2 = self.store.lock(Kind::Volume, &second, true).await?;
+        let fence = if first == key { &f1 } else { &f2 };
+        let src = self.record(&service, &source).await?;
         let origin = Some(format!("volume:{source}"));
-        if let Some(existing) = self.store.get(&key)? {
+        if let Some(existing) = self.store.get(&key).await? {
             return Self::same(
                 existing,
                 &service,
@@ -369,7 +392,7 @@ impl Volumes {
             options: BTreeMap::new(),
         };
         let driver = Arc::clone(&service.driver);
-        self.run_create(&service, &key, record, async move {
+        self.run_create(&service, fence, &key, record, async move {
             driver.copy(&source, &request).await
         })
         .await
@@ -429,6 +452,7 @@ impl Volumes {
     async fn run_create(
         &self,
         service: &Service,
+        fence: &Fence,
         key: &VolumeKey,
         record: VolumeRecord,
         call: impl std::future::Future<Output = Result<berth_drivers::DriverVolume, DriverError>>,
@@ -443,7 +467,7 @@ impl Volumes {
         };
         let mut record = record;
         self.journal
-            .run(key, &intent, call, undo, |created| {
+            .run(fence, key, &intent, call, undo, |created| {
                 record.size_bytes = created.size_bytes;
                 record.fields = created.fields;
                 (Some(record.clone()), record)
@@ -459,10 +483,12 @@ impl Volumes {
         let name = Self::name("volume", name)?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let mut record = self.record(&service, &name)?;
+        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let mut record = self.record(&service, &name).await?;
         let snapshots = self
             .store
-            .snapshots(&[service.name.as_str()], |s| s.volume == name.as_str())?;
+            .snapshots(&[service.name.as_str()], &|s| s.volume == name.as_str())
+            .await?;
         if !snapshots.is_empty() {
             return Err(VolumeError::FailedPrecondition(format!(
                 "volume {name} has snapshots ({}); remove them first",
@@ -480,11 +506,13 @@ impl Volumes {
                     holders(&record)
                 )));
             }
-            self.detach_all(&service, &name, &key, &mut record).await?;
+            self.detach_all(&service, &fence, &name, &key, &mut record)
+                .await?;
         }
         // A failed delete leaves the volume there: nothing to undo.
         self.journal
             .run(
+                &fence,
                 &key,
                 &Intent::Delete { record },
                 service.driver.delete(&name),
@@ -498,6 +526,7 @@ impl Volumes {
     async fn detach_all(
         &self,
         service: &Service,
+        fence: &Fence,
         name: &VolumeName,
         key: &VolumeKey,
         record: &mut VolumeRecord,
@@ -509,7 +538,9 @@ impl Volumes {
                 .await
                 .map_err(driver_error(service))?;
             record.attachments.remove(0);
-            self.store.commit(key, Some(record))?;
+            self.store
+                .commit(fence, key, Change::Volume(Some(record)))
+                .await?;
         }
         self.store.flush().await?;
         Ok(())
@@ -528,7 +559,8 @@ impl Volumes {
         Self::require(&service, service.capabilities.attach, "attaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let mut record = self.record(&service, &name)?;
+        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let mut record = self.record(&service, &name).await?;
         if let Some(existing) = record.attachments.iter().find(|a| a.instance == instance) {
             let existing = existing.clone();
             return Ok((record, existing));
@@ -550,7 +582,9 @@ impl Volumes {
             fields: attached.fields,
         };
         record.attachments.push(attachment.clone());
-        self.store.commit(&key, Some(&record))?;
+        self.store
+            .commit(&fence, &key, Change::Volume(Some(&record)))
+            .await?;
         self.store.flush().await?;
         Ok((record, attachment))
     }
@@ -572,7 +606,8 @@ impl Volumes {
         Self::require(&service, service.capabilities.attach, "detaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let mut record = self.record(&service, &name)?;
+        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let mut record = self.record(&service, &name).await?;
         if record.attachments.is_empty() {
             return Ok(record);
         }
@@ -588,10 +623,15 @@ impl Volumes {
                     .await
                     .map_err(driver_error(&service))?;
                 record.attachments.remove(i);
-                self.store.commit(&key, Some(&record))?;
+                self.store
+                    .commit(&fence, &key, Change::Volume(Some(&record)))
+                    .await?;
                 self.store.flush().await?;
             }
-            (None, true) => self.detach_all(&service, &name, &key, &mut record).await?,
+            (None, true) => {
+                self.detach_all(&service, &fence, &name, &key, &mut record)
+                    .await?
+            }
             (None, false) => {
                 return Err(VolumeError::FailedPrecondition(format!(
                     "volume {name} is attached to {}, not to {}; name that instance or use --force",
@@ -603,13 +643,14 @@ impl Volumes {
         Ok(record)
     }
 
-    fn snapshot_record(
+    async fn snapshot_record(
         &self,
         service: &Service,
         name: &VolumeName,
     ) -> Result<SnapshotRecord, VolumeError> {
         self.store
-            .snapshot(&VolumeKey::new(&service.name, name.as_str()))?
+            .snapshot(&VolumeKey::new(&service.name, name.as_str()))
+            .await?
             .ok_or_else(|| {
                 VolumeError::NotFound(format!(
                     "snapshot {name} does not exist in service {}",
@@ -619,21 +660,26 @@ impl Volumes {
     }
 
     /// The record of one snapshot.
-    pub fn get_snapshot(&self, service: &str, name: &str) -> Result<SnapshotRecord, VolumeError> {
+    pub async fn get_snapshot(
+        &self,
+        service: &str,
+        name: &str,
+    ) -> Result<SnapshotRecord, VolumeError> {
         let service = self.service(service)?;
         let name = Self::name("snapshot", name)?;
-        self.snapshot_record(service, &name)
+        self.snapshot_record(service, &name).await
     }
 
     /// Snapshots of `services`, of `volume` if given.
-    pub fn list_snapshots(
+    pub async fn list_snapshots(
         &self,
         services: &[&str],
         volume: Option<&str>,
     ) -> Result<Vec<SnapshotRecord>, VolumeError> {
         Ok(self
             .store
-            .snapshots(services, |s| volume.is_none_or(|v| s.volume == v))?)
+            .snapshots(services, &|s| volume.is_none_or(|v| s.volume == v))
+            .await?)
     }
 
     /// Takes a snapshot; idempotent on (service, name).
@@ -647,13 +693,13 @@ impl Volumes {
         let volume = Self::name("volume", volume)?;
         let name = Self::name("snapshot", name)?;
         Self::require(&service, service.capabilities.snapshot, "snapshots")?;
-        let _vol_guard = self
-            .locks
-            .lock(VolumeKey::new(&service.name, volume.as_str()))
-            .await;
+        let vol_key = VolumeKey::new(&service.name, volume.as_str());
+        let _vol_guard = self.locks.lock(vol_key.clone()).await;
+        let _vol_fence = self.store.lock(Kind::Volume, &vol_key, true).await?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.snapshot_locks.lock(key.clone()).await;
-        if let Some(existing) = self.store.snapshot(&key)? {
+        let fence = self.store.lock(Kind::Snapshot, &key, true).await?;
+        if let Some(existing) = self.store.snapshot(&key).await? {
             if existing.volume == volume.as_str() {
                 return Ok(existing);
             }
@@ -662,7 +708,7 @@ impl Volumes {
                 service.name, existing.volume
             )));
         }
-        let vol = self.record(&service, &volume)?;
+        let vol = self.record(&service, &volume).await?;
         let record = SnapshotRecord {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_string(),
@@ -679,6 +725,7 @@ impl Volumes {
         let undo = Some(service.driver.delete_snapshot(&name));
         self.journal
             .run(
+                &fence,
                 &key,
                 &intent,
                 service.driver.create_snapshot(&volume, &name),
@@ -698,9 +745,11 @@ impl Volumes {
         let name = Self::name("snapshot", name)?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.snapshot_locks.lock(key.clone()).await;
-        let record = self.snapshot_record(&service, &name)?;
+        let fence = self.store.lock(Kind::Snapshot, &key, true).await?;
+        let record = self.snapshot_record(&service, &name).await?;
         self.journal
             .run(
+                &fence,
                 &key,
                 &Intent::DeleteSnapshot { record },
                 service.driver.delete_snapshot(&name),
@@ -714,11 +763,22 @@ impl Volumes {
     /// Finishes or undoes operations a crash interrupted, then reports
     /// drift between the store and the drivers. Runs before serving.
     pub async fn reconcile(&self) -> Result<(), VolumeError> {
-        for (key, intent) in self.store.intents()? {
+        for (key, intent) in self.store.intents().await? {
             let Some(service) = self.catalog.get(&key.service) else {
                 tracing::warn!(service = %key.service, name = %key.name,
                     "an interrupted operation names a service that is no longer configured; leaving it");
                 continue;
+            };
+            // In a shared store, an intent whose lock is held belongs to an
+            // operation under way on another controller: not ours to settle.
+            let fence = match self.store.lock(intent.kind(), &key, false).await {
+                Ok(fence) => fence,
+                Err(StoreError::Contended(_)) => {
+                    tracing::info!(service = %key.service, name = %key.name, op = intent.op(),
+                        "an operation is under way on another controller; leaving its intent");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             let name = Self::name("name", &key.name)?;
             let fail = driver_error(service);
@@ -728,23 +788,27 @@ impl Volumes {
                 Intent::Create { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "undoing an interrupted create");
                     service.driver.delete(&name).await.map_err(fail)?;
-                    self.journal.abandon(Kind::Volume, &key)?;
+                    self.journal.abandon(&fence, Kind::Volume, &key).await?;
                 }
                 // The client asked for it to go: finish.
                 Intent::Delete { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "finishing an interrupted delete");
                     service.driver.delete(&name).await.map_err(fail)?;
-                    self.journal.settle(&key, Change::Volume(None))?;
+                    self.journal
+                        .settle(&fence, &key, Change::Volume(None))
+                        .await?;
                 }
                 Intent::CreateSnapshot { .. } => {
                     tracing::info!(service = %key.service, snapshot = %key.name, "undoing an interrupted snapshot");
                     service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                    self.journal.abandon(Kind::Snapshot, &key)?;
+                    self.journal.abandon(&fence, Kind::Snapshot, &key).await?;
                 }
                 Intent::DeleteSnapshot { .. } => {
                     tracing::info!(service = %key.service, snapshot = %key.name, "finishing an interrupted snapshot delete");
                     service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                    self.journal.settle(&key, Change::Snapshot(None))?;
+                    self.journal
+                        .settle(&fence, &key, Change::Snapshot(None))
+                        .await?;
                 }
             }
         }
@@ -753,7 +817,8 @@ impl Volumes {
         for service in self.catalog.iter() {
             let known: BTreeSet<String> = self
                 .store
-                .volume_names(&service.name)?
+                .volume_names(&service.name)
+                .await?
                 .into_iter()
                 .collect();
             match service.driver.list().await {
@@ -872,9 +937,11 @@ mod tests {
             volumes
                 .store
                 .begin(
+                    &Fence::none(),
                     &VolumeKey::new("local", "doomed"),
                     &Intent::Delete { record: kept },
                 )
+                .await
                 .expect("intent");
             // Interrupted create: intent written, driver done, no record.
             let name = VolumeName::parse("half").expect("name");
@@ -887,7 +954,12 @@ mod tests {
             );
             volumes
                 .store
-                .begin(&VolumeKey::new("local", "half"), &Intent::Create { record })
+                .begin(
+                    &Fence::none(),
+                    &VolumeKey::new("local", "half"),
+                    &Intent::Create { record },
+                )
+                .await
                 .expect("intent");
             let service = Arc::clone(volumes.service("local").expect("service"));
             service
@@ -912,8 +984,8 @@ mod tests {
             !root.join("half").exists(),
             "the interrupted create was undone"
         );
-        assert!(volumes.get("local", "doomed").is_err());
-        assert!(volumes.get("local", "half").is_err());
-        assert!(volumes.store.intents().expect("intents").is_empty());
+        assert!(volumes.get("local", "doomed").await.is_err());
+        assert!(volumes.get("local", "half").await.is_err());
+        assert!(volumes.store.intents().await.expect("intents").is_empty());
     }
 }

@@ -195,6 +195,21 @@ pub enum StoreError {
         /// What serde said.
         source: serde_json::Error,
     },
+    /// A shared store did not answer in time or cannot be reached; nothing
+    /// was acknowledged. Retry later.
+    #[error("the record store is unavailable: {0}")]
+    Unavailable(String),
+    /// Another operation (possibly on another controller) holds the
+    /// object's lock; nothing was done. Retry.
+    #[error("{0}")]
+    Contended(String),
+    /// This controller no longer holds the lock its write was fenced on
+    /// (its lease expired); the write was refused and nothing changed.
+    #[error("write refused: this controller lost its lock on {0} (its lease expired); retry")]
+    Fenced(String),
+    /// A shared store refused a request.
+    #[error("record store error: {0}")]
+    Backend(String),
 }
 
 /// The key of one volume, without its kind prefix.
