@@ -69,27 +69,33 @@ where
         let meta = event.metadata();
         let mut fields = Fields(Map::new());
         event.record(&mut fields);
-        let mut line = Map::new();
-        line.insert(
-            "time".into(),
-            Value::String(
-                humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-            ),
+        // The four fixed keys first, in this order, then the fields in
+        // name order.
+        let message = fields
+            .0
+            .remove("message")
+            .unwrap_or(Value::String(String::new()));
+        let json = |v: &Value| serde_json::to_string(v).map_err(|_| fmt::Error);
+        let mut text = format!(
+            "{{\"time\":{},\"level\":{},\"target\":{},\"message\":{}",
+            json(&Value::String(
+                humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+            ))?,
+            json(&Value::String(meta.level().to_string()))?,
+            json(&Value::String(meta.target().to_owned()))?,
+            json(&message)?,
         );
-        line.insert("level".into(), Value::String(meta.level().to_string()));
-        line.insert("target".into(), Value::String(meta.target().to_owned()));
-        line.insert(
-            "message".into(),
-            fields
-                .0
-                .remove("message")
-                .unwrap_or(Value::String(String::new())),
-        );
-        for (k, v) in fields.0 {
-            // A field may not overwrite the four above.
-            line.entry(k).or_insert(v);
+        for (k, v) in &fields.0 {
+            // A field may not repeat the four above.
+            if matches!(k.as_str(), "time" | "level" | "target") {
+                continue;
+            }
+            text.push(',');
+            text.push_str(&json(&Value::String(k.clone()))?);
+            text.push(':');
+            text.push_str(&json(v)?);
         }
-        let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
+        text.push('}');
         writeln!(writer, "{text}")
     }
 }
