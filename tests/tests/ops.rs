@@ -357,3 +357,49 @@ fn fingerprint_says_when_the_certificates_expire() {
     assert!(stderr.contains("CA certificate expires 20"), "{stderr}");
     assert!(stderr.contains("server certificate expires 20"), "{stderr}");
 }
+
+#[test]
+fn a_certificate_expiring_within_thirty_days_is_warned_about_at_start() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (key, cert) = (tmp.path().join("key.pem"), tmp.path().join("cert.pem"));
+    berth_tests::openssl::openssl_ok(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().expect("utf-8"),
+        "-out",
+        cert.to_str().expect("utf-8"),
+        "-days",
+        "10",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+    ]);
+    let d = Berthd::start_with(&[
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("the server certificate expires in") {
+        assert!(
+            Instant::now() < deadline,
+            "no expiry warning in:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The generated CA has ten years: no warning for it.
+    assert!(
+        !d.log().contains("the CA certificate expires"),
+        "{}",
+        d.log()
+    );
+}
