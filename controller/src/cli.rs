@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::ConfigFile;
+use crate::logging::LogFormat;
 use crate::rpc::limits::LimitSettings;
 use crate::tls::live::{self as tls, IdentitySource, MinVersion};
 use crate::{paths, profile, Controller, Options, Security, DEFAULT_LISTEN};
 use anyhow::Context as _;
 use berth_drivers::DriverRegistry;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// The Berth storage-volume controller.
 #[derive(Parser, Debug)]
@@ -31,6 +31,21 @@ struct Cli {
     /// Log level or filter (also RUST_LOG).
     #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
+    /// Log lines as text (coloured only on a terminal) or as one JSON object a line.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Allow --metrics-listen on a non-loopback address (the metrics port has no TLS and no authentication).
+    #[arg(long, requires = "metrics_listen")]
+    metrics_allow_remote: bool,
     /// Serve this PEM certificate chain instead of the generated identity.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -106,15 +121,27 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print the fingerprint clients pin (SHA-256 of the root of the
-    /// presented chain, as `openssl x509 -fingerprint -sha256` prints it).
+    /// presented chain, as `openssl x509 -fingerprint -sha256` prints it)
+    /// on stdout, and when the CA and server certificates expire on stderr.
     Fingerprint,
+    /// Check a configuration file without starting: parse it, check its
+    /// services, drivers, limits and listen address. Creates nothing.
+    CheckConfig {
+        /// The TOML file to check.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 /// Runs the `berthd` command line (arguments from the process) with the
 /// drivers in `registry`.
 pub fn main(registry: DriverRegistry) -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    crate::logging::init(cli.log_level.as_deref(), cli.log_format);
+    if let Some(Command::CheckConfig { config }) = &cli.command {
+        println!("{}", check_config(config, &registry)?);
+        return Ok(());
+    }
     raise_open_file_limit();
     let data_dir = match cli.data_dir.clone() {
         Some(dir) => dir,
@@ -136,8 +163,17 @@ pub fn main(registry: DriverRegistry) -> anyhow::Result<()> {
                             )
                         })?;
                     println!("{fp}");
+                    // The dates go to stderr: `$(berthd fingerprint)` stays
+                    // the fingerprint alone.
+                    let tls_dir = paths::DataDir::existing(&data_dir).tls();
+                    for (what, file) in [("CA", paths::CA_CERT), ("server", paths::SERVER_CERT)] {
+                        if let Some(at) = crate::tls::expiry::expires(&tls_dir.join(file)) {
+                            eprintln!("{what} certificate expires {at}");
+                        }
+                    }
                     Ok(())
                 }
+                Some(Command::CheckConfig { .. }) => Ok(()),
                 None => serve(cli, data_dir, registry).await,
             }
         })
@@ -191,7 +227,29 @@ async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow:
         .set_reuseaddr(true)
         .context("cannot set SO_REUSEADDR")?;
     socket.bind(listen).map_err(|e| cannot_listen(listen, e))?;
+    let metrics = match cli.metrics_listen {
+        Some(addr) => {
+            crate::metrics::serve::check_addr(addr, cli.metrics_allow_remote)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| cannot_listen(addr, e))
+                .context("--metrics-listen")?;
+            Some(listener)
+        }
+        None => None,
+    };
     let controller = Controller::open_with(&options, config, &registry).await?;
+    let _metrics_task = match metrics {
+        Some(listener) => {
+            let at = listener.local_addr()?;
+            tracing::info!(address = %at, url = %format!("http://{at}/metrics"), "serving metrics");
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve::run(
+                listener,
+                controller.metrics_source(),
+            ))))
+        }
+        None => None,
+    };
     let local = socket.local_addr()?;
     let written = profile::write(
         controller.data_dir().root(),
@@ -280,13 +338,55 @@ fn raise_open_file_limit() {
     }
 }
 
-fn init_logging(level: Option<&str>) {
-    let filter = match level {
-        Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `berthd check-config`: everything that can be known about a
+/// configuration without creating anything, as one line. Driver options
+/// are not checked here: building a driver opens (and creates) its root,
+/// so they are checked when `berthd` starts.
+pub fn check_config(path: &std::path::Path, registry: &DriverRegistry) -> anyhow::Result<String> {
+    let config = ConfigFile::load(path)?;
+    if let Some(listen) = &config.listen {
+        listen.parse::<SocketAddr>().map_err(|_| {
+            anyhow::anyhow!(
+                "config file {}: `listen = {listen:?}` is not an IP:PORT address",
+                path.display()
+            )
+        })?;
+    }
+    LimitSettings::default()
+        .or(&config.limits)
+        .resolve(crate::rpc::limits::open_file_limit())
+        .map_err(|e| anyhow::anyhow!("config file {}: [limits] {e}", path.display()))?;
+    let known: Vec<&str> = registry.names().collect();
+    for service in &config.services {
+        if !known.contains(&service.driver.as_str()) {
+            anyhow::bail!(
+                "config file {}, service {:?}: unknown driver {:?} (known drivers: {})",
+                path.display(),
+                service.name,
+                service.driver,
+                known.join(", ")
+            );
+        }
+    }
+    let services: Vec<String> = config
+        .services
+        .iter()
+        .map(|s| format!("{} ({})", s.name, s.driver))
+        .collect();
+    Ok(format!(
+        "OK: {}: {} service{}: {}",
+        path.display(),
+        services.len(),
+        if services.len() == 1 { "" } else { "s" },
+        services.join(", ")
+    ))
 }

@@ -13,6 +13,8 @@
 //! | [`paths`] | the data directory, every file name in it, the private-path rule |
 //! | [`fsio`] | the one private/atomic file writer |
 //! | [`profile`] | the ready-made client profile written at start |
+//! | [`metrics`] | Prometheus metrics: the instruments, the `--metrics-listen` listener, process metrics |
+//! | [`logging`] | the log format (`--log-format text\|json`), colour only on a terminal |
 //! | [`rpc`] | the gRPC face: server, pipeline, the authorising [`rpc::call::Gate`], one error-to-status table, the services |
 //! | [`rpc::server`] | serving the router on a listener: connections, TLS handshakes, shutdown |
 //! | [`rpc::limits`] | connection and stream limits: defaults, settings, resolution |
@@ -45,6 +47,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod fsio;
+pub mod logging;
+pub mod metrics;
 pub mod paths;
 pub mod profile;
 pub mod rpc;
@@ -257,6 +261,18 @@ impl Controller {
         &self.layout
     }
 
+    /// What the metrics listener reads at each scrape.
+    pub fn metrics_source(&self) -> metrics::serve::Source {
+        metrics::serve::Source {
+            volumes: Arc::clone(&self.volumes),
+            tls: match &self.transport {
+                rpc::server::Transport::Tls(tls) => Some(Arc::clone(tls)),
+                rpc::server::Transport::DangerousPlaintext => None,
+            },
+            ca_not_after: tls::x509::validity(&self.ca.cert_der).map(|(_, na)| na),
+        }
+    }
+
     /// Serves on `listener` until `shutdown`, then flushes the store.
     pub async fn run(
         self,
@@ -268,10 +284,10 @@ impl Controller {
             rpc::server::Transport::Tls(tls) => {
                 tracing::info!(fingerprint = %tls.presented().root_fingerprint,
                     "serving TLS; clients pin this fingerprint (also: berthd fingerprint)");
-                Some(tls::live::spawn_maintenance(
-                    Arc::clone(tls),
-                    Arc::clone(&self.ca),
-                ))
+                let maintenance =
+                    tls::live::spawn_maintenance(Arc::clone(tls), Arc::clone(&self.ca));
+                let expiry = tls::expiry::spawn_warnings(Arc::clone(tls), Arc::clone(&self.ca));
+                Some((maintenance, expiry))
             }
             rpc::server::Transport::DangerousPlaintext => {
                 if local.ip().is_loopback() {
@@ -320,8 +336,9 @@ impl Controller {
                 Ok(())
             }
         };
-        if let Some(task) = maintenance {
-            task.abort();
+        if let Some((maintenance, expiry)) = maintenance {
+            maintenance.abort();
+            expiry.abort();
         }
         result?;
         self.volumes.flush().await?;

@@ -67,6 +67,15 @@ impl Refusal {
         }
     }
 
+    /// The `reason` label of `berth_authz_refusals_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::OutOfScope => "out_of_scope",
+            Refusal::Denied => "denied",
+            Refusal::Unknown => "unknown_service",
+        }
+    }
+
     /// What a non-admin caller is told: a denied service and one that does
     /// not exist read the same, so a refusal reveals nothing about which
     /// services exist.
@@ -123,9 +132,13 @@ impl Authorizer {
     /// or not. Admins, who may see every service, learn NotFound.
     pub fn check(&self, who: &Identity, method: &str, service: &str) -> Result<(), AuthzError> {
         if service.is_empty() {
+            tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, decision = "denied", reason = "no service named");
+            crate::metrics::global().refused("no_service");
             return Err(AuthzError::NoService);
         }
         if berth_drivers::VolumeName::parse(service).is_err() {
+            tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, service = %shown(service), decision = "denied", reason = "not a service name");
+            crate::metrics::global().refused("not_a_service_name");
             // Configured services all have valid names: this reveals nothing.
             return Err(AuthzError::NotAServiceName(shown(service)));
         }
@@ -136,6 +149,7 @@ impl Authorizer {
             }
             Err(why) => {
                 tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, service, decision = "denied", reason = %why.reason());
+                crate::metrics::global().refused(why.label());
                 let admin = who.scope.role == Role::Admin;
                 if admin && why == Refusal::Unknown {
                     return Err(AuthzError::UnknownService(service.to_owned()));
@@ -154,6 +168,13 @@ impl Authorizer {
         self.decide(who, service).is_ok()
     }
 
+    /// A listing that names no service: allowed for every authenticated
+    /// caller, who sees only the services [`Authorizer::visible`] allows.
+    /// Logged like every other decision.
+    pub fn listing(&self, who: &Identity, method: &str) {
+        tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, scope = "the services this subject may use", decision = "allowed");
+    }
+
     /// Admin calls need the admin role.
     pub fn admin(&self, who: &Identity, method: &str) -> Result<(), AuthzError> {
         if who.scope.role == Role::Admin {
@@ -161,6 +182,7 @@ impl Authorizer {
             return Ok(());
         }
         tracing::info!(target: AUDIT, subject = %who.subject, via = ?who.via, method, decision = "denied", reason = "not an admin");
+        crate::metrics::global().refused("not_admin");
         Err(AuthzError::NotAdmin {
             subject: who.subject.clone(),
             method: method.to_owned(),

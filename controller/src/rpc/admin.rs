@@ -248,6 +248,9 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(pb::GetCaResponse {
             ca_pem: ca.cert_pem.clone(),
             fingerprint: ca.fingerprint(),
+            not_after: crate::tls::x509::validity(&ca.cert_der)
+                .and_then(|(_, na)| na.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| ts(d.as_secs())),
         }))
     }
 

@@ -1,6 +1,13 @@
 //! The request pipeline: one tower layer every RPC passes through, where
-//! requests are authenticated and logged. Only the standard health service
-//! answers without an identity.
+//! requests are authenticated, logged and counted. Only the standard health
+//! service answers without an identity.
+//!
+//! Each call ends in one `berthd::request` line (debug) with the fields a
+//! log pipeline indexes: `method` (the gRPC path), `service` (the Berth
+//! service it was authorised on, when it names one), `subject`, `code` (the
+//! gRPC code's name) and `duration` (seconds), beside the older
+//! `grpc_status` and `elapsed_us`; and in `berth_rpc_requests_total` and
+//! `berth_rpc_duration_seconds`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,7 +19,8 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::auth::{Authenticator, AUDIT};
-use crate::rpc::call::Method;
+use crate::metrics::{self, code_name};
+use crate::rpc::call::{CallInfo, Method};
 
 /// Calls under this prefix need no identity.
 const OPEN_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -70,31 +78,47 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let method = request.uri().path().to_owned();
         let started = Instant::now();
+        let info = CallInfo::new();
+        let mut subject = String::new();
         if !method.starts_with(OPEN_PREFIX) {
             match self.auth.authenticate(&request) {
                 Ok(identity) => {
+                    subject = identity.subject.clone();
                     request.extensions_mut().insert(identity);
                     request.extensions_mut().insert(Method::from_path(&method));
+                    request.extensions_mut().insert(Arc::clone(&info));
                 }
                 Err(error) => {
                     let status = tonic::Status::from(error);
                     tracing::info!(target: AUDIT, %method, decision = "unauthenticated", reason = %status.message());
-                    tracing::debug!(target: "berthd::request", %method, grpc_status = status.code() as i32,
-                        elapsed_us = started.elapsed().as_micros() as u64, "rpc");
+                    metrics::global().refused("unauthenticated");
+                    finished(&method, "", "", status.code() as i32, started);
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
             }
         }
         Box::pin(async move {
             let response = inner.call(request).await?;
-            let status = response
+            // Errors come as trailers-only responses (the status in the
+            // headers); a reply with a body carries it in trailers, which
+            // come later: it counts as OK here.
+            let code = response
                 .headers()
                 .get("grpc-status")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("0");
-            tracing::debug!(target: "berthd::request", %method, grpc_status = status,
-                elapsed_us = started.elapsed().as_micros() as u64, "rpc");
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(0);
+            finished(&method, info.service(), &subject, code, started);
             Ok(response)
         })
     }
+}
+
+/// The end of one call: its log line and its metrics.
+fn finished(path: &str, service: &str, subject: &str, code: i32, started: Instant) {
+    let elapsed = started.elapsed();
+    let name = code_name(code);
+    tracing::debug!(target: "berthd::request", method = %path, service, subject, code = name,
+        duration = elapsed.as_secs_f64(), grpc_status = code, elapsed_us = elapsed.as_micros() as u64, "rpc");
+    metrics::global().rpc(Method::label(path), service, name, elapsed.as_secs_f64());
 }

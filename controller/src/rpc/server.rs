@@ -195,6 +195,7 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>) -> Infallible {
         };
         let Ok(permit) = Arc::clone(&server.permits).try_acquire_owned() else {
             drop(tcp);
+            crate::metrics::global().connections_refused.inc();
             if let Some(left_out) = refusals.hit() {
                 tracing::warn!(limit = server.limits.max_connections, %peer,
                     refused_since_last_warning = left_out,
@@ -215,17 +216,23 @@ async fn connection(
     permit: OwnedSemaphorePermit,
 ) {
     let mut stopping = server.stopping.subscribe();
+    let _open = OpenConnection::new();
     let handshake = async {
         match &server.transport {
             Transport::Tls(tls) => {
                 let acceptor = tls.acceptor();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => Some(Conn::Tls(Box::new(stream))),
+                    Ok(Ok(stream)) => {
+                        crate::metrics::global().handshake("ok");
+                        Some(Conn::Tls(Box::new(stream)))
+                    }
                     Ok(Err(e)) => {
+                        crate::metrics::global().handshake("failed");
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         None
                     }
                     Err(_) => {
+                        crate::metrics::global().handshake("timeout");
                         tracing::debug!(%peer, "TLS handshake timed out");
                         None
                     }
@@ -255,6 +262,22 @@ async fn connection(
         None => {}
     }
     drop(permit);
+}
+
+/// Counts a connection in `berth_connections_open` while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        crate::metrics::global().connections_open.inc();
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::metrics::global().connections_open.dec();
+    }
 }
 
 /// A connection past its handshake.

@@ -75,6 +75,8 @@ pub struct Presented {
     pub root_fingerprint: String,
     /// When the leaf should be renewed (generated identities only).
     pub renew_at: Option<SystemTime>,
+    /// When the presented (leaf) certificate expires, if it could be read.
+    pub not_after: Option<SystemTime>,
 }
 
 /// The live TLS configuration.
@@ -267,6 +269,7 @@ fn build(
     let presented = Presented {
         root_fingerprint: fingerprint(root),
         renew_at,
+        not_after: validity(&chain[0]).map(|(_, na)| na),
     };
     Ok((config, presented))
 }

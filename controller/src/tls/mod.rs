@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod crypto;
+pub mod expiry;
 pub mod live;
 pub mod names;
 pub mod x509;

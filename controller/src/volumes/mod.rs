@@ -162,6 +162,16 @@ pub struct Volumes {
     snapshot_locks: KeyedLocks<VolumeKey>,
 }
 
+/// A driver call, timed into `berth_driver_operation_seconds` (the
+/// journal runs it as it is).
+fn timed<'a, T: 'a, E: 'a>(
+    service: &'a Service,
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, E>> + 'a,
+) -> impl std::future::Future<Output = Result<T, E>> + 'a {
+    crate::metrics::driver_op(&service.name, &service.driver_name, operation, call)
+}
+
 fn journal_error(service: &Service) -> impl FnOnce(JournalError) -> VolumeError + '_ {
     move |e| match e {
         JournalError::Driver(source) => driver_error(service)(source),
@@ -333,13 +343,17 @@ impl Volumes {
             options: record.options.clone(),
         };
         let driver = Arc::clone(&service.driver);
-        self.run_create(&service, &fence, &key, record, async move {
+        let operation = match &snapshot {
+            Some(_) => "create_from_snapshot",
+            None => "create",
+        };
+        let call = timed(&service, operation, async move {
             match &snapshot {
                 Some(s) => driver.create_from_snapshot(s, &request).await,
                 None => driver.create(&request).await,
             }
-        })
-        .await
+        });
+        self.run_create(&service, &fence, &key, record, call).await
     }
 
     /// Creates `name` as a copy of `source` in the same service.
@@ -392,10 +406,10 @@ impl Volumes {
             options: BTreeMap::new(),
         };
         let driver = Arc::clone(&service.driver);
-        self.run_create(&service, fence, &key, record, async move {
+        let call = timed(&service, "copy", async move {
             driver.copy(&source, &request).await
-        })
-        .await
+        });
+        self.run_create(&service, fence, &key, record, call).await
     }
 
     fn same(
@@ -515,7 +529,7 @@ impl Volumes {
                 &fence,
                 &key,
                 &Intent::Delete { record },
-                service.driver.delete(&name),
+                timed(&service, "delete", service.driver.delete(&name)),
                 None::<std::future::Ready<Result<(), DriverError>>>,
                 |()| (None::<VolumeRecord>, ()),
             )
@@ -532,9 +546,7 @@ impl Volumes {
         record: &mut VolumeRecord,
     ) -> Result<(), VolumeError> {
         while let Some(a) = record.attachments.first().cloned() {
-            service
-                .driver
-                .detach(name, &a.instance)
+            timed(service, "detach", service.driver.detach(name, &a.instance))
                 .await
                 .map_err(driver_error(service))?;
             record.attachments.remove(0);
@@ -571,9 +583,7 @@ impl Volumes {
                 holders(&record)
             )));
         }
-        let attached = service
-            .driver
-            .attach(&name, instance)
+        let attached = timed(&service, "attach", service.driver.attach(&name, instance))
             .await
             .map_err(driver_error(&service))?;
         let attachment = AttachmentRecord {
@@ -617,9 +627,7 @@ impl Volumes {
             .position(|a| a.instance == instance);
         match (here, force) {
             (Some(i), _) => {
-                service
-                    .driver
-                    .detach(&name, instance)
+                timed(&service, "detach", service.driver.detach(&name, instance))
                     .await
                     .map_err(driver_error(&service))?;
                 record.attachments.remove(i);
@@ -728,7 +736,11 @@ impl Volumes {
                 &fence,
                 &key,
                 &intent,
-                service.driver.create_snapshot(&volume, &name),
+                timed(
+                    &service,
+                    "create_snapshot",
+                    service.driver.create_snapshot(&volume, &name),
+                ),
                 undo,
                 |taken| {
                     record.size_bytes = taken.size_bytes;
@@ -752,7 +764,11 @@ impl Volumes {
                 &fence,
                 &key,
                 &Intent::DeleteSnapshot { record },
-                service.driver.delete_snapshot(&name),
+                timed(
+                    &service,
+                    "delete_snapshot",
+                    service.driver.delete_snapshot(&name),
+                ),
                 None::<std::future::Ready<Result<(), DriverError>>>,
                 |()| (None::<SnapshotRecord>, ()),
             )
@@ -839,6 +855,23 @@ impl Volumes {
             }
         }
         Ok(())
+    }
+
+    /// Volume and snapshot records by configured service, for the
+    /// `berth_volumes` and `berth_snapshots` gauges (volume keys only are
+    /// read; snapshot records are decoded).
+    pub async fn counts(&self) -> Result<Vec<(String, usize, usize)>, VolumeError> {
+        let mut out = Vec::new();
+        for service in self.catalog.iter() {
+            let volumes = self.store.volume_names(&service.name).await?.len();
+            let snapshots = self
+                .store
+                .snapshots(&[service.name.as_str()], &|_| true)
+                .await?
+                .len();
+            out.push((service.name.clone(), volumes, snapshots));
+        }
+        Ok(out)
     }
 
     /// Makes every record written so far durable.
