@@ -236,68 +236,88 @@ fn run_text(cmd: &mut Command) -> String {
 
 // ---------------------------------------------------------------- measures
 
-/// Calls per second: `tasks` loops spread over `conns` connections, for RUN.
-async fn unary_rate(target: &Target, tasks: usize, conns: usize) -> f64 {
+/// Rounds counted by spawned tasks that run until RUN is over.
+struct Meter {
+    done: Arc<AtomicU64>,
+    start: Instant,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Meter {
+    fn start() -> Self {
+        Self {
+            done: Arc::new(AtomicU64::new(0)),
+            start: Instant::now(),
+            handles: Vec::new(),
+        }
+    }
+
+    /// Spawns the task `task(deadline, done)`; it adds one to `done` a round.
+    fn spawn<F>(&mut self, task: impl FnOnce(Instant, Arc<AtomicU64>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let task = task(self.start + RUN, Arc::clone(&self.done));
+        self.handles.push(tokio::spawn(task));
+    }
+
+    /// Waits for every task; rounds per second.
+    async fn per_second(self) -> f64 {
+        for h in self.handles {
+            h.await.expect("task");
+        }
+        self.done.load(Ordering::Relaxed) as f64 / self.start.elapsed().as_secs_f64()
+    }
+}
+
+/// `conns` connections to `target`.
+async fn clients(target: &Target, conns: usize) -> Vec<Client> {
     let mut clients = Vec::new();
     for _ in 0..conns {
         clients.push(target.client().await);
     }
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + RUN;
-    let mut handles = Vec::new();
+    clients
+}
+
+/// Calls per second: `tasks` loops spread over `conns` connections, for RUN.
+async fn unary_rate(target: &Target, tasks: usize, conns: usize) -> f64 {
+    let clients = clients(target, conns).await;
+    let mut meter = Meter::start();
     for i in 0..tasks {
         let mut c = clients[i % conns].clone();
-        let done = Arc::clone(&done);
-        handles.push(tokio::spawn(async move {
+        meter.spawn(|deadline, done| async move {
             while Instant::now() < deadline {
                 c.list_volumes(list_request()).await.expect("list");
                 done.fetch_add(1, Ordering::Relaxed);
             }
-        }));
+        });
     }
-    for h in handles {
-        h.await.expect("task");
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    meter.per_second().await
 }
 
 /// New connections per second (TCP + full TLS handshake + one call).
 async fn connection_rate(target: &Target, tasks: usize) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + RUN;
-    let mut handles = Vec::new();
+    let mut meter = Meter::start();
     for _ in 0..tasks {
-        let (target, done) = (target.clone(), Arc::clone(&done));
-        handles.push(tokio::spawn(async move {
+        let target = target.clone();
+        meter.spawn(|deadline, done| async move {
             while Instant::now() < deadline {
                 let mut c = target.client().await;
                 c.list_volumes(list_request()).await.expect("list");
                 done.fetch_add(1, Ordering::Relaxed);
             }
-        }));
+        });
     }
-    for h in handles {
-        h.await.expect("task");
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    meter.per_second().await
 }
 
 /// Acknowledged (durable) create + delete pairs per second.
 async fn create_delete_rate(target: &Target, tasks: usize, conns: usize) -> f64 {
-    let mut clients = Vec::new();
-    for _ in 0..conns {
-        clients.push(target.client().await);
-    }
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + RUN;
-    let mut handles = Vec::new();
+    let clients = clients(target, conns).await;
+    let mut meter = Meter::start();
     for t in 0..tasks {
         let mut c = clients[t % conns].clone();
-        let done = Arc::clone(&done);
-        handles.push(tokio::spawn(async move {
+        meter.spawn(|deadline, done| async move {
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let name = format!("churn-{tasks}-{t}-{i}");
@@ -318,12 +338,9 @@ async fn create_delete_rate(target: &Target, tasks: usize, conns: usize) -> f64 
                 done.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
-        }));
+        });
     }
-    for h in handles {
-        h.await.expect("task");
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    meter.per_second().await
 }
 
 /// The disk's ceiling: 4 KiB write + fsync rounds per second, `tasks` at once,

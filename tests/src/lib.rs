@@ -7,10 +7,10 @@
 //!
 //! | module | what it is |
 //! | --- | --- |
-//! | this file | [`Berthd`] (start, restart, kill a controller), [`Run`] (a finished `berth`), data-directory views |
+//! | this file | [`Berthd`] (start, restart, kill a controller), [`Run`] (a finished `berth`), [`home_env`], data-directory views, [`field_pairs`] of a JSON listing |
 //! | [`grpc`] | plain tonic channels to a plaintext controller, with a bearer token |
 //! | [`node`] | root, mount points and loop devices for the node and Docker suites |
-//! | [`openssl`] | the stock `openssl` command: keys, requests, an operator CA, inspection |
+//! | [`openssl`] | the stock `openssl` command: keys, requests and signing arguments, an operator CA, inspection |
 //! | [`process`] | child processes run to completion within a bound |
 //! | [`tokens`] | the bootstrap admin token, issued tokens, a token's claims |
 
@@ -26,6 +26,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+/// Gives `cmd` the user home `home` (`HOME`, and the XDG directories under
+/// it) and clears the variables that would point it at another controller,
+/// config, data directory or log filter.
+pub fn home_env(cmd: &mut Command, home: &Path) {
+    for var in [
+        "BERTH_HOST",
+        "BERTH_CONFIG",
+        "BERTH_TOKEN",
+        "BERTH_DATA_DIR",
+        "BERTH_TIMEOUT",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_DATA_HOME", home.join(".local/share"));
+}
 
 /// How long a controller may take to start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +121,24 @@ impl Berthd {
         Self::start_logging(args, "info,berthd::request=debug")
     }
 
+    /// Starts a controller serving `fs` (vfs) and `img` (raw images), with
+    /// both roots and its `berthd.toml` under `dir`, and `extra_services`
+    /// (TOML) appended to that config.
+    pub fn start_fs_and_img(dir: &Path, extra_services: &str) -> Self {
+        let config = dir.join("berthd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[services]]\nname = \"fs\"\ndriver = \"vfs\"\n[services.options]\nroot = {:?}\n\n\
+                 [[services]]\nname = \"img\"\ndriver = \"image\"\n[services.options]\nroot = {:?}\n{extra_services}",
+                dir.join("fs"),
+                dir.join("img"),
+            ),
+        )
+        .expect("write config");
+        Self::start_with(&["--config", &config.display().to_string()])
+    }
+
     /// Starts `berthd` with extra arguments and a log filter (`RUST_LOG`).
     pub fn start_logging(args: &[&str], log_filter: &str) -> Self {
         Self::start_at(None, args, log_filter)
@@ -157,19 +194,7 @@ impl Berthd {
 
     /// Sets the environment every process of this test shares.
     pub fn env(&self, cmd: &mut Command) {
-        for var in [
-            "BERTH_HOST",
-            "BERTH_CONFIG",
-            "BERTH_TOKEN",
-            "BERTH_DATA_DIR",
-            "BERTH_TIMEOUT",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("HOME", &self.home)
-            .env("XDG_CONFIG_HOME", self.home.join(".config"))
-            .env("XDG_DATA_HOME", self.home.join(".local/share"));
+        home_env(cmd, &self.home);
     }
 
     fn launch(&mut self, listen: &str) {
@@ -264,6 +289,16 @@ impl Berthd {
             .args(args)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Starts `berth` with `args` against this controller, its stdout and
+    /// stderr piped, without waiting for it.
+    pub fn spawn_berth(&self, args: &[&str]) -> Child {
+        self.berth_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth")
     }
 
     /// Runs `berth` with `args` against this controller.
@@ -410,4 +445,19 @@ pub fn listed(d: &Berthd) -> std::collections::BTreeMap<String, serde_json::Valu
         );
     }
     out
+}
+
+/// The string fields `a` and `b` of each object in the JSON array `list`
+/// (a `-o json` listing), in the listing's order.
+pub fn field_pairs(list: &serde_json::Value, a: &str, b: &str) -> Vec<(String, String)> {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|v| {
+            (
+                v[a].as_str().expect(a).to_owned(),
+                v[b].as_str().expect(b).to_owned(),
+            )
+        })
+        .collect()
 }

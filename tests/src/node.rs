@@ -78,18 +78,7 @@ impl NodeLab {
     /// Starts the controller with extra services appended to its config.
     pub fn start_with(extra_services: &str) -> Self {
         let work = tempfile::tempdir().expect("tempdir");
-        let config = work.path().join("berthd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[[services]]\nname = \"fs\"\ndriver = \"vfs\"\n[services.options]\nroot = {:?}\n\n\
-                 [[services]]\nname = \"img\"\ndriver = \"image\"\n[services.options]\nroot = {:?}\n{extra_services}",
-                work.path().join("fs"),
-                work.path().join("img"),
-            ),
-        )
-        .expect("write config");
-        let d = Berthd::start_with(&["--config", &config.display().to_string()]);
+        let d = Berthd::start_fs_and_img(work.path(), extra_services);
         let lab = Self { d, work };
         lab.set_client_keys(&format!(
             "mount_root = {:?}\ninstance = \"node-a\"\n",

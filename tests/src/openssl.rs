@@ -70,6 +70,62 @@ pub fn x509_text(cert: &Path) -> String {
     openssl_ok(&["x509", "-noout", "-text", "-in", s(cert)])
 }
 
+/// The extensions of a CA certificate that signs certificates and nothing
+/// else, as `openssl req -x509` arguments.
+pub const CA_EXTENSIONS: [&str; 4] = [
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign",
+];
+
+/// `openssl req` arguments: a new unencrypted P-256 key written to `key`,
+/// and a request for the subject `subj` written to `out` (a self-signed
+/// certificate with `-x509` in `extra`), then `extra`.
+pub fn new_p256_req<'a>(
+    key: &'a str,
+    out: &'a str,
+    subj: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+        "-subj",
+        subj,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `openssl x509 -req` arguments: `csr` signed by `ca` (key `ca_key`) for
+/// `days` days with the extensions in the file `extfile`, written to `out`,
+/// then `extra` (how the serial is chosen, say).
+pub fn sign_req<'a>(
+    csr: &'a str,
+    (ca, ca_key): (&'a str, &'a str),
+    days: &'a str,
+    extfile: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-days", days, "-extfile",
+        extfile, "-out", out,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// A P-256 key and CSR whose CN is `cn` (UTF-8), as `dir/FILE.key` and
 /// `dir/FILE.csr`: (key, csr).
 pub fn csr(dir: &Path, file: &str, cn: &str) -> (PathBuf, PathBuf) {
@@ -79,22 +135,7 @@ pub fn csr(dir: &Path, file: &str, cn: &str) -> (PathBuf, PathBuf) {
     );
     openssl_in(
         dir,
-        &[
-            "req",
-            "-new",
-            "-utf8",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            s(&key),
-            "-out",
-            s(&csr),
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
+        &new_p256_req(s(&key), s(&csr), &format!("/CN={cn}"), &["-utf8"]),
     );
     (key, csr)
 }
@@ -102,29 +143,11 @@ pub fn csr(dir: &Path, file: &str, cn: &str) -> (PathBuf, PathBuf) {
 /// An operator's own CA, `operator-ca`, as `dir/ca.key` and `dir/ca.pem`
 /// (what `berthd --client-ca` is given).
 pub fn operator_ca(dir: &Path) {
+    let mut extra = vec!["-x509", "-days", "30"];
+    extra.extend_from_slice(&CA_EXTENSIONS);
     openssl_in(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=operator-ca",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
+        &new_p256_req("ca.key", "ca.pem", "/CN=operator-ca", &extra),
     );
 }
 
@@ -138,22 +161,13 @@ pub fn operator_sign_client(dir: &Path, csr: &Path) {
     .expect("ext.cnf");
     openssl_in(
         dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
+        &sign_req(
             s(csr),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "ext.crt",
-            "-days",
+            ("ca.pem", "ca.key"),
             "30",
-            "-extfile",
             "ext.cnf",
-        ],
+            "ext.crt",
+            &["-CAcreateserial"],
+        ),
     );
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_tests::openssl::{self, openssl};
 use berth_tests::tokens::{admin_token, b64url, claims as token_claims, issue, jti_of, with};
-use berth_tests::{bin, entries, tree, Berthd, Run};
+use berth_tests::{bin, entries, field_pairs, tree, Berthd, Run};
 use serde_json::{json, Value};
 
 const UNAUTHENTICATED: &str = "error: not authenticated";
@@ -238,16 +238,8 @@ impl Ctl {
 
     fn state(&self) -> State {
         let listed = self.d.berth(&["volume", "list", "-o", "json"]).json();
-        let volumes = listed
-            .as_array()
-            .expect("a JSON array")
-            .iter()
-            .map(|v| {
-                (
-                    v["service"].as_str().expect("service").to_owned(),
-                    v["name"].as_str().expect("name").to_owned(),
-                )
-            })
+        let volumes = field_pairs(&listed, "service", "name")
+            .into_iter()
             .collect();
         State {
             volumes,
@@ -344,17 +336,7 @@ impl Ctl {
 
     fn volume_names(&self, cred: &[&str]) -> Vec<(String, String)> {
         let list = self.with(cred, &["volume", "list", "-o", "json"]).json();
-        let mut names: Vec<(String, String)> = list
-            .as_array()
-            .expect("array")
-            .iter()
-            .map(|v| {
-                (
-                    v["service"].as_str().expect("service").to_owned(),
-                    v["name"].as_str().expect("name").to_owned(),
-                )
-            })
-            .collect();
+        let mut names = field_pairs(&list, "service", "name");
         names.sort();
         names
     }
@@ -452,11 +434,15 @@ fn bad_and_forged_tokens_are_unauthenticated_and_change_nothing() {
     // refused, see a_forged_token_cannot_widen_the_scope_recorded_for_its_id.)
     let key = controller_signing_key(d, &work);
     let real_exp = token_claims(&alice)["exp"].as_i64().expect("exp");
-    let control = eddsa_token(
-        &key,
-        &claims_at("alice", &jti, "user", &["fast"], now(), real_exp),
-        &work,
-    );
+    // alice's token as issued but for its dates (nbf, exp: absolute).
+    let forge = |nbf: i64, exp: i64| {
+        eddsa_token(
+            &key,
+            &claims_at("alice", &jti, "user", &["fast"], nbf, exp),
+            &work,
+        )
+    };
+    let control = forge(now(), real_exp);
     assert_eq!(
         c.service_names(&["--token", &control]),
         ["fast"],
@@ -464,11 +450,7 @@ fn bad_and_forged_tokens_are_unauthenticated_and_change_nothing() {
     );
     used.push(control);
 
-    let not_yet = eddsa_token(
-        &key,
-        &claims_at("alice", &jti, "user", &["fast"], now() + 600, real_exp),
-        &work,
-    );
+    let not_yet = forge(now() + 600, real_exp);
     let err = c.unauthenticated(&["--token", &not_yet]);
     assert!(err.contains("not valid yet"), "{err}");
     refused.push(not_yet);
@@ -484,11 +466,7 @@ fn bad_and_forged_tokens_are_unauthenticated_and_change_nothing() {
 
     // nbf within the 30 s leeway: accepted (the exp leeway is exercised
     // with a real token in an_expired_token_is_refused_after_the_leeway).
-    let lenient = eddsa_token(
-        &key,
-        &claims_at("alice", &jti, "user", &["fast"], now() + 10, real_exp),
-        &work,
-    );
+    let lenient = forge(now() + 10, real_exp);
     assert_eq!(
         c.service_names(&["--token", &lenient]),
         ["fast"],
@@ -497,11 +475,7 @@ fn bad_and_forged_tokens_are_unauthenticated_and_change_nothing() {
     used.push(lenient);
 
     // A later expiry than the one issued: refused, the record decides.
-    let extended = eddsa_token(
-        &key,
-        &claims_at("alice", &jti, "user", &["fast"], now(), real_exp + 3600),
-        &work,
-    );
+    let extended = forge(now(), real_exp + 3600);
     let err = c.unauthenticated(&["--token", &extended]);
     assert!(err.contains("do not match"), "{err}");
     refused.push(extended);
@@ -775,24 +749,14 @@ fn sign_with_controller_ca(
     match dates {
         None => {
             openssl(
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
+                &openssl::sign_req(
                     s(csr),
-                    "-CA",
-                    s(&ca_crt),
-                    "-CAkey",
-                    s(&ca_key),
-                    "-set_serial",
-                    serial,
-                    "-days",
+                    (s(&ca_crt), s(&ca_key)),
                     "5",
-                    "-extfile",
                     s(&ext_file),
-                    "-out",
                     s(out),
-                ],
+                    &["-set_serial", serial],
+                ),
                 None,
             );
         }
@@ -914,7 +878,7 @@ fn a_signed_csr_authenticates_with_its_scope() {
     // `cert issue` makes the key here and writes three 0600 files, once.
     let out = dir.join("dave-files");
     let count = cert_count(&c);
-    c.d.berth(&[
+    let issue_dave = [
         "cert",
         "issue",
         "dave",
@@ -922,8 +886,8 @@ fn a_signed_csr_authenticates_with_its_scope() {
         "fast",
         "--out",
         s(&out),
-    ])
-    .success();
+    ];
+    c.d.berth(&issue_dave).success();
     assert_eq!(entries(&out), ["ca.crt", "dave.crt", "dave.key"]);
     for name in ["ca.crt", "dave.crt", "dave.key"] {
         let mode = std::fs::metadata(out.join(name))
@@ -937,26 +901,16 @@ fn a_signed_csr_authenticates_with_its_scope() {
         std::fs::read(c.d.data_dir.join("tls/ca.crt")).expect("controller ca.crt")
     );
     assert_eq!(cert_count(&c), count + 1);
-    let written: Vec<Vec<u8>> = ["ca.crt", "dave.crt", "dave.key"]
-        .iter()
-        .map(|n| std::fs::read(out.join(n)).expect("read"))
-        .collect();
-    let err =
-        c.d.berth(&[
-            "cert",
-            "issue",
-            "dave",
-            "--services",
-            "fast",
-            "--out",
-            s(&out),
-        ])
-        .failure();
+    let read_all = || -> Vec<Vec<u8>> {
+        ["ca.crt", "dave.crt", "dave.key"]
+            .iter()
+            .map(|n| std::fs::read(out.join(n)).expect("read"))
+            .collect()
+    };
+    let written = read_all();
+    let err = c.d.berth(&issue_dave).failure();
     assert!(err.contains("already exists"), "{err}");
-    let again: Vec<Vec<u8>> = ["ca.crt", "dave.crt", "dave.key"]
-        .iter()
-        .map(|n| std::fs::read(out.join(n)).expect("read"))
-        .collect();
+    let again = read_all();
     assert_eq!(written, again, "cert issue overwrote a file");
     assert_eq!(cert_count(&c), count + 1, "the refused issue signed anyway");
     let (dave_crt, dave_key) = (out.join("dave.crt"), out.join("dave.key"));
@@ -1046,51 +1000,23 @@ fn certificates_the_controller_did_not_sign_for_clients_are_refused() {
     assert!(ca_subject.starts_with('/'), "{ca_subject}");
     let fca_key = dir.join("foreign-ca.key");
     let fca_crt = dir.join("foreign-ca.crt");
+    let mut ca_extra = vec!["-x509", "-days", "30"];
+    ca_extra.extend_from_slice(&openssl::CA_EXTENSIONS);
     openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            s(&fca_key),
-            "-out",
-            s(&fca_crt),
-            "-subj",
-            "/CN=berthd CA",
-            "-days",
-            "30",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
+        &openssl::new_p256_req(s(&fca_key), s(&fca_crt), "/CN=berthd CA", &ca_extra),
         None,
     );
     let ext = c.file("client-ext.cnf", CLIENT_EXT.as_bytes());
     let foreign = dir.join("foreign-leaf.crt");
     openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
+        &openssl::sign_req(
             s(&csr),
-            "-CA",
-            s(&fca_crt),
-            "-CAkey",
-            s(&fca_key),
-            "-set_serial",
-            "0x77",
-            "-days",
+            (s(&fca_crt), s(&fca_key)),
             "5",
-            "-extfile",
             s(&ext),
-            "-out",
             s(&foreign),
-        ],
+            &["-set_serial", "0x77"],
+        ),
         None,
     );
     c.cannot_connect(&["--cert", s(&foreign), "--key", s(&key)]);

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use berth_tests::Berthd;
@@ -40,13 +40,7 @@ fn run_all(d: &Berthd, commands: Vec<(String, Vec<String>)>) -> Vec<Finished> {
         .into_iter()
         .map(|(label, args)| {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let child = d
-                .berth_cmd(&args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn berth");
-            (label, child)
+            (label, d.spawn_berth(&args))
         })
         .collect();
     let deadline = Instant::now() + CLIENTS_TIMEOUT;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use berth_tests::Berthd;
@@ -70,12 +70,7 @@ struct Finished {
 fn spawn_create(d: &Berthd, name: &str, extra: &[&str]) -> Pending {
     let mut args = vec!["volume", "create", name, "-o", "json"];
     args.extend_from_slice(extra);
-    let child = d
-        .berth_cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
+    let child = d.spawn_berth(&args);
     Pending {
         name: name.to_owned(),
         child,
@@ -97,6 +92,23 @@ fn collect(mut p: Pending, ok: bool) -> Finished {
         stdout,
         stderr,
     }
+}
+
+/// `n` creates of PREFIX-00, PREFIX-01, ... started at once: (names, pending).
+fn spawn_creates(d: &Berthd, prefix: &str, n: usize) -> (Vec<String>, Vec<Pending>) {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:02}")).collect();
+    let pending = names
+        .iter()
+        .map(|name| spawn_create(d, name, &[]))
+        .collect();
+    (names, pending)
+}
+
+/// How berthd exited after a SIGTERM; panics (with its log) if it did not
+/// within 10 s.
+fn exit_after_term(d: &mut Berthd) -> std::process::ExitStatus {
+    d.wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("berthd did not exit on SIGTERM; its log:\n{}", d.log()))
 }
 
 /// Waits for every process, bounded; the outputs are small enough for the
@@ -206,8 +218,7 @@ fn acknowledged_removes_survive_kill_9() {
 fn kill_9_during_concurrent_creates_loses_nothing_acknowledged_and_leaves_no_orphans() {
     let mut d = Berthd::start();
     const N: usize = 48;
-    let names: Vec<String> = (0..N).map(|i| format!("race-{i:02}")).collect();
-    let pending: Vec<Pending> = names.iter().map(|n| spawn_create(&d, n, &[])).collect();
+    let (names, pending) = spawn_creates(&d, "race", N);
 
     // Kill the controller once a few clients have their answer, while the
     // rest are connecting or waiting.
@@ -283,9 +294,7 @@ fn sigterm_exits_zero_and_keeps_every_volume() {
         );
     }
     d.signal("TERM");
-    let status = d
-        .wait_exit(Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("berthd did not exit on SIGTERM; its log:\n{}", d.log()));
+    let status = exit_after_term(&mut d);
     assert!(
         status.success(),
         "berthd exited with {status} on SIGTERM:\n{}",
@@ -304,8 +313,7 @@ fn sigterm_exits_zero_and_keeps_every_volume() {
 fn sigterm_during_creates_finishes_them_and_exits_zero() {
     let mut d = Berthd::start();
     const N: usize = 24;
-    let names: Vec<String> = (0..N).map(|i| format!("drain-{i:02}")).collect();
-    let pending: Vec<Pending> = names.iter().map(|n| spawn_create(&d, n, &[])).collect();
+    let (_, pending) = spawn_creates(&d, "drain", N);
     let mut signalled = false;
     let results = wait_all(pending, |finished| {
         if !signalled && finished >= N / 4 {
@@ -316,9 +324,7 @@ fn sigterm_during_creates_finishes_them_and_exits_zero() {
     if !signalled {
         d.signal("TERM");
     }
-    let status = d
-        .wait_exit(Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("berthd did not exit on SIGTERM; its log:\n{}", d.log()));
+    let status = exit_after_term(&mut d);
     assert!(
         status.success(),
         "berthd exited with {status}:\n{}",

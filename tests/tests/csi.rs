@@ -59,18 +59,7 @@ struct Lab {
 impl Lab {
     fn start() -> Self {
         let work = tempfile::tempdir().expect("tempdir");
-        let config = work.path().join("berthd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[[services]]\nname = \"fs\"\ndriver = \"vfs\"\n[services.options]\nroot = {:?}\n\n\
-                 [[services]]\nname = \"img\"\ndriver = \"image\"\n[services.options]\nroot = {:?}\n",
-                s(&work.path().join("fs")),
-                s(&work.path().join("img")),
-            ),
-        )
-        .expect("write config");
-        let d = Berthd::start_with(&["--config", s(&config)]);
+        let d = Berthd::start_fs_and_img(work.path(), "");
         Self { d, work }
     }
 
@@ -237,6 +226,38 @@ fn create_req(name: &str, service: Option<&str>, required: i64) -> csi::CreateVo
             .unwrap_or_default(),
         ..Default::default()
     }
+}
+
+/// `CreateVolume`, expecting a volume back (`what` names the call in a failure).
+async fn created(
+    c: &mut ControllerClient<Channel>,
+    req: csi::CreateVolumeRequest,
+    what: &str,
+) -> csi::Volume {
+    c.create_volume(req)
+        .await
+        .expect(what)
+        .into_inner()
+        .volume
+        .expect("volume")
+}
+
+/// A content source restoring the snapshot `id`.
+fn from_snapshot(id: String) -> Option<csi::VolumeContentSource> {
+    Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Snapshot(
+            csi::volume_content_source::SnapshotSource { snapshot_id: id },
+        )),
+    })
+}
+
+/// A content source cloning the volume `id`.
+fn from_volume(id: String) -> Option<csi::VolumeContentSource> {
+    Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource { volume_id: id },
+        )),
+    })
 }
 
 #[track_caller]
@@ -411,39 +432,25 @@ async fn the_socket_is_private_and_a_stale_one_is_replaced() {
 async fn probe_follows_the_controller() {
     let mut lab = Lab::start();
     let plugin = lab.plugin(&[], &[]);
-    let mut identity = IdentityClient::new(plugin.channel().await);
-    let ready = |p: csi::ProbeResponse| p.ready;
-    assert_eq!(
-        ready(
-            identity
-                .probe(csi::ProbeRequest {})
-                .await
-                .expect("probe")
-                .into_inner()
-        ),
-        Some(true)
-    );
+    let identity = IdentityClient::new(plugin.channel().await);
+    let ready = |mut identity: IdentityClient<Channel>| async move {
+        identity
+            .probe(csi::ProbeRequest {})
+            .await
+            .expect("probe")
+            .into_inner()
+            .ready
+    };
+    assert_eq!(ready(identity.clone()).await, Some(true));
     lab.d.kill9();
     assert_eq!(
-        ready(
-            identity
-                .probe(csi::ProbeRequest {})
-                .await
-                .expect("probe")
-                .into_inner()
-        ),
+        ready(identity.clone()).await,
         Some(false),
         "not ready while berthd is down"
     );
     lab.d.restart();
     assert_eq!(
-        ready(
-            identity
-                .probe(csi::ProbeRequest {})
-                .await
-                .expect("probe")
-                .into_inner()
-        ),
+        ready(identity.clone()).await,
         Some(true),
         "ready again once berthd answers (the plugin reconnects)"
     );
@@ -460,26 +467,19 @@ async fn create_and_delete_are_idempotent_with_csi_codes() {
     let plugin = lab.plugin(&[], &["--default-size", "16MiB"]);
     let mut c = ControllerClient::new(plugin.channel().await);
 
-    let first = c
-        .create_volume(create_req("pvc-1", Some("fs"), 4 * MIB))
-        .await
-        .expect("create")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let first = created(&mut c, create_req("pvc-1", Some("fs"), 4 * MIB), "create").await;
     assert_eq!(first.volume_id, "fs/pvc-1");
     assert_eq!(first.capacity_bytes, 4 * MIB);
     assert_eq!(
         first.volume_context.get("service").map(String::as_str),
         Some("fs")
     );
-    let again = c
-        .create_volume(create_req("pvc-1", Some("fs"), 4 * MIB))
-        .await
-        .expect("create again")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let again = created(
+        &mut c,
+        create_req("pvc-1", Some("fs"), 4 * MIB),
+        "create again",
+    )
+    .await;
     assert_eq!(again, first, "the same answer");
     // A range the existing volume fits is compatible; one it does not fit is not.
     let mut ranged = create_req("pvc-1", Some("fs"), 2 * MIB);
@@ -539,13 +539,7 @@ async fn create_and_delete_are_idempotent_with_csi_codes() {
     with_opts
         .parameters
         .insert("csi.storage.k8s.io/pv/name".into(), "pv-x".into());
-    let v = c
-        .create_volume(with_opts)
-        .await
-        .expect("create with a driver option")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let v = created(&mut c, with_opts, "create with a driver option").await;
     assert_eq!(v.capacity_bytes, 16 * MIB);
     let shown = lab
         .d
@@ -562,20 +556,13 @@ async fn create_and_delete_are_idempotent_with_csi_codes() {
     assert_eq!(shown["options"]["mode"], "0700", "{shown}");
     assert!(shown["options"].get("csi.storage.k8s.io/pv/name").is_none());
     // A CSI name Berth would refuse maps to a stable Berth name.
-    let odd = c
-        .create_volume(create_req("my vol/1", Some("fs"), MIB))
-        .await
-        .expect("odd name")
-        .into_inner()
-        .volume
-        .expect("volume");
-    let odd_again = c
-        .create_volume(create_req("my vol/1", Some("fs"), MIB))
-        .await
-        .expect("odd name again")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let odd = created(&mut c, create_req("my vol/1", Some("fs"), MIB), "odd name").await;
+    let odd_again = created(
+        &mut c,
+        create_req("my vol/1", Some("fs"), MIB),
+        "odd name again",
+    )
+    .await;
     assert_eq!(odd.volume_id, odd_again.volume_id);
     assert!(odd.volume_id.starts_with("fs/csi-"), "{}", odd.volume_id);
 
@@ -686,13 +673,12 @@ async fn authorization_stays_berths() {
     let scoped = lab.plugin(&["--token", &token], &[]);
     let mut c = ControllerClient::new(scoped.channel().await);
     // No parameter: the only service the credential sees.
-    let v = c
-        .create_volume(create_req("mine", None, MIB))
-        .await
-        .expect("create on the only visible service")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let v = created(
+        &mut c,
+        create_req("mine", None, MIB),
+        "create on the only visible service",
+    )
+    .await;
     assert_eq!(v.volume_id, "fs/mine");
     // Another service: PERMISSION_DENIED from berthd, never a fallback.
     code(
@@ -760,13 +746,12 @@ async fn list_volumes_pages_and_refuses_bad_tokens() {
     let mut want = BTreeSet::new();
     for i in 0..7 {
         let service = if i % 2 == 0 { "fs" } else { "img" };
-        let v = c
-            .create_volume(create_req(&format!("v{i}"), Some(service), MIB))
-            .await
-            .expect("create")
-            .into_inner()
-            .volume
-            .expect("volume");
+        let v = created(
+            &mut c,
+            create_req(&format!("v{i}"), Some(service), MIB),
+            "create",
+        )
+        .await;
         want.insert(v.volume_id);
     }
     let all = c
@@ -828,13 +813,7 @@ async fn snapshots_restores_and_clones() {
     let plugin = lab.plugin(&[], &[]);
     let mut c = ControllerClient::new(plugin.channel().await);
     for service in ["fs", "img"] {
-        let src = c
-            .create_volume(create_req("src", Some(service), 4 * MIB))
-            .await
-            .expect("create")
-            .into_inner()
-            .volume
-            .expect("volume");
+        let src = created(&mut c, create_req("src", Some(service), 4 * MIB), "create").await;
         let snap_req = csi::CreateSnapshotRequest {
             source_volume_id: src.volume_id.clone(),
             name: "snap-1".into(),
@@ -859,13 +838,12 @@ async fn snapshots_restores_and_clones() {
             .snapshot
             .expect("snapshot");
         assert_eq!(again.snapshot_id, snap.snapshot_id);
-        let other = c
-            .create_volume(create_req("other", Some(service), 4 * MIB))
-            .await
-            .expect("create")
-            .into_inner()
-            .volume
-            .expect("volume");
+        let other = created(
+            &mut c,
+            create_req("other", Some(service), 4 * MIB),
+            "create",
+        )
+        .await;
         code(
             c.create_snapshot(csi::CreateSnapshotRequest {
                 source_volume_id: other.volume_id.clone(),
@@ -885,33 +863,15 @@ async fn snapshots_restores_and_clones() {
         );
         // Restore and clone, with their NOT_FOUND and range checks.
         let mut restore = create_req("restored", Some(service), 4 * MIB);
-        restore.volume_content_source = Some(csi::VolumeContentSource {
-            r#type: Some(csi::volume_content_source::Type::Snapshot(
-                csi::volume_content_source::SnapshotSource {
-                    snapshot_id: snap.snapshot_id.clone(),
-                },
-            )),
-        });
-        let restored = c
-            .create_volume(restore.clone())
-            .await
-            .expect("restore")
-            .into_inner()
-            .volume
-            .expect("volume");
+        restore.volume_content_source = from_snapshot(snap.snapshot_id.clone());
+        let restored = created(&mut c, restore.clone(), "restore").await;
         assert_eq!(restored.content_source, restore.volume_content_source);
         c.create_volume(restore.clone())
             .await
             .expect("restore again");
         let mut missing = restore.clone();
         missing.name = "restored-2".into();
-        missing.volume_content_source = Some(csi::VolumeContentSource {
-            r#type: Some(csi::volume_content_source::Type::Snapshot(
-                csi::volume_content_source::SnapshotSource {
-                    snapshot_id: format!("{service}/no-such-snap"),
-                },
-            )),
-        });
+        missing.volume_content_source = from_snapshot(format!("{service}/no-such-snap"));
         code(c.create_volume(missing).await, Code::NotFound);
         let mut small = restore.clone();
         small.name = "restored-3".into();
@@ -921,30 +881,12 @@ async fn snapshots_restores_and_clones() {
         });
         code(c.create_volume(small).await, Code::OutOfRange);
         let mut clone = create_req("clone", Some(service), 4 * MIB);
-        clone.volume_content_source = Some(csi::VolumeContentSource {
-            r#type: Some(csi::volume_content_source::Type::Volume(
-                csi::volume_content_source::VolumeSource {
-                    volume_id: src.volume_id.clone(),
-                },
-            )),
-        });
-        let cloned = c
-            .create_volume(clone.clone())
-            .await
-            .expect("clone")
-            .into_inner()
-            .volume
-            .expect("volume");
+        clone.volume_content_source = from_volume(src.volume_id.clone());
+        let cloned = created(&mut c, clone.clone(), "clone").await;
         assert_eq!(cloned.content_source, clone.volume_content_source);
         c.create_volume(clone).await.expect("clone again");
         let mut gone = create_req("clone-2", Some(service), 4 * MIB);
-        gone.volume_content_source = Some(csi::VolumeContentSource {
-            r#type: Some(csi::volume_content_source::Type::Volume(
-                csi::volume_content_source::VolumeSource {
-                    volume_id: format!("{service}/no-such-volume"),
-                },
-            )),
-        });
+        gone.volume_content_source = from_volume(format!("{service}/no-such-volume"));
         code(c.create_volume(gone).await, Code::NotFound);
         // A volume with snapshots cannot go: FAILED_PRECONDITION.
         code(
@@ -1039,13 +981,7 @@ async fn publish_and_unpublish_attach_to_the_node() {
     let lab = Lab::start();
     let plugin = lab.plugin(&[], &["--known-node", "n2"]);
     let mut c = ControllerClient::new(plugin.channel().await);
-    let v = c
-        .create_volume(create_req("pub", Some("fs"), MIB))
-        .await
-        .expect("create")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let v = created(&mut c, create_req("pub", Some("fs"), MIB), "create").await;
     let req = |node: &str| csi::ControllerPublishVolumeRequest {
         volume_id: v.volume_id.clone(),
         node_id: node.into(),
@@ -1172,13 +1108,7 @@ async fn node_stage_and_publish_mount_the_volume() {
     for (i, (service, cap)) in caps.into_iter().enumerate() {
         let mut req = create_req(&format!("node-{i}"), Some(service), 32 * MIB);
         req.volume_capabilities = vec![cap.clone()];
-        let v = c
-            .create_volume(req)
-            .await
-            .expect("create")
-            .into_inner()
-            .volume
-            .expect("volume");
+        let v = created(&mut c, req, "create").await;
         let published = c
             .controller_publish_volume(csi::ControllerPublishVolumeRequest {
                 volume_id: v.volume_id.clone(),

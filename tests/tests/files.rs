@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use berth_proto::v1 as pb;
 use berth_tests::grpc::admin_channel;
-use berth_tests::{bin, listed, vfs_metadata, vfs_root, volume_dirs, Berthd};
+use berth_tests::{bin, home_env, listed, vfs_metadata, vfs_root, volume_dirs, Berthd};
 use tonic::Code;
 
 /// How long a refused start may take before the test calls it a hang.
@@ -110,21 +110,10 @@ fn error_line(stderr: &str) -> &str {
 fn start_fails(home: &Path, args: &[&str]) -> String {
     std::fs::create_dir_all(home).expect("home");
     let mut cmd = Command::new(bin("berthd"));
-    for var in [
-        "BERTH_HOST",
-        "BERTH_CONFIG",
-        "BERTH_TOKEN",
-        "BERTH_DATA_DIR",
-        "RUST_LOG",
-        "RUST_BACKTRACE",
-        "RUST_LIB_BACKTRACE",
-    ] {
-        cmd.env_remove(var);
-    }
+    home_env(&mut cmd, home);
     let mut child = cmd
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

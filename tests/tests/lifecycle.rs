@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_tests::{bin, entries, Berthd, Run};
+use berth_tests::{bin, entries, home_env, Berthd, Run};
 use serde_json::Value;
 
 /// What a volume holds before its snapshot is taken.
@@ -51,27 +51,7 @@ struct Lab {
 impl Lab {
     fn start() -> Self {
         let work = tempfile::tempdir().expect("tempdir");
-        let config = work.path().join("berthd.toml");
-        fs::write(
-            &config,
-            format!(
-                "[[services]]\n\
-                 name = \"fs\"\n\
-                 driver = \"vfs\"\n\
-                 [services.options]\n\
-                 root = {:?}\n\
-                 \n\
-                 [[services]]\n\
-                 name = \"img\"\n\
-                 driver = \"image\"\n\
-                 [services.options]\n\
-                 root = {:?}\n",
-                s(&work.path().join("fs")),
-                s(&work.path().join("img")),
-            ),
-        )
-        .expect("write config");
-        let d = Berthd::start_with(&["--config", s(&config)]);
+        let d = Berthd::start_fs_and_img(work.path(), "");
         Self { d, work }
     }
 
@@ -717,22 +697,11 @@ fn berthd_refuses(work: &Path, config: &Path, path: Option<&Path>) -> String {
     let home = work.join("home");
     fs::create_dir_all(&home).expect("home");
     let mut cmd = Command::new(bin("berthd"));
-    for var in [
-        "BERTH_HOST",
-        "BERTH_CONFIG",
-        "BERTH_TOKEN",
-        "BERTH_DATA_DIR",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
+    home_env(&mut cmd, &home);
     if let Some(path) = path {
         cmd.env("PATH", path);
     }
     let mut child = cmd
-        .env("HOME", &home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_DATA_HOME", home.join(".local/share"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(work.join("data"))
         .arg("--config")

@@ -249,43 +249,26 @@ fn make_pki(dir: &Path, cn: &str, sans: &str) -> OwnPki {
         p("leaf.pem"),
         p("leaf.ext"),
     );
-    openssl_ok(&[
-        "req",
-        "-x509",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
+    openssl_ok(&openssl::new_p256_req(
         &s(&ca_key),
-        "-out",
         &s(&ca),
-        "-days",
-        "30",
-        "-subj",
         &format!("/CN=test CA for {cn}"),
-        "-addext",
-        "basicConstraints=critical,CA:TRUE,pathlen:0",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl_ok(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
+        &[
+            "-x509",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    ));
+    openssl_ok(&openssl::new_p256_req(
         &s(&leaf_key),
-        "-out",
         &s(&csr),
-        "-subj",
         &format!("/CN={cn}"),
-    ]);
+        &[],
+    ));
     std::fs::write(
         &ext,
         format!(
@@ -305,25 +288,14 @@ fn make_pki(dir: &Path, cn: &str, sans: &str) -> OwnPki {
             .expect("clock")
             .as_nanos()
     );
-    openssl_ok(&[
-        "x509",
-        "-req",
-        "-in",
+    openssl_ok(&openssl::sign_req(
         &s(&csr),
-        "-CA",
-        &s(&ca),
-        "-CAkey",
-        &s(&ca_key),
-        "-set_serial",
-        &serial,
-        "-days",
+        (&s(&ca), &s(&ca_key)),
         "30",
-        "-sha256",
-        "-extfile",
         &s(&ext),
-        "-out",
         &s(&leaf),
-    ]);
+        &["-set_serial", &serial, "-sha256"],
+    ));
     let chain = p("chain.pem");
     let mut pem = std::fs::read_to_string(&leaf).expect("leaf");
     pem.push_str(&std::fs::read_to_string(&ca).expect("ca"));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use berth_tests::{bin, entries, Berthd};
+use berth_tests::{bin, entries, field_pairs, Berthd};
 use serde_json::{json, Value};
 
 /// Part of the naming rule every refusal must quote.
@@ -742,17 +742,7 @@ fn two_configured_services_are_kept_apart() {
     let d = Berthd::start_with(&["--config", config.to_str().expect("utf-8 path")]);
 
     let services = d.berth(&["service", "list", "-o", "json"]).json();
-    let mut listed: Vec<(String, String)> = services
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().expect("name").to_owned(),
-                s["driver"].as_str().expect("driver").to_owned(),
-            )
-        })
-        .collect();
+    let mut listed = field_pairs(&services, "name", "driver");
     listed.sort();
     assert_eq!(
         listed,
@@ -803,17 +793,7 @@ fn two_configured_services_are_kept_apart() {
     assert_ne!(w["id"], v["id"]);
     assert_eq!(w["fields"]["path"], bulk.join("x").display().to_string());
     let all = d.berth(&["volume", "list", "-o", "json"]).json();
-    let mut pairs: Vec<(String, String)> = all
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| {
-            (
-                v["service"].as_str().expect("service").to_owned(),
-                v["name"].as_str().expect("name").to_owned(),
-            )
-        })
-        .collect();
+    let mut pairs = field_pairs(&all, "service", "name");
     pairs.sort();
     assert_eq!(
         pairs,
