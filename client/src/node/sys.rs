@@ -238,8 +238,19 @@ pub async fn release_loops(file: &str) -> Result<(), NodeError> {
             });
         }
     }
+    // The kernel detaches a loop device that something else still holds
+    // open (udev's probe, a blkid) only at its last close: wait, bounded,
+    // for that, so the release is done when the unmount answers.
+    let until = std::time::Instant::now() + LOOP_RELEASE_WAIT;
+    while !loops_of(file).await?.is_empty() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     Ok(())
 }
+
+/// How long a release waits for the kernel to detach a loop device that
+/// another opener still held; past it the kernel finishes on its own.
+const LOOP_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a block device holds, as `blkid -p` (low-level probe, no cache)
 /// sees it.
