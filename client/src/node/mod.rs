@@ -42,7 +42,6 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::ClientConfig;
-use crate::deadline;
 use crate::pb;
 use crate::session::Session;
 
@@ -220,32 +219,10 @@ fn install_hint(tool: &str) -> &'static str {
     }
 }
 
-/// A controller status as words, the way `berth` prints it.
+/// A controller status as words, the way `berth` prints it
+/// ([`crate::report::status_line`]), kept on one line.
 pub(crate) fn status_text(status: &tonic::Status) -> String {
-    use tonic::Code::*;
-    if let Some(no_reply) = deadline::no_reply(status) {
-        return no_reply.to_string();
-    }
-    let word = match status.code() {
-        Ok => "ok",
-        Cancelled => "cancelled",
-        Unknown => "unknown error",
-        InvalidArgument => "invalid argument",
-        DeadlineExceeded => "timed out",
-        NotFound => "not found",
-        AlreadyExists => "already exists",
-        PermissionDenied => "permission denied",
-        ResourceExhausted => "resource exhausted",
-        FailedPrecondition => "failed precondition",
-        Aborted => "aborted",
-        OutOfRange => "out of range",
-        Unimplemented => "not supported",
-        Internal => "internal error",
-        Unavailable => "unavailable",
-        DataLoss => "data loss",
-        Unauthenticated => "not authenticated",
-    };
-    format!("{word}: {}", sys::one_line(status.message()))
+    sys::one_line(&crate::report::status_line(status))
 }
 
 /// Where mounts go by default: `mount_root` in the client config, else
