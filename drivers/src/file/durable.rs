@@ -65,10 +65,15 @@ pub fn remove_temporaries(dir: &Path) {
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
+/// Concurrent calls for one directory share an `fsync` that began after
+/// each of them (see [`crate::file::dirsync`]), so 32 creates in one
+/// directory do not queue 32 `fsync`s.
 pub fn sync_dir(dir: &Path) -> DriverResult<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| DriverError::io(format!("syncing directory {}", dir.display()), e))
+    crate::file::dirsync::sync(dir, || {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| DriverError::io(format!("syncing directory {}", dir.display()), e))
+    })
 }
 
 /// Opens the directory at `path` itself, never a symbolic link's target
