@@ -240,7 +240,25 @@ fn run_text(cmd: &mut Command) -> String {
 struct Meter {
     done: Arc<AtomicU64>,
     start: Instant,
-    handles: Vec<tokio::task::JoinHandle<()>>,
+    handles: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+}
+
+/// What a [`Meter`] measured: the rate, and the call times its tasks kept.
+struct Measured {
+    per_second: f64,
+    /// Sorted, shortest first.
+    samples: Vec<Duration>,
+}
+
+impl Measured {
+    /// The `p`-th percentile (0..=100) of the kept call times.
+    fn percentile(&self, p: f64) -> Duration {
+        if self.samples.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * (self.samples.len() - 1) as f64).round() as usize;
+        self.samples[rank.min(self.samples.len() - 1)]
+    }
 }
 
 impl Meter {
@@ -252,21 +270,28 @@ impl Meter {
         }
     }
 
-    /// Spawns the task `task(deadline, done)`; it adds one to `done` a round.
+    /// Spawns the task `task(deadline, done)`; it adds one to `done` a round
+    /// and returns the call times it kept (none, if it keeps none).
     fn spawn<F>(&mut self, task: impl FnOnce(Instant, Arc<AtomicU64>) -> F)
     where
-        F: std::future::Future<Output = ()> + Send + 'static,
+        F: std::future::Future<Output = Vec<Duration>> + Send + 'static,
     {
         let task = task(self.start + RUN, Arc::clone(&self.done));
         self.handles.push(tokio::spawn(task));
     }
 
-    /// Waits for every task; rounds per second.
-    async fn per_second(self) -> f64 {
+    /// Waits for every task: rounds per second and the kept call times.
+    async fn finish(self) -> Measured {
+        let mut samples = Vec::new();
         for h in self.handles {
-            h.await.expect("task");
+            samples.extend(h.await.expect("task"));
         }
-        self.done.load(Ordering::Relaxed) as f64 / self.start.elapsed().as_secs_f64()
+        samples.sort_unstable();
+        Measured {
+            per_second: self.done.load(Ordering::Relaxed) as f64
+                / self.start.elapsed().as_secs_f64(),
+            samples,
+        }
     }
 }
 
@@ -279,20 +304,25 @@ async fn clients(target: &Target, conns: usize) -> Vec<Client> {
     clients
 }
 
-/// Calls per second: `tasks` loops spread over `conns` connections, for RUN.
-async fn unary_rate(target: &Target, tasks: usize, conns: usize) -> f64 {
+/// Calls per second (and each call's time): `tasks` loops spread over
+/// `conns` connections, for RUN.
+async fn unary_rate(target: &Target, tasks: usize, conns: usize) -> Measured {
     let clients = clients(target, conns).await;
     let mut meter = Meter::start();
     for i in 0..tasks {
         let mut c = clients[i % conns].clone();
         meter.spawn(|deadline, done| async move {
+            let mut times = Vec::new();
             while Instant::now() < deadline {
+                let call = Instant::now();
                 c.list_volumes(list_request()).await.expect("list");
+                times.push(call.elapsed());
                 done.fetch_add(1, Ordering::Relaxed);
             }
+            times
         });
     }
-    meter.per_second().await
+    meter.finish().await
 }
 
 /// New connections per second (TCP + full TLS handshake + one call).
@@ -306,21 +336,25 @@ async fn connection_rate(target: &Target, tasks: usize) -> f64 {
                 c.list_volumes(list_request()).await.expect("list");
                 done.fetch_add(1, Ordering::Relaxed);
             }
+            Vec::new()
         });
     }
-    meter.per_second().await
+    meter.finish().await.per_second
 }
 
-/// Acknowledged (durable) create + delete pairs per second.
-async fn create_delete_rate(target: &Target, tasks: usize, conns: usize) -> f64 {
+/// Acknowledged (durable) create + delete pairs per second, with the time of
+/// each CreateVolume call.
+async fn create_delete_rate(target: &Target, tasks: usize, conns: usize) -> Measured {
     let clients = clients(target, conns).await;
     let mut meter = Meter::start();
     for t in 0..tasks {
         let mut c = clients[t % conns].clone();
         meter.spawn(|deadline, done| async move {
+            let mut times = Vec::new();
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let name = format!("churn-{tasks}-{t}-{i}");
+                let call = Instant::now();
                 c.create_volume(pb::CreateVolumeRequest {
                     service: "local".into(),
                     name: name.clone(),
@@ -328,6 +362,7 @@ async fn create_delete_rate(target: &Target, tasks: usize, conns: usize) -> f64 
                 })
                 .await
                 .expect("create");
+                times.push(call.elapsed());
                 c.delete_volume(pb::DeleteVolumeRequest {
                     service: "local".into(),
                     name,
@@ -338,9 +373,62 @@ async fn create_delete_rate(target: &Target, tasks: usize, conns: usize) -> f64 
                 done.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
+            times
         });
     }
-    meter.per_second().await
+    meter.finish().await
+}
+
+/// fsync-class system calls (fsync, fdatasync, syncfs) berthd makes per
+/// acknowledged create+delete pair, one pair at a time, counted by strace
+/// attached to the running process; `None` without strace (or ptrace).
+async fn fsyncs_per_pair(target: &Target, pid: u32, pairs: u64) -> Option<f64> {
+    let out = tempfile::NamedTempFile::new().expect("strace output");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync,syncfs", "-o"])
+        .arg(out.path())
+        .args(["-p", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // strace attaches to every thread before it counts anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut c = target.client().await;
+    for i in 0..pairs {
+        let name = format!("counted-{i}");
+        c.create_volume(pb::CreateVolumeRequest {
+            service: "local".into(),
+            name: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+        c.delete_volume(pb::DeleteVolumeRequest {
+            service: "local".into(),
+            name,
+            force: false,
+        })
+        .await
+        .expect("delete");
+    }
+    // SIGINT makes strace detach and write its summary.
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    let _ = strace.wait();
+    let summary = std::fs::read_to_string(out.path()).ok()?;
+    let calls: u64 = summary
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.last() {
+                Some(&("fsync" | "fdatasync" | "syncfs")) => fields.get(3)?.parse::<u64>().ok(),
+                _ => None,
+            }
+        })
+        .sum();
+    (calls > 0).then(|| calls as f64 / pairs as f64)
 }
 
 /// The disk's ceiling: 4 KiB write + fsync rounds per second, `tasks` at once,
@@ -570,8 +658,8 @@ fn main() {
     let ceiling = rt.block_on(start_ceiling());
     eprintln!("measuring unary calls...");
     for (tasks, conns, label) in [(1, 1, "1 caller"), (64, 4, "64 in flight / 4 conns")] {
-        let b = rt.block_on(unary_rate(&berth, tasks, conns));
-        let c = rt.block_on(unary_rate(&ceiling, tasks, conns));
+        let b = rt.block_on(unary_rate(&berth, tasks, conns)).per_second;
+        let c = rt.block_on(unary_rate(&ceiling, tasks, conns)).per_second;
         rows.push(row(
             &format!("1. ListVolumes(10) calls/s, {label}"),
             b,
@@ -595,18 +683,25 @@ fn main() {
 
     eprintln!("measuring durable create+delete...");
     let disk_dir = d.data_dir.join("volumes");
+    let mut creates_loaded = None;
     for (tasks, conns) in [(1, 1), (32, 4)] {
-        let b = rt.block_on(create_delete_rate(&berth, tasks, conns));
+        let measured = rt.block_on(create_delete_rate(&berth, tasks, conns));
         let c = fsync_rate(&disk_dir, tasks);
         rows.push(row(
             &format!("3. create+delete pairs/s (vs 4 KiB write+fsync rounds/s), {tasks} in flight"),
-            b,
+            measured.per_second,
             c,
             "/s",
             if tasks == 32 { ">= 0.8" } else { "" },
             true,
         ));
+        if tasks == 32 {
+            creates_loaded = Some(measured);
+        }
     }
+    let fsyncs = rt.block_on(fsyncs_per_pair(&berth, d.pid(), 100));
+    eprintln!("measuring latency under load...");
+    let lists_loaded = rt.block_on(unary_rate(&berth, 32, 4));
 
     eprintln!("measuring cold CLI processes...");
     let token = std::fs::read_to_string(d.data_dir.join("auth/admin.token")).expect("token");
@@ -722,6 +817,35 @@ fn main() {
         mib(idle_rss)
     );
     println!("| 5. berthd resident memory, holding {BIG} records after listing them | {:.1} MiB | < 150 MiB |", mib(big_rss));
+    match fsyncs {
+        Some(n) => {
+            println!("| 3. fsync calls per create+delete pair, 1 in flight (strace) | {n:.1} | |")
+        }
+        None => println!(
+            "| 3. fsync calls per create+delete pair, 1 in flight | strace not available | |"
+        ),
+    }
+    println!();
+    println!("| latency at 32 in flight / 4 conns | rate | p50 | p99 | p99/p50 | target |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    for (label, measured, target) in [
+        (
+            "CreateVolume (rate: create+delete pairs/s)",
+            creates_loaded.as_ref(),
+            "",
+        ),
+        ("ListVolumes(10)", Some(&lists_loaded), "p99 <= 10x p50"),
+    ] {
+        let Some(m) = measured else { continue };
+        let (p50, p99) = (m.percentile(50.0), m.percentile(99.0));
+        println!(
+            "| {label} | {:.1} /s | {:.2} ms | {:.2} ms | {:.1} | {target} |",
+            m.per_second,
+            ms(p50),
+            ms(p99),
+            p99.as_secs_f64() / p50.as_secs_f64().max(f64::MIN_POSITIVE)
+        );
+    }
     println!();
     println!("ratios: Berth / ceiling (higher is better for rates, lower for times)");
 }
