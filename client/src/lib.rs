@@ -11,6 +11,7 @@
 //! | [`node`] | the node side: mount a volume where a workload can use it, and unmount it |
 //! | [`output`] | tables and JSON for people and scripts |
 //! | [`pinning`] | fingerprints, the sled trust store, the pin verifier |
+//! | `pin_cache` | the trust store's pins in a small file beside it, so reads skip opening sled |
 //! | [`prompt`] | the first-contact question and the changed-fingerprint banner |
 //! | [`report`] | errors as one line for a person, gRPC codes in words |
 //! | [`session`] | target, trust decision and credentials: an open session with the controller |
@@ -31,6 +32,7 @@ pub mod docker;
 pub mod instance;
 pub mod node;
 pub mod output;
+mod pin_cache;
 pub mod pinning;
 pub mod prompt;
 pub mod report;

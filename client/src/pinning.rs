@@ -7,10 +7,11 @@
 //! signature and the chain up to the pinned certificate (signatures,
 //! validity dates, serverAuth) are still verified.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -18,6 +19,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
+
+use crate::pin_cache;
 
 /// A SHA-256 certificate fingerprint.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -288,47 +291,70 @@ fn is_locked(e: &std::io::Error) -> bool {
 /// sled holds an exclusive lock on an open database, and scripts run many
 /// `berth` commands at once: the store is opened only when needed, retried
 /// with a short backoff while another process holds it, and closed at once.
+/// Reads are served from the pin cache beside the store when it is current
+/// ([`crate::pin_cache`]), without opening sled at all; the first write
+/// opens it.
 pub struct TrustStore {
-    db: sled::Db,
     path: PathBuf,
+    /// The pins as the cache holds them, when it was current at open.
+    cached: Option<BTreeMap<String, Fingerprint>>,
+    /// sled, once opened (at open when the cache was not current, or by the
+    /// first write). Reads go to it whenever it is open.
+    db: OnceLock<sled::Db>,
 }
 
 /// How long to keep retrying a locked store.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-impl TrustStore {
-    /// Opens (creating) the store at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let mut backoff = Duration::from_millis(2);
-        loop {
-            let opened = sled::Config::new()
-                .path(path)
-                .cache_capacity(256 * 1024)
-                .flush_every_ms(None)
-                .mode(sled::Mode::LowSpace)
-                .open();
-            match opened {
-                Ok(db) => {
-                    return Ok(Self {
-                        db,
-                        path: path.to_owned(),
-                    })
-                }
-                Err(sled::Error::Io(e))
-                    if is_locked(&e) && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(50));
-                }
-                Err(source) => {
-                    return Err(StoreError::Open {
-                        path: path.to_owned(),
-                        source,
-                    })
-                }
+/// Opens (creating) the sled database at `path`, waiting up to
+/// [`LOCK_WAIT`] while another process holds it.
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut backoff = Duration::from_millis(2);
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(256 * 1024)
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                })
             }
         }
+    }
+}
+
+impl TrustStore {
+    /// Opens (creating) the store at `path`: from its pin cache when that is
+    /// current, else from sled (whose pins then refresh the cache).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(cached) = pin_cache::read(path) {
+            return Ok(Self {
+                path: path.to_owned(),
+                cached: Some(cached),
+                db: OnceLock::new(),
+            });
+        }
+        let store = Self {
+            path: path.to_owned(),
+            cached: None,
+            db: OnceLock::from(open_db(path)?),
+        };
+        // Best effort: without a cache the next command reads sled again.
+        if let Ok(pins) = store.list() {
+            let _ = pin_cache::write(path, &pins);
+        }
+        Ok(store)
     }
 
     /// Opens the store at its default location.
@@ -348,9 +374,40 @@ impl TrustStore {
         }
     }
 
+    /// sled, opened now if it is not yet.
+    fn db(&self) -> Result<&sled::Db, StoreError> {
+        if let Some(db) = self.db.get() {
+            return Ok(db);
+        }
+        let db = open_db(&self.path)?;
+        Ok(self.db.get_or_init(|| db))
+    }
+
+    /// Runs a write on sled with the cache protocol of [`crate::pin_cache`]:
+    /// the cache goes first, sled changes and is flushed, then the cache is
+    /// written again from sled.
+    fn write<T>(&self, change: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<T, StoreError> {
+        let db = self.db()?;
+        pin_cache::invalidate(&self.path).map_err(|e| StoreError::Db {
+            path: self.path.clone(),
+            source: sled::Error::Io(e),
+        })?;
+        let out = change(db).map_err(self.db_err())?;
+        db.flush().map_err(self.db_err())?;
+        if let Ok(pins) = self.list() {
+            let _ = pin_cache::write(&self.path, &pins);
+        }
+        Ok(out)
+    }
+
     /// The pin for `host`, if any.
     pub fn get(&self, host: &str) -> Result<Option<Fingerprint>, StoreError> {
-        match self.db.get(host.as_bytes()).map_err(self.db_err())? {
+        let db = match (self.db.get(), &self.cached) {
+            (Some(db), _) => db,
+            (None, Some(cached)) => return Ok(cached.get(host).copied()),
+            (None, None) => self.db()?,
+        };
+        match db.get(host.as_bytes()).map_err(self.db_err())? {
             None => Ok(None),
             Some(raw) => std::str::from_utf8(&raw)
                 .ok()
@@ -365,28 +422,26 @@ impl TrustStore {
 
     /// Pins `host` and makes it durable before returning.
     pub fn add(&self, host: &str, fingerprint: Fingerprint) -> Result<(), StoreError> {
-        self.db
-            .insert(host.as_bytes(), fingerprint.to_string().as_bytes())
-            .map_err(self.db_err())?;
-        self.db.flush().map_err(self.db_err())?;
+        self.write(|db| db.insert(host.as_bytes(), fingerprint.to_string().as_bytes()))?;
         Ok(())
     }
 
     /// Removes the pin for `host`; returns whether there was one.
     pub fn remove(&self, host: &str) -> Result<bool, StoreError> {
-        let had = self
-            .db
-            .remove(host.as_bytes())
-            .map_err(self.db_err())?
-            .is_some();
-        self.db.flush().map_err(self.db_err())?;
-        Ok(had)
+        Ok(self.write(|db| db.remove(host.as_bytes()))?.is_some())
     }
 
     /// Every pin, sorted by host.
     pub fn list(&self) -> Result<Vec<(String, Fingerprint)>, StoreError> {
+        let db = match (self.db.get(), &self.cached) {
+            (Some(db), _) => db,
+            (None, Some(cached)) => {
+                return Ok(cached.iter().map(|(h, fp)| (h.clone(), *fp)).collect())
+            }
+            (None, None) => self.db()?,
+        };
         let mut out = Vec::new();
-        for entry in self.db.iter() {
+        for entry in db.iter() {
             let (k, _) = entry.map_err(self.db_err())?;
             let host = String::from_utf8_lossy(&k).into_owned();
             if let Some(fp) = self.get(&host)? {
@@ -434,7 +489,10 @@ mod tests {
             let path = path.clone();
             std::thread::spawn(move || {
                 let started = std::time::Instant::now();
-                TrustStore::open(&path).map(|_| started.elapsed())
+                // A write needs sled itself (a read could use the cache).
+                TrustStore::open(&path)
+                    .and_then(|store| store.add("h:1", Fingerprint::of(b"ca")))
+                    .map(|_| started.elapsed())
             })
         };
         std::thread::sleep(Duration::from_millis(200));
@@ -446,6 +504,54 @@ mod tests {
         assert!(
             waited >= Duration::from_millis(150),
             "it did not wait for the lock ({waited:?})"
+        );
+    }
+
+    /// Reads come from the cache without sled's lock, and a pin removed by
+    /// a writer is never served from it afterwards.
+    #[test]
+    fn reads_skip_sled_and_never_see_a_removed_pin() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trust");
+        let fp = Fingerprint::of(b"ca");
+        // The writer keeps sled open (and locked) throughout.
+        let writer = TrustStore::open(&path).expect("open");
+        writer.add("h:1", fp).expect("add");
+        let reader = TrustStore::open(&path).expect("a read does not need the lock");
+        assert!(reader.db.get().is_none(), "the read opened sled");
+        assert_eq!(reader.get("h:1").expect("get"), Some(fp));
+        assert_eq!(reader.list().expect("list"), vec![("h:1".to_owned(), fp)]);
+        assert!(writer.remove("h:1").expect("remove"));
+        let after = TrustStore::open(&path).expect("open");
+        assert!(after.db.get().is_none(), "the cache was not rewritten");
+        assert_eq!(
+            after.get("h:1").expect("get"),
+            None,
+            "a removed pin was served"
+        );
+    }
+
+    /// A store changed by something that ignores the cache (an older
+    /// `berth`) is read from sled, not from the stale cache.
+    #[test]
+    fn a_store_changed_behind_the_cache_is_read_from_sled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trust");
+        TrustStore::open(&path)
+            .expect("open")
+            .add("old:1", Fingerprint::of(b"old"))
+            .expect("add");
+        {
+            let db = open_db(&path).expect("sled");
+            db.insert("new:1", Fingerprint::of(b"new").to_string().as_bytes())
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        let store = TrustStore::open(&path).expect("open");
+        assert!(store.db.get().is_some(), "a stale cache was believed");
+        assert_eq!(
+            store.get("new:1").expect("get"),
+            Some(Fingerprint::of(b"new"))
         );
     }
 
