@@ -665,7 +665,7 @@ fn main() {
             b,
             c,
             "/s",
-            if tasks == 64 { ">= 0.85" } else { "" },
+            if tasks == 64 { ">= 0.9" } else { "" },
             true,
         ));
     }
@@ -692,7 +692,7 @@ fn main() {
             measured.per_second,
             c,
             "/s",
-            if tasks == 32 { ">= 0.8" } else { "" },
+            if tasks == 32 { ">= 0.5" } else { "" },
             true,
         ));
         if tasks == 32 {
@@ -745,7 +745,7 @@ fn main() {
         ms(from_config),
         ms(floor),
         "ms",
-        "<= 2.0",
+        "<= 1.3",
         false,
     ));
     rows.push(row(
@@ -753,7 +753,7 @@ fn main() {
         ms(from_store),
         ms(floor),
         "ms",
-        "<= 3.0",
+        "<= 2.0",
         false,
     ));
     drop(d);
