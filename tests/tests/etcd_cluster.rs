@@ -35,17 +35,40 @@ fn config(dir: &Path, etcd: &Etcd, root: &Path) -> String {
 /// `berth` from a home that has never seen any controller: it trusts only
 /// the pin and the token given.
 fn berth_pinned(home: &Path, host: &Berthd, pin: &str, token: &str, args: &[&str]) -> Run {
+    berth_as(home, host, pin, &["--token", token], args)
+}
+
+/// `berth` from `home` with only the pin and the credential options
+/// `creds` (`--token T`, or `--cert C --key K`).
+fn berth_as(home: &Path, host: &Berthd, pin: &str, creds: &[&str], args: &[&str]) -> Run {
     let mut cmd = Command::new(bin("berth"));
     home_env(&mut cmd, home);
     cmd.arg("--host")
         .arg(host.addr.to_string())
         .arg("--fingerprint")
         .arg(pin)
-        .arg("--token")
-        .arg(token)
+        .args(creds)
         .args(args)
         .stdin(Stdio::null());
     Run(run_bounded(cmd, Duration::from_secs(30)))
+}
+
+/// Runs `attempt` until it fails, for at most `bound`; returns its error
+/// and how long the refusal took to arrive.
+fn refused_within(bound: Duration, what: &str, attempt: impl Fn() -> Run) -> (String, Duration) {
+    let since = Instant::now();
+    loop {
+        let run = attempt();
+        if !run.ok() {
+            return (run.stderr(), since.elapsed());
+        }
+        assert!(
+            since.elapsed() < bound,
+            "{what} still works {} ms later",
+            since.elapsed().as_millis()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The identity files `berthd join` writes; none may exist after a refusal.
@@ -109,28 +132,22 @@ fn a_joined_controller_shares_the_pin_the_tokens_and_the_revocations() {
     // Revoked on A: refused on B within 2 s, although B verified (and
     // remembered) it a moment ago.
     a.berth(&["token", "revoke", &jti_of(&alice)]).success();
-    let revoked = Instant::now();
-    let refused = loop {
-        let run = berth_pinned(
-            &home,
-            &b,
-            &pin,
-            &alice,
-            &["volume", "inspect", "v1", "-o", "json"],
-        );
-        if !run.ok() {
-            break run.stderr();
-        }
-        assert!(
-            revoked.elapsed() < Duration::from_secs(2),
-            "a token revoked on A still works on B {} ms later",
-            revoked.elapsed().as_millis()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (refused, took) = refused_within(
+        Duration::from_secs(2),
+        "a token revoked on A, on B,",
+        || {
+            berth_pinned(
+                &home,
+                &b,
+                &pin,
+                &alice,
+                &["volume", "inspect", "v1", "-o", "json"],
+            )
+        },
+    );
     println!(
-        "revocation on A refused on B after {} ms",
-        revoked.elapsed().as_millis()
+        "token revoked on A refused on B after {} ms",
+        took.as_millis()
     );
     assert!(refused.contains("revoked"), "{refused}");
     // And on A, of course.
@@ -140,6 +157,93 @@ fn a_joined_controller_shares_the_pin_the_tokens_and_the_revocations() {
     // A token issued on B works on A.
     let bob = issue(&b, &["bob", "--services", "local"]);
     berth_pinned(&home, &a, &pin, &bob, &["volume", "list", "-o", "json"]).success();
+
+    // A client certificate signed on A works on B; revoked on A, it is
+    // refused on B within 2 s.
+    let out = tmp.path().join("dave-files");
+    let out_arg = out.display().to_string();
+    a.berth(&[
+        "cert",
+        "issue",
+        "dave",
+        "--services",
+        "local",
+        "--out",
+        &out_arg,
+    ])
+    .success();
+    let (crt, key) = (
+        out.join("dave.crt").display().to_string(),
+        out.join("dave.key").display().to_string(),
+    );
+    let dave = ["--cert", crt.as_str(), "--key", key.as_str()];
+    berth_as(&home, &b, &pin, &dave, &["volume", "list", "-o", "json"]).success();
+    let listed = a.berth(&["cert", "list", "-o", "json"]).json();
+    let serial = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|e| e["subject"] == "dave")
+        .and_then(|e| e["serial"].as_str())
+        .expect("dave's certificate is listed")
+        .to_owned();
+    a.berth(&["cert", "revoke", &serial]).success();
+    let (refused, took) = refused_within(
+        Duration::from_secs(2),
+        "a certificate revoked on A, on B,",
+        || berth_as(&home, &b, &pin, &dave, &["volume", "list", "-o", "json"]),
+    );
+    println!(
+        "certificate revoked on A refused on B after {} ms",
+        took.as_millis()
+    );
+    assert!(refused.contains("revoked"), "{refused}");
+}
+
+#[test]
+fn revocations_still_reach_every_controller_after_etcd_restarts() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("shared-root");
+    std::fs::create_dir_all(&root).expect("root");
+    let config = config(tmp.path(), &etcd, &root);
+    let a = Berthd::start_with(&["--config", &config]);
+    let b = start_joined(&a, &tmp.path().join("b"), &["--config", &config]);
+    let pin = fingerprint(&a);
+    let home = tmp.path().join("fresh-home");
+    std::fs::create_dir_all(&home).expect("home");
+    let erin = issue(&a, &["erin", "--services", "local"]);
+    let list = ["--timeout", "8s", "volume", "list", "-o", "json"];
+    berth_pinned(&home, &b, &pin, &erin, &list).success();
+
+    // etcd away: B's watch breaks; B cannot check credentials and says so.
+    etcd.stop();
+    let err = berth_pinned(&home, &b, &pin, &erin, &list).failure();
+    assert!(err.to_lowercase().contains("unavailable"), "{err}");
+    etcd.launch();
+    let back = Instant::now();
+    while !berth_pinned(&home, &b, &pin, &erin, &list).ok() {
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "B works again after etcd returns"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // B's watch is back: a revocation on A reaches it.
+    a.berth(&["token", "revoke", &jti_of(&erin)]).success();
+    let (refused, took) = refused_within(
+        Duration::from_secs(2),
+        "a token revoked on A after etcd restarted, on B,",
+        || berth_pinned(&home, &b, &pin, &erin, &list),
+    );
+    println!(
+        "after an etcd restart, a token revoked on A is refused on B after {} ms",
+        took.as_millis()
+    );
+    assert!(refused.contains("revoked"), "{refused}");
 }
 
 #[test]
