@@ -1006,6 +1006,37 @@ mod tests {
         drop(dir);
     }
 
+    /// Two controllers on one registry (as on etcd): each start and each
+    /// rotation revokes only the controller's own earlier bootstrap tokens.
+    #[tokio::test]
+    async fn bootstrap_rotations_on_a_shared_registry_revoke_only_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("database");
+        let registry: Arc<dyn Registry> = Arc::new(SledRegistry::open(&db).expect("registry"));
+        let ca = Arc::new(Ca::load_or_create(&dir.path().join("tls")).expect("CA"));
+        let a = Credentials::open_with(
+            &dir.path().join("a"),
+            Arc::clone(&registry),
+            Arc::clone(&ca),
+        )
+        .expect("a");
+        let b = Credentials::open_with(&dir.path().join("b"), registry, ca).expect("b");
+        let a_token =
+            std::fs::read_to_string(a.ensure_admin_token().await.expect("a's")).expect("read a's");
+        b.ensure_admin_token().await.expect("b's");
+        b.rotate_admin_token().await.expect("b rotates");
+        assert!(
+            a.verify_token(a_token.trim()).await.is_ok(),
+            "B's start and rotation left A's bootstrap token alone"
+        );
+        let (_, revoked) = a.rotate_admin_token().await.expect("a rotates");
+        assert_eq!(revoked.len(), 1, "A revokes its own one: {revoked:?}");
+        assert!(a.verify_token(a_token.trim()).await.is_err());
+    }
+
     fn open(dir: &Path) -> Credentials {
         let ca = Arc::new(Ca::load_or_create(&dir.join("tls")).expect("CA"));
         let db = sled::Config::new()
