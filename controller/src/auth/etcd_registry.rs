@@ -202,10 +202,25 @@ impl Registry for EtcdRegistry {
     }
 
     async fn watch(&self, notify: Notify) -> Result<(), CredentialError> {
+        // The watch starts right after the registry's revision now, so no
+        // change made after this call is missed, even before the watch is
+        // established.
+        let mut kv = self.client.kv_client();
+        let now = bounded(
+            self.timeout,
+            kv.get(
+                self.prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ),
+        )
+        .await
+        .map_err(failed)?;
+        let from = now.header().map_or(0, |h| h.revision() + 1);
         let task = tokio::spawn(watch_loop(
             self.client.clone(),
             self.prefix.clone(),
             self.timeout,
+            from,
             notify,
         ));
         if let Ok(mut w) = self.watcher.lock() {
@@ -241,11 +256,11 @@ fn id_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
         .or_else(|| rest.strip_prefix("certs/"))
 }
 
-/// Watches `prefix` for as long as the registry lives, resuming after a
-/// break from the revision after the last one seen.
-async fn watch_loop(client: Client, prefix: String, timeout: Duration, notify: Notify) {
-    // 0: from now (nothing is remembered yet, or everything was forgotten).
-    let mut next: i64 = 0;
+/// Watches `prefix` from revision `from` for as long as the registry
+/// lives, resuming after a break from the revision after the last one seen.
+async fn watch_loop(client: Client, prefix: String, timeout: Duration, from: i64, notify: Notify) {
+    // 0: from now (after a compaction, once everything was forgotten).
+    let mut next: i64 = from;
     let mut lost = false;
     loop {
         let mut options = WatchOptions::new().with_prefix();
