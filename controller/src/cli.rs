@@ -131,6 +131,32 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Join a cluster of controllers on one etcd: take its CA and token
+    /// signing keys from a running controller (over TLS pinned on
+    /// --fingerprint, as an admin) into this --data-dir, which must be new.
+    /// Then start berthd on it with the cluster's --store etcd://... and
+    /// this host's --san names: it serves a certificate of the cluster's CA.
+    Join {
+        /// HOST:PORT of a running controller of the cluster.
+        #[arg(long, value_name = "HOST:PORT")]
+        from: String,
+        /// The cluster's CA fingerprint (`berthd fingerprint` on a running controller).
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: String,
+        /// An admin token of the cluster (also BERTH_TOKEN).
+        #[arg(
+            long,
+            env = "BERTH_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN",
+            conflicts_with = "token_file",
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// A file holding the admin token (e.g. the other controller's auth/admin.token).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
 }
 
 /// Runs the `berthd` command line (arguments from the process) with the
@@ -174,6 +200,33 @@ pub fn main(registry: DriverRegistry) -> anyhow::Result<()> {
                     Ok(())
                 }
                 Some(Command::CheckConfig { .. }) => Ok(()),
+                Some(Command::Join {
+                    from,
+                    fingerprint,
+                    token,
+                    token_file,
+                }) => {
+                    let token = match (token, token_file) {
+                        (Some(token), _) => token,
+                        (None, Some(file)) => std::fs::read_to_string(&file)
+                            .with_context(|| format!("cannot read --token-file {}", file.display()))?,
+                        (None, None) => anyhow::bail!("give the admin token with --token or --token-file"),
+                    };
+                    let joined = crate::join::join(&crate::join::JoinOptions {
+                        from: from.clone(),
+                        fingerprint,
+                        token,
+                        data_dir: data_dir.clone(),
+                    })
+                    .await?;
+                    println!(
+                        "joined the cluster of {from} (CA {}) in {}; start berthd --data-dir {} with the cluster's --store etcd://... and this host's --san names",
+                        joined.fingerprint,
+                        data_dir.display(),
+                        data_dir.display()
+                    );
+                    Ok(())
+                }
                 None => serve(cli, data_dir, registry).await,
             }
         })

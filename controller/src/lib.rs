@@ -27,6 +27,9 @@
 //! | [`auth::authn`] | authentication from a token and/or a client certificate |
 //! | [`auth::authz`] | per-service authorisation, allow and deny lists, audit log |
 //! | [`auth::credentials`] | tokens and client certificates: issue, verify, revoke |
+//! | [`auth::registry`] | the credential registry seam: the `Registry` trait, sled implementation |
+//! | `auth::etcd_registry` | the credential registry in etcd, with its watch (feature `etcd`) |
+//! | [`join`] | `berthd join`: a new controller takes the cluster's CA and signing keys |
 //! | [`auth::subject`] | subject names: what is refused, normal form, display |
 //! | [`tls`] | the controller's TLS identity |
 //! | [`tls::ca`] | the CA and the certificates it issues |
@@ -47,6 +50,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod fsio;
+pub mod join;
 pub mod logging;
 pub mod metrics;
 pub mod paths;
@@ -127,7 +131,6 @@ pub struct Controller {
     ca: Arc<tls::ca::Ca>,
     transport: rpc::server::Transport,
     credentials: Arc<auth::credentials::Credentials>,
-    store: Store,
     admin_token: PathBuf,
     limits: rpc::limits::Limits,
 }
@@ -216,14 +219,17 @@ impl Controller {
             Security::DangerousPlaintext => rpc::server::Transport::DangerousPlaintext,
         };
         let store = Store::open(&layout.db())?;
-        let credentials = Arc::new(auth::credentials::Credentials::open(
+        let opened = records.open(&store).await?;
+        let credentials = Arc::new(auth::credentials::Credentials::open_with(
             &layout.auth(),
-            store.db(),
+            opened.registry,
             Arc::clone(&ca),
         )?);
-        let admin_token = credentials.ensure_admin_token()?;
+        credentials.start().await?;
+        let admin_token = credentials.ensure_admin_token().await?;
+        credentials.flush().await?;
         store.flush().await?;
-        let volumes = Arc::new(Volumes::with_records(catalog, records.open(&store).await?));
+        let volumes = Arc::new(Volumes::with_records(catalog, opened.records));
         volumes.reconcile().await?;
         Ok(Self {
             volumes,
@@ -232,7 +238,6 @@ impl Controller {
             ca,
             transport,
             credentials,
-            store,
             admin_token,
             limits,
         })
@@ -304,7 +309,7 @@ impl Controller {
             admin: rpc::admin::AdminApi::new(
                 Arc::clone(&self.credentials),
                 authz,
-                self.store.clone(),
+                matches!(self.transport, rpc::server::Transport::Tls(_)),
             ),
             auth: Arc::new(auth::Authenticator::new(Arc::clone(&self.credentials))),
         };

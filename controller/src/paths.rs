@@ -14,6 +14,7 @@
 //! <data-dir>/auth/signing.key   Ed25519 token signing key (PKCS#8)    (0600)
 //! <data-dir>/auth/signing.pub   its public half                       (0644)
 //! <data-dir>/auth/admin.token   the bootstrap admin token             (0600)
+//! <data-dir>/auth/controller.id this controller's id (bootstrap tokens)  (0600)
 //! <data-dir>/client.toml        a ready client profile                (0600)
 //! ```
 //!
@@ -43,6 +44,9 @@ pub const SIGNING_KEY: &str = "signing.key";
 pub const SIGNING_PUB: &str = "signing.pub";
 /// `auth/admin.token`: the bootstrap admin token.
 pub const ADMIN_TOKEN: &str = "admin.token";
+/// `auth/controller.id`: this controller's id, marking its bootstrap
+/// admin tokens in a registry several controllers share.
+pub const CONTROLLER_ID: &str = "controller.id";
 /// `client.toml`: the ready-made client profile.
 pub const CLIENT_PROFILE: &str = "client.toml";
 

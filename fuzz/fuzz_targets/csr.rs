@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let ttl = std::time::Duration::from_secs(3600);
 
-    let signed = fx.credentials.sign_csr(&pem, scope.clone(), ttl);
+    let signed = berth_fuzz::block_on(fx.credentials.sign_csr(&pem, scope.clone(), ttl));
     berth_fuzz::show(|| format!("flags {flags}: {:?}", signed.as_ref().map(|s| &s.1)));
     let (cert_pem, record) = match signed {
         Ok(signed) => signed,
@@ -164,19 +164,16 @@ fuzz_target!(|data: &[u8]| {
     assert!(cert.validity().not_after <= ca.validity().not_after);
     assert!(cert.validity().not_before <= cert.validity().not_after);
 
-    let id = fx
-        .credentials
-        .verify_certificate(&certs[0])
+    let id = berth_fuzz::block_on(fx.credentials.verify_certificate(&certs[0]))
         .unwrap_or_else(|e| panic!("the controller refuses what it signed: {e}"));
     assert_eq!(id.subject, asked_cn);
     assert_eq!(id.scope, scope);
     assert_eq!(id.via, Via::Certificate);
 
     if flags & 4 == 4 {
-        fx.credentials
-            .revoke_cert(&record.serial)
+        berth_fuzz::block_on(fx.credentials.revoke_cert(&record.serial))
             .expect("revoke what was signed");
-        let after = fx.credentials.verify_certificate(&certs[0]);
+        let after = berth_fuzz::block_on(fx.credentials.verify_certificate(&certs[0]));
         assert!(
             matches!(after, Err(CredentialError::Invalid(_))),
             "revoked certificate: {after:?}"

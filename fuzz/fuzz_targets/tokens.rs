@@ -98,9 +98,8 @@ fuzz_target!(|data: &[u8]| {
             .body(())
             .expect("request");
         let authenticator = Authenticator::new(fx.credentials.clone());
-        let outcome = authenticator
-            .authenticate(&request)
-            .map_err(tonic::Status::from);
+        let outcome =
+            berth_fuzz::block_on(authenticator.authenticate(&request)).map_err(tonic::Status::from);
         berth_fuzz::show(|| format!("mode 1: {outcome:?}"));
         match outcome {
             Ok(id) => {
@@ -130,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
         _ => signed_by_key_holder(fx, rest),
     };
 
-    let first = fx.credentials.verify_token(&token);
+    let first = berth_fuzz::block_on(fx.credentials.verify_token(&token));
     berth_fuzz::show(|| format!("mode {mode}: {token:?}: {first:?}"));
     match &first {
         Ok(id) if mode == 5 => {
@@ -160,7 +159,7 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => {}
     }
 
-    let second = fx.credentials.verify_token(&token);
+    let second = berth_fuzz::block_on(fx.credentials.verify_token(&token));
     match (&first, &second) {
         (Ok(a), Ok(b)) => assert!(same_identity(a, b), "{a:?} then {b:?}"),
         (Err(_), Err(_)) => {}

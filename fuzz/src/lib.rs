@@ -13,6 +13,18 @@ use berth_controller::auth::{Role, Scope};
 use berth_controller::auth::credentials::{Credentials, TokenRecord};
 use berth_controller::tls::ca::Ca;
 
+/// Runs one of the credentials' async calls to its end (the sled registry
+/// answers at once; a current-thread runtime is enough).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+    }
+    RUNTIME.with(|rt| rt.block_on(future))
+}
+
 /// A token the fixture issued, and whether it then revoked it.
 pub struct Issued {
     /// The token as `berth token issue` prints it.
@@ -91,11 +103,10 @@ fn open() -> Fixture {
         ("alice", user_scope(&["alpha"]), false),
         ("mallory", user_scope(&["beta", "gamma"]), true),
     ] {
-        let (token, record) = credentials
-            .issue_token(subject, scope, ttl)
-            .expect("issue token");
+        let (token, record) =
+            block_on(credentials.issue_token(subject, scope, ttl)).expect("issue token");
         if revoked {
-            credentials.revoke_token(&record.jti).expect("revoke token");
+            block_on(credentials.revoke_token(&record.jti)).expect("revoke token");
         }
         issued.push(Issued {
             token,
@@ -105,7 +116,7 @@ fn open() -> Fixture {
     }
     // The fixture itself must be sound, or every finding is noise.
     for i in &issued {
-        let verified = credentials.verify_token(&i.token);
+        let verified = block_on(credentials.verify_token(&i.token));
         assert_eq!(
             verified.is_ok(),
             !i.revoked,

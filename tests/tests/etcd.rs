@@ -4,127 +4,11 @@
 //! skipped with one line, unless `BERTH_REQUIRE_ETCD=1` (CI), which makes
 //! that a failure.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_tests::etcd::{start_joined, Etcd};
 use berth_tests::{listed, volume_dirs, Berthd};
-
-/// A private etcd on loopback.
-struct Etcd {
-    child: Option<Child>,
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    client: u16,
-    peer: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-impl Etcd {
-    /// Starts etcd, or says why the test is skipped (`None`).
-    fn start() -> Option<Self> {
-        let required = std::env::var("BERTH_REQUIRE_ETCD").is_ok_and(|v| v == "1");
-        let skip = |why: &str| {
-            assert!(!required, "BERTH_REQUIRE_ETCD=1 but {why}");
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                println!("skipped: {why} (set BERTH_REQUIRE_ETCD=1 to make this a failure)");
-            });
-            None
-        };
-        if !cfg!(feature = "etcd") {
-            return skip("berth-tests was built without the `etcd` feature");
-        }
-        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file());
-        let Some(bin) = bin else {
-            return skip("no etcd binary (apt install etcd-server)");
-        };
-        let mut etcd = Self {
-            child: None,
-            bin,
-            dir: tempfile::tempdir().expect("tempdir"),
-            client: free_port(),
-            peer: free_port(),
-        };
-        etcd.launch();
-        Some(etcd)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client)
-    }
-
-    fn launch(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client);
-        let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new(&self.bin)
-            .arg("--name")
-            .arg("berth-test")
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("berth-test={peer}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.healthy() {
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become healthy in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// etcd's own `/health` answers `"health":"true"`.
-    fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let req = format!(
-            "GET /health HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
-            self.client
-        );
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.contains("\"health\":\"true\"")
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A config file for a controller on `etcd` whose `local` service is the
 /// shared vfs `root`.
@@ -149,6 +33,8 @@ struct Cluster {
     _tmp: tempfile::TempDir,
 }
 
+/// `n` controllers on one etcd: the first makes the cluster's identity, the
+/// others join it (`berthd join`) before they start.
 fn cluster(n: usize) -> Option<Cluster> {
     let etcd = Etcd::start()?;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -156,9 +42,13 @@ fn cluster(n: usize) -> Option<Cluster> {
     std::fs::create_dir_all(&root).expect("root");
     let config = config(tmp.path(), &etcd, &root);
     let config = config.to_str().expect("utf-8 path").to_owned();
-    let nodes = (0..n)
-        .map(|_| Berthd::start_with(&["--config", &config]))
-        .collect();
+    let first = Berthd::start_with(&["--config", &config]);
+    let mut nodes = vec![];
+    for i in 1..n {
+        let dir = tmp.path().join(format!("node-{i}"));
+        nodes.push(start_joined(&first, &dir, &["--config", &config]));
+    }
+    nodes.insert(0, first);
     Some(Cluster {
         etcd,
         nodes,

@@ -74,7 +74,26 @@ impl Authenticator {
     }
 
     /// The identity behind a request, or why there is none.
-    pub fn authenticate<B>(&self, request: &http::Request<B>) -> Result<Identity, AuthnError> {
+    pub async fn authenticate<B>(
+        &self,
+        request: &http::Request<B>,
+    ) -> Result<Identity, AuthnError> {
+        let (token, leaf) = Self::presented(request)?;
+        self.verify(token, leaf).await
+    }
+
+    /// What a request presents: its bearer token and the client
+    /// certificate of its connection. Taken apart from the checks so that
+    /// the request (whose body is not `Sync`) is not held across them.
+    pub fn presented<B>(
+        request: &http::Request<B>,
+    ) -> Result<
+        (
+            Option<String>,
+            Option<rustls::pki_types::CertificateDer<'static>>,
+        ),
+        AuthnError,
+    > {
         let token = match request.headers().get(http::header::AUTHORIZATION) {
             None => None,
             Some(value) => {
@@ -83,7 +102,7 @@ impl Authenticator {
                     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
                 });
                 match text {
-                    Some(t) if !t.is_empty() => Some(t),
+                    Some(t) if !t.is_empty() => Some(t.to_owned()),
                     _ => return Err(AuthnError::BadHeader),
                 }
             }
@@ -93,15 +112,33 @@ impl Authenticator {
             .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
             .and_then(|info| info.peer_certs())
             .and_then(|certs| certs.first().cloned());
+        Ok((token, leaf))
+    }
 
-        let from_token = token
-            .map(|t| self.credentials.verify_token(t))
-            .transpose()
-            .map_err(|e| AuthnError::checking("token", e))?;
-        let from_cert = leaf
-            .map(|c| self.credentials.verify_certificate(&c))
-            .transpose()
-            .map_err(|e| AuthnError::checking("client certificate", e))?;
+    /// The identity behind a presented token and/or client certificate.
+    pub async fn verify(
+        &self,
+        token: Option<String>,
+        leaf: Option<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<Identity, AuthnError> {
+        let from_token = match token {
+            Some(t) => Some(
+                self.credentials
+                    .verify_token(&t)
+                    .await
+                    .map_err(|e| AuthnError::checking("token", e))?,
+            ),
+            None => None,
+        };
+        let from_cert = match leaf {
+            Some(c) => Some(
+                self.credentials
+                    .verify_certificate(&c)
+                    .await
+                    .map_err(|e| AuthnError::checking("client certificate", e))?,
+            ),
+            None => None,
+        };
         match (from_token, from_cert) {
             (None, None) => Err(AuthnError::Missing),
             (Some(id), None) | (None, Some(id)) => Ok(id),

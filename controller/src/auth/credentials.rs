@@ -6,9 +6,13 @@
 //! <data-dir>/auth/signing.key   Ed25519 token signing key (PKCS#8, 0600)
 //! <data-dir>/auth/signing.pub   its public half
 //! <data-dir>/auth/admin.token   the bootstrap admin token (0600)
-//! sled tree `tokens`: jti    -> TokenRecord
-//! sled tree `certs`:  serial -> CertRecord
+//! <data-dir>/auth/controller.id  this controller's id: whose bootstrap tokens are whose
+//! registry `tokens`: jti    -> TokenRecord
+//! registry `certs`:  serial -> CertRecord
 //! ```
+//!
+//! The registry is the sled database (one controller) or etcd (several;
+//! see [`crate::auth::registry`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,7 @@ use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::identity::{Identity, Role, Scope, Via};
+use crate::auth::registry::{Changed, Registry, SledRegistry};
 use crate::auth::subject::{normalize_subject, shown, SubjectError};
 use crate::fsio::{self, FileError};
 use crate::paths;
@@ -80,6 +85,13 @@ pub struct TokenRecord {
     /// `admin.token`); rotating that file revokes every earlier one.
     #[serde(default)]
     pub bootstrap: bool,
+    /// For a bootstrap token, the controller whose `admin.token` holds it
+    /// (its `auth/controller.id`): a rotation revokes only that
+    /// controller's earlier bootstrap tokens, not those of the other
+    /// controllers sharing the registry. `None` in records from before
+    /// the field existed, which count as this controller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// What the controller remembers of a client certificate it signed.
@@ -127,6 +139,12 @@ pub enum CredentialError {
     /// The credential database failed.
     #[error("credential database error: {0}")]
     Db(#[from] sled::Error),
+    /// A shared registry (etcd) cannot be reached now; retry.
+    #[error("the credential registry is unavailable: {0}")]
+    Unavailable(String),
+    /// A shared registry (etcd) refused or failed a call.
+    #[error("credential registry error: {0}")]
+    Registry(String),
 }
 
 impl From<FileError> for CredentialError {
@@ -174,12 +192,18 @@ pub struct Credentials {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    tokens: sled::Tree,
-    certs: sled::Tree,
+    registry: Arc<dyn Registry>,
+    /// Set while a shared registry's watch is lost: nothing is remembered
+    /// then, since a revocation elsewhere could go unseen.
+    paused: std::sync::atomic::AtomicBool,
+    /// This controller's id, marking its bootstrap tokens.
+    holder: String,
+    /// The public half of the token signing key (PEM).
+    signing_pub: String,
     ca: Arc<Ca>,
     dir: PathBuf,
     /// Serialises rotations of the bootstrap admin token.
-    rotation: std::sync::Mutex<()>,
+    rotation: tokio::sync::Mutex<()>,
 }
 
 fn now_secs() -> u64 {
@@ -187,15 +211,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, CredentialError> {
-    serde_json::from_slice(raw)
-        .map_err(|e| CredentialError::Corrupt(format!("corrupt credential record: {e}")))
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CredentialError> {
-    serde_json::to_vec(value).map_err(CredentialError::Encode)
 }
 
 /// Checks a scope: users need at least one service.
@@ -217,8 +232,18 @@ pub fn check_scope(scope: &Scope) -> Result<(), CredentialError> {
 
 impl Credentials {
     /// Loads the signing key from `dir` (creating it on first start) and opens
-    /// the credential trees in `db`.
+    /// the credential trees in `db` (the sled registry).
     pub fn open(dir: &Path, db: &sled::Db, ca: Arc<Ca>) -> Result<Self, CredentialError> {
+        Self::open_with(dir, Arc::new(SledRegistry::open(db)?), ca)
+    }
+
+    /// Loads the signing key from `dir` (creating it on first start) over
+    /// `registry`.
+    pub fn open_with(
+        dir: &Path,
+        registry: Arc<dyn Registry>,
+        ca: Arc<Ca>,
+    ) -> Result<Self, CredentialError> {
         paths::create_private_dir(dir).map_err(PkiError::from)?;
         // Checked before anything is created or replaced: a token others
         // can read is refused like an exposed key.
@@ -257,31 +282,97 @@ impl Credentials {
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub", "jti"]);
+        let id_path = dir.join(paths::CONTROLLER_ID);
+        if !id_path.exists() {
+            fsio::write_private_new(&id_path, uuid::Uuid::new_v4().to_string().as_bytes())?;
+        }
+        let holder = fsio::read_to_string(&id_path)
+            .map_err(PkiError::from)?
+            .trim()
+            .to_owned();
         Ok(Self {
             verified: Default::default(),
             revocations: Default::default(),
             encoding,
             decoding,
             validation,
-            tokens: db.open_tree("tokens")?,
-            certs: db.open_tree("certs")?,
+            registry,
+            paused: Default::default(),
+            holder,
+            signing_pub: pub_pem,
             ca,
             dir: dir.to_owned(),
-            rotation: std::sync::Mutex::new(()),
+            rotation: tokio::sync::Mutex::new(()),
         })
     }
 
+    /// Joins the registry: checks (or records, when first) that this
+    /// controller holds the cluster's CA and signing key, then listens to
+    /// the registry's changes (a shared registry's watch): a credential
+    /// changed elsewhere is forgotten here, so its next use is checked
+    /// against the registry again.
+    pub async fn start(self: &Arc<Self>) -> Result<(), CredentialError> {
+        self.registry
+            .claim_identity(&self.ca.fingerprint(), &self.signing_pub)
+            .await?;
+        let me = Arc::downgrade(self);
+        self.registry
+            .watch(Arc::new(move |change| {
+                if let Some(me) = me.upgrade() {
+                    me.changed(change);
+                }
+            }))
+            .await
+    }
+
+    fn changed(&self, change: Changed) {
+        use std::sync::atomic::Ordering::SeqCst;
+        match change {
+            Changed::Record(id) => self.forget(&id),
+            Changed::Lost => {
+                self.paused.store(true, SeqCst);
+                if let Ok(mut cache) = self.verified.write() {
+                    self.revocations.fetch_add(1, SeqCst);
+                    cache.clear();
+                }
+            }
+            Changed::Resumed => {
+                if let Ok(mut cache) = self.verified.write() {
+                    self.revocations.fetch_add(1, SeqCst);
+                    cache.clear();
+                    self.paused.store(false, SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Whether the registry is shared by several controllers (etcd).
+    pub fn shared(&self) -> bool {
+        self.registry.shared()
+    }
+
+    /// Makes every credential change so far durable.
+    pub async fn flush(&self) -> Result<(), CredentialError> {
+        self.registry.flush().await
+    }
+
+    /// The token signing key (PEM), for a controller joining this one's
+    /// cluster.
+    pub fn signing_key_pem(&self) -> Result<String, CredentialError> {
+        Ok(fsio::read_to_string(&self.dir.join(paths::SIGNING_KEY)).map_err(PkiError::from)?)
+    }
+
     /// Issues a token. The record is durable once the store is flushed.
-    pub fn issue_token(
+    pub async fn issue_token(
         &self,
         subject: &str,
         scope: Scope,
         ttl: Duration,
     ) -> Result<(String, TokenRecord), CredentialError> {
-        self.issue_token_as(subject, scope, ttl, false)
+        self.issue_token_as(subject, scope, ttl, false).await
     }
 
-    fn issue_token_as(
+    async fn issue_token_as(
         &self,
         subject: &str,
         scope: Scope,
@@ -311,9 +402,9 @@ impl Credentials {
             expires_at: claims.exp,
             revoked: false,
             bootstrap,
+            holder: bootstrap.then(|| self.holder.clone()),
         };
-        self.tokens
-            .insert(record.jti.as_bytes(), encode(&record)?)?;
+        self.registry.put_token(&record).await?;
         Ok((token, record))
     }
 
@@ -331,7 +422,9 @@ impl Credentials {
     /// check it passed may predate the revocation).
     fn remember(&self, digest: [u8; 32], verified: Verified, generation: u64) {
         if let Ok(mut cache) = self.verified.write() {
-            if self.revocations.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            if self.revocations.load(std::sync::atomic::Ordering::SeqCst) != generation
+                || self.paused.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 return;
             }
             if cache.len() >= CACHE_LIMIT {
@@ -356,14 +449,14 @@ impl Credentials {
     /// Verifies a token: signature (EdDSA only), dates, and that this
     /// controller issued it and has not revoked it. Verified tokens are
     /// remembered by digest until they expire or are revoked.
-    pub fn verify_token(&self, token: &str) -> Result<Identity, CredentialError> {
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, CredentialError> {
         use sha2::Digest as _;
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         if let Some(identity) = self.remembered(&digest) {
             return Ok(identity);
         }
         let generation = self.revocations.load(std::sync::atomic::Ordering::SeqCst);
-        let (identity, jti, window) = self.verify_token_fully(token)?;
+        let (identity, jti, window) = self.verify_token_fully(token).await?;
         self.remember(
             digest,
             Verified {
@@ -377,7 +470,7 @@ impl Credentials {
         Ok(identity)
     }
 
-    fn verify_token_fully(
+    async fn verify_token_fully(
         &self,
         token: &str,
     ) -> Result<(Identity, String, Window), CredentialError> {
@@ -397,8 +490,8 @@ impl Credentials {
                 })
             })?;
         let claims = data.claims;
-        let record: TokenRecord = match self.tokens.get(claims.jti.as_bytes())? {
-            Some(raw) => decode(&raw)?,
+        let record = match self.registry.token(&claims.jti).await? {
+            Some(record) => record,
             None => {
                 return Err(CredentialError::Invalid(format!(
                     "token {} is unknown to this controller",
@@ -447,18 +540,17 @@ impl Credentials {
     }
 
     /// Every token issued, revoked ones included.
-    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, CredentialError> {
-        self.tokens.iter().map(|e| decode(&e?.1)).collect()
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, CredentialError> {
+        self.registry.tokens().await
     }
 
     /// Revokes a token by id; effective at its next use.
-    pub fn revoke_token(&self, jti: &str) -> Result<TokenRecord, CredentialError> {
-        let mut record: TokenRecord = match self.tokens.get(jti.as_bytes())? {
-            Some(raw) => decode(&raw)?,
-            None => return Err(CredentialError::NotFound(format!("token {jti:?}"))),
+    pub async fn revoke_token(&self, jti: &str) -> Result<TokenRecord, CredentialError> {
+        let Some(mut record) = self.registry.token(jti).await? else {
+            return Err(CredentialError::NotFound(format!("token {jti:?}")));
         };
         record.revoked = true;
-        self.tokens.insert(jti.as_bytes(), encode(&record)?)?;
+        self.registry.put_token(&record).await?;
         self.forget(jti);
         Ok(record)
     }
@@ -466,7 +558,7 @@ impl Credentials {
     /// Signs a PEM CSR as a client certificate for its CN. Everything but the
     /// CN and the public key is decided here: clientAuth only, never a CA,
     /// this controller's validity.
-    pub fn sign_csr(
+    pub async fn sign_csr(
         &self,
         csr_pem: &str,
         scope: Scope,
@@ -538,8 +630,7 @@ impl Credentials {
             not_after: secs(not_after),
             revoked: false,
         };
-        self.certs
-            .insert(record.serial.as_bytes(), encode(&record)?)?;
+        self.registry.put_cert(&record).await?;
         Ok((cert, record))
     }
 
@@ -547,7 +638,7 @@ impl Credentials {
     /// (chain to a trusted CA, dates): it must carry clientAuth and not be
     /// revoked. Certificates from extra `--client-ca` CAs have no recorded
     /// scope: they get the user role and only what allow lists grant.
-    pub fn verify_certificate(
+    pub async fn verify_certificate(
         &self,
         der: &CertificateDer<'_>,
     ) -> Result<Identity, CredentialError> {
@@ -557,7 +648,7 @@ impl Credentials {
             return Ok(identity);
         }
         let generation = self.revocations.load(std::sync::atomic::Ordering::SeqCst);
-        let (identity, serial, window) = self.verify_certificate_fully(der)?;
+        let (identity, serial, window) = self.verify_certificate_fully(der).await?;
         self.remember(
             digest,
             Verified {
@@ -571,7 +662,7 @@ impl Credentials {
         Ok(identity)
     }
 
-    fn verify_certificate_fully(
+    async fn verify_certificate_fully(
         &self,
         der: &CertificateDer<'_>,
     ) -> Result<(Identity, String, Window), CredentialError> {
@@ -624,9 +715,13 @@ impl Credentials {
             })?;
         let ours = cert.issuer().as_raw() == ca.subject().as_raw()
             && cert.verify_signature(Some(ca.public_key())).is_ok();
-        let scope = match self.certs.get(serial.as_bytes())? {
-            Some(raw) if ours => {
-                let record: CertRecord = decode(&raw)?;
+        let recorded = if ours {
+            self.registry.cert(&serial).await?
+        } else {
+            None
+        };
+        let scope = match recorded {
+            Some(record) => {
                 if record.subject != cn {
                     return Err(CredentialError::Invalid(format!(
                         "certificate {serial} names \"{}\", not the subject it was issued to",
@@ -666,19 +761,18 @@ impl Credentials {
     }
 
     /// Every client certificate signed, revoked ones included.
-    pub fn list_certs(&self) -> Result<Vec<CertRecord>, CredentialError> {
-        self.certs.iter().map(|e| decode(&e?.1)).collect()
+    pub async fn list_certs(&self) -> Result<Vec<CertRecord>, CredentialError> {
+        self.registry.certs().await
     }
 
     /// Revokes a client certificate by serial (hex, colons allowed).
-    pub fn revoke_cert(&self, serial: &str) -> Result<CertRecord, CredentialError> {
+    pub async fn revoke_cert(&self, serial: &str) -> Result<CertRecord, CredentialError> {
         let key = serial.trim().to_ascii_lowercase().replace(':', "");
-        let mut record: CertRecord = match self.certs.get(key.as_bytes())? {
-            Some(raw) => decode(&raw)?,
-            None => return Err(CredentialError::NotFound(format!("certificate {serial:?}"))),
+        let Some(mut record) = self.registry.cert(&key).await? else {
+            return Err(CredentialError::NotFound(format!("certificate {serial:?}")));
         };
         record.revoked = true;
-        self.certs.insert(key.as_bytes(), encode(&record)?)?;
+        self.registry.put_cert(&record).await?;
         self.forget(&key);
         Ok(record)
     }
@@ -693,13 +787,7 @@ impl Credentials {
         self.dir.join(ADMIN_TOKEN_FILE)
     }
 
-    fn rotation_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, CredentialError> {
-        self.rotation
-            .lock()
-            .map_err(|_| CredentialError::Internal("a rotation of the admin token panicked".into()))
-    }
-
-    fn issue_bootstrap(&self) -> Result<(String, TokenRecord), CredentialError> {
+    async fn issue_bootstrap(&self) -> Result<(String, TokenRecord), CredentialError> {
         self.issue_token_as(
             "admin",
             Scope {
@@ -709,14 +797,17 @@ impl Credentials {
             ADMIN_TOKEN_TTL,
             true,
         )
+        .await
     }
 
-    /// Revokes every bootstrap token but `keep`; returns their ids.
-    fn revoke_bootstrap_except(&self, keep: &str) -> Result<Vec<String>, CredentialError> {
+    /// Revokes every bootstrap token of this controller but `keep`;
+    /// returns their ids.
+    async fn revoke_bootstrap_except(&self, keep: &str) -> Result<Vec<String>, CredentialError> {
         let mut revoked = Vec::new();
-        for record in self.list_tokens()? {
-            if record.bootstrap && !record.revoked && record.jti != keep {
-                self.revoke_token(&record.jti)?;
+        for record in self.list_tokens().await? {
+            let mine = record.holder.as_ref().is_none_or(|h| *h == self.holder);
+            if record.bootstrap && mine && !record.revoked && record.jti != keep {
+                self.revoke_token(&record.jti).await?;
                 revoked.push(record.jti);
             }
         }
@@ -730,12 +821,19 @@ impl Credentials {
     /// revoked. A file holding a valid admin token is kept and marked as the
     /// bootstrap token (data directories from before the mark existed).
     /// Returns its path; the changes are durable once the store is flushed.
-    pub fn ensure_admin_token(&self) -> Result<PathBuf, CredentialError> {
-        let _rotation = self.rotation_lock()?;
+    pub async fn ensure_admin_token(&self) -> Result<PathBuf, CredentialError> {
+        let _rotation = self.rotation.lock().await;
         let path = self.admin_token_path();
         let current = match std::fs::read(&path) {
-            Ok(bytes) => match self.verify_token_fully(String::from_utf8_lossy(&bytes).trim()) {
+            Ok(bytes) => match self
+                .verify_token_fully(String::from_utf8_lossy(&bytes).trim())
+                .await
+            {
                 Ok((id, jti, _)) if id.scope.role == Role::Admin => Some(jti),
+                // The registry cannot be reached: not a reason to replace it.
+                Err(e @ (CredentialError::Unavailable(_) | CredentialError::Registry(_))) => {
+                    return Err(e)
+                }
                 _ => {
                     tracing::warn!(path = %path.display(), "the bootstrap admin token is no longer valid; issuing a new one");
                     std::fs::remove_file(&path)
@@ -748,24 +846,24 @@ impl Credentials {
             Err(source) => return Err(PkiError::from(FileError { path, source }).into()),
         };
         if let Some(jti) = current {
-            if let Some(raw) = self.tokens.get(jti.as_bytes())? {
-                let mut record: TokenRecord = decode(&raw)?;
+            if let Some(mut record) = self.registry.token(&jti).await? {
                 if !record.bootstrap {
                     record.bootstrap = true;
-                    self.tokens.insert(jti.as_bytes(), encode(&record)?)?;
+                    record.holder = Some(self.holder.clone());
+                    self.registry.put_token(&record).await?;
                 }
             }
             // Finishes a rotation a crash interrupted after the new file
             // was written.
-            for old in self.revoke_bootstrap_except(&jti)? {
+            for old in self.revoke_bootstrap_except(&jti).await? {
                 tracing::info!(jti = %old, "revoked an earlier bootstrap admin token");
             }
             return Ok(path);
         }
-        let (token, record) = self.issue_bootstrap()?;
+        let (token, record) = self.issue_bootstrap().await?;
         fsio::write_private_new(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), jti = %record.jti, "created the bootstrap admin token");
-        for old in self.revoke_bootstrap_except(&record.jti)? {
+        for old in self.revoke_bootstrap_except(&record.jti).await? {
             tracing::info!(jti = %old, "revoked the previous bootstrap admin token");
         }
         Ok(path)
@@ -777,12 +875,12 @@ impl Credentials {
     /// request. Returns the new record and the revoked ids; durable once the
     /// store is flushed. A crash part-way is completed at the next start by
     /// [`Credentials::ensure_admin_token`].
-    pub fn rotate_admin_token(&self) -> Result<(TokenRecord, Vec<String>), CredentialError> {
-        let _rotation = self.rotation_lock()?;
+    pub async fn rotate_admin_token(&self) -> Result<(TokenRecord, Vec<String>), CredentialError> {
+        let _rotation = self.rotation.lock().await;
         let path = self.admin_token_path();
-        let (token, record) = self.issue_bootstrap()?;
+        let (token, record) = self.issue_bootstrap().await?;
         fsio::replace(&path, format!("{token}\n").as_bytes(), 0o600)?;
-        let revoked = self.revoke_bootstrap_except(&record.jti)?;
+        let revoked = self.revoke_bootstrap_except(&record.jti).await?;
         Ok((record, revoked))
     }
 }
@@ -825,7 +923,12 @@ mod tests {
 
     /// A client certificate for `cn` signed by the controller's CA and
     /// recorded, valid from `from` to `until` (seconds from now).
-    fn recorded_cert(c: &Credentials, cn: &str, from: i64, until: i64) -> CertificateDer<'static> {
+    async fn recorded_cert(
+        c: &Credentials,
+        cn: &str,
+        from: i64,
+        until: i64,
+    ) -> CertificateDer<'static> {
         let key = KeyPair::generate().expect("key");
         let serial = random_serial();
         let now = time::OffsetDateTime::now_utc();
@@ -848,54 +951,90 @@ mod tests {
             not_after: u64::MAX,
             revoked: false,
         };
-        c.certs
-            .insert(record.serial.as_bytes(), encode(&record).expect("encode"))
-            .expect("record");
+        c.registry.put_cert(&record).await.expect("record");
         CertificateDer::from_pem_slice(pem.as_bytes()).expect("der")
     }
 
-    #[test]
-    fn certificate_dates_are_checked_at_every_verification() {
+    #[tokio::test]
+    async fn certificate_dates_are_checked_at_every_verification() {
         let (_dir, c) = credentials();
-        let future = recorded_cert(&c, "early", 3600, 7200);
-        let err = c.verify_certificate(&future).expect_err("not yet valid");
+        let future = recorded_cert(&c, "early", 3600, 7200).await;
+        let err = c
+            .verify_certificate(&future)
+            .await
+            .expect_err("not yet valid");
         assert!(err.to_string().contains("not valid before"), "{err}");
-        let past = recorded_cert(&c, "late", -7200, -3600);
-        let err = c.verify_certificate(&past).expect_err("expired");
+        let past = recorded_cert(&c, "late", -7200, -3600).await;
+        let err = c.verify_certificate(&past).await.expect_err("expired");
         assert!(err.to_string().contains("expired at"), "{err}");
         // A remembered certificate is re-checked against its dates: it
         // stops working the second after not_after.
-        let short = recorded_cert(&c, "short", -60, 2);
+        let short = recorded_cert(&c, "short", -60, 2).await;
         assert_eq!(
-            c.verify_certificate(&short).expect("valid now").subject,
+            c.verify_certificate(&short)
+                .await
+                .expect("valid now")
+                .subject,
             "short"
         );
-        std::thread::sleep(Duration::from_secs(4));
+        tokio::time::sleep(Duration::from_secs(4)).await;
         let err = c
             .verify_certificate(&short)
+            .await
             .expect_err("expired while remembered");
         assert!(err.to_string().contains("expired at"), "{err}");
     }
 
-    #[test]
-    fn a_missing_admin_token_is_replaced_and_the_old_one_revoked() {
+    #[tokio::test]
+    async fn a_missing_admin_token_is_replaced_and_the_old_one_revoked() {
         let (dir, c) = credentials();
-        let path = c.ensure_admin_token().expect("first");
+        let path = c.ensure_admin_token().await.expect("first");
         let old = std::fs::read_to_string(&path).expect("read");
-        assert!(c.verify_token(old.trim()).is_ok());
+        assert!(c.verify_token(old.trim()).await.is_ok());
         std::fs::remove_file(&path).expect("delete");
-        c.ensure_admin_token().expect("again");
+        c.ensure_admin_token().await.expect("again");
         let new = std::fs::read_to_string(&path).expect("read");
         assert_ne!(old, new);
         assert!(
-            c.verify_token(old.trim()).is_err(),
+            c.verify_token(old.trim()).await.is_err(),
             "the old one is revoked"
         );
-        assert!(c.verify_token(new.trim()).is_ok());
-        let (_, revoked) = c.rotate_admin_token().expect("rotate");
+        assert!(c.verify_token(new.trim()).await.is_ok());
+        let (_, revoked) = c.rotate_admin_token().await.expect("rotate");
         assert_eq!(revoked.len(), 1);
-        assert!(c.verify_token(new.trim()).is_err());
+        assert!(c.verify_token(new.trim()).await.is_err());
         drop(dir);
+    }
+
+    /// Two controllers on one registry (as on etcd): each start and each
+    /// rotation revokes only the controller's own earlier bootstrap tokens.
+    #[tokio::test]
+    async fn bootstrap_rotations_on_a_shared_registry_revoke_only_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("database");
+        let registry: Arc<dyn Registry> = Arc::new(SledRegistry::open(&db).expect("registry"));
+        let ca = Arc::new(Ca::load_or_create(&dir.path().join("tls")).expect("CA"));
+        let a = Credentials::open_with(
+            &dir.path().join("a"),
+            Arc::clone(&registry),
+            Arc::clone(&ca),
+        )
+        .expect("a");
+        let b = Credentials::open_with(&dir.path().join("b"), registry, ca).expect("b");
+        let a_token =
+            std::fs::read_to_string(a.ensure_admin_token().await.expect("a's")).expect("read a's");
+        b.ensure_admin_token().await.expect("b's");
+        b.rotate_admin_token().await.expect("b rotates");
+        assert!(
+            a.verify_token(a_token.trim()).await.is_ok(),
+            "B's start and rotation left A's bootstrap token alone"
+        );
+        let (_, revoked) = a.rotate_admin_token().await.expect("a rotates");
+        assert_eq!(revoked.len(), 1, "A revokes its own one: {revoked:?}");
+        assert!(a.verify_token(a_token.trim()).await.is_err());
     }
 
     fn open(dir: &Path) -> Credentials {
@@ -910,8 +1049,8 @@ mod tests {
     /// Found by the `csr` fuzz target (its first byte, the mode, dropped): a
     /// PEM block whose label never ends was refused with every byte of the
     /// label listed in decimal, six times the input's size.
-    #[test]
-    fn refused_pem_is_not_echoed_whole() {
+    #[tokio::test]
+    async fn refused_pem_is_not_echoed_whole() {
         let input: &[u8] = b"-----BEGIN CERTIFICAT\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
             \xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
             \xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
@@ -929,6 +1068,7 @@ mod tests {
         let pem = String::from_utf8_lossy(input);
         let err = credentials
             .sign_csr(&pem, scope, DEFAULT_CERT_TTL)
+            .await
             .expect_err("not a CSR");
         let message = err.to_string();
         assert!(matches!(err, CredentialError::Invalid(_)), "{err:?}");

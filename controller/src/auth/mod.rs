@@ -3,7 +3,10 @@
 pub mod authn;
 pub mod authz;
 pub mod credentials;
+#[cfg(feature = "etcd")]
+pub mod etcd_registry;
 pub mod identity;
+pub mod registry;
 pub mod subject;
 
 pub use authn::Authenticator;

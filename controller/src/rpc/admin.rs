@@ -10,29 +10,30 @@ use tonic::{Request, Response, Status};
 use crate::auth::credentials::{self, CertRecord, Credentials, TokenRecord};
 use crate::auth::{Authorizer, Role, Scope, AUDIT};
 use crate::rpc::call::{Call, Gate};
-use crate::volumes::store::Store;
 
 /// Implements `berth.v1.Admin`.
 #[derive(Clone)]
 pub struct AdminApi {
     credentials: Arc<Credentials>,
     gate: Gate,
-    store: Store,
+    /// Whether connections are encrypted (the cluster identity is never
+    /// exported over plaintext).
+    tls: bool,
 }
 
 impl AdminApi {
-    /// The admin service over `credentials`, authorising with `authz` and
-    /// making changes durable in `store`.
-    pub fn new(credentials: Arc<Credentials>, authz: Authorizer, store: Store) -> Self {
+    /// The admin service over `credentials`, authorising with `authz`;
+    /// `tls`: whether the controller serves TLS.
+    pub fn new(credentials: Arc<Credentials>, authz: Authorizer, tls: bool) -> Self {
         Self {
             credentials,
             gate: Gate::new(authz),
-            store,
+            tls,
         }
     }
 
     async fn durable(&self) -> Result<(), Status> {
-        Ok(self.store.flush().await?)
+        Ok(self.credentials.flush().await?)
     }
 }
 
@@ -149,11 +150,14 @@ impl pb::admin_server::Admin for AdminApi {
         } = self.gate.admin(request)?;
         let scope = scope_from(req.scope)?;
         self.check_services(&scope, req.allow_unknown_services)?;
-        let (token, record) = self.credentials.issue_token(
-            &req.subject,
-            scope,
-            ttl(req.ttl_seconds, credentials::DEFAULT_TOKEN_TTL)?,
-        )?;
+        let (token, record) = self
+            .credentials
+            .issue_token(
+                &req.subject,
+                scope,
+                ttl(req.ttl_seconds, credentials::DEFAULT_TOKEN_TTL)?,
+            )
+            .await?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, issued_to = %record.subject, jti = %record.jti, "issued a token");
         Ok(Response::new(pb::IssueTokenResponse {
@@ -169,7 +173,8 @@ impl pb::admin_server::Admin for AdminApi {
         self.gate.admin(request)?;
         let tokens = self
             .credentials
-            .list_tokens()?
+            .list_tokens()
+            .await?
             .iter()
             .map(token_info)
             .collect();
@@ -183,7 +188,7 @@ impl pb::admin_server::Admin for AdminApi {
         let Call {
             who, message: req, ..
         } = self.gate.admin(request)?;
-        let record = self.credentials.revoke_token(&req.jti)?;
+        let record = self.credentials.revoke_token(&req.jti).await?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, jti = %record.jti, "revoked a token");
         Ok(Response::new(token_info(&record)))
@@ -198,11 +203,14 @@ impl pb::admin_server::Admin for AdminApi {
         } = self.gate.admin(request)?;
         let scope = scope_from(req.scope)?;
         self.check_services(&scope, req.allow_unknown_services)?;
-        let (certificate_pem, record) = self.credentials.sign_csr(
-            &req.csr_pem,
-            scope,
-            ttl(req.ttl_seconds, credentials::DEFAULT_CERT_TTL)?,
-        )?;
+        let (certificate_pem, record) = self
+            .credentials
+            .sign_csr(
+                &req.csr_pem,
+                scope,
+                ttl(req.ttl_seconds, credentials::DEFAULT_CERT_TTL)?,
+            )
+            .await?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, issued_to = %record.subject, serial = %record.serial, "signed a client certificate");
         Ok(Response::new(pb::SignCertificateResponse {
@@ -219,7 +227,8 @@ impl pb::admin_server::Admin for AdminApi {
         self.gate.admin(request)?;
         let certificates = self
             .credentials
-            .list_certs()?
+            .list_certs()
+            .await?
             .iter()
             .map(cert_info)
             .collect();
@@ -233,7 +242,7 @@ impl pb::admin_server::Admin for AdminApi {
         let Call {
             who, message: req, ..
         } = self.gate.admin(request)?;
-        let record = self.credentials.revoke_cert(&req.serial)?;
+        let record = self.credentials.revoke_cert(&req.serial).await?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, serial = %record.serial, "revoked a client certificate");
         Ok(Response::new(cert_info(&record)))
@@ -259,13 +268,39 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::RotateAdminTokenRequest>,
     ) -> Result<Response<pb::RotateAdminTokenResponse>, Status> {
         let who = self.gate.admin(request)?.who;
-        let (record, revoked) = self.credentials.rotate_admin_token()?;
+        let (record, revoked) = self.credentials.rotate_admin_token().await?;
         self.durable().await?;
         tracing::info!(target: AUDIT, subject = %who.subject, jti = %record.jti, revoked = ?revoked, "rotated the bootstrap admin token");
         Ok(Response::new(pb::RotateAdminTokenResponse {
             info: Some(token_info(&record)),
             revoked_jtis: revoked,
             path: self.credentials.admin_token_path().display().to_string(),
+        }))
+    }
+
+    async fn export_identity(
+        &self,
+        request: Request<pb::ExportIdentityRequest>,
+    ) -> Result<Response<pb::ExportIdentityResponse>, Status> {
+        let who = self.gate.admin(request)?.who;
+        if !self.tls {
+            return Err(Status::failed_precondition(
+                "this controller serves plaintext (--insecure-plaintext): it never sends its keys over an unencrypted connection; serve TLS to let controllers join",
+            ));
+        }
+        if !self.credentials.shared() {
+            return Err(Status::failed_precondition(
+                "this controller keeps its credentials in its own data directory (--store sled): a joined controller would not see them; run every controller with --store etcd://HOST:PORT",
+            ));
+        }
+        let ca = self.credentials.ca();
+        let signing_key_pem = self.credentials.signing_key_pem()?;
+        tracing::warn!(target: AUDIT, subject = %who.subject, "exported the cluster identity (CA and signing keys) to a joining controller");
+        Ok(Response::new(pb::ExportIdentityResponse {
+            ca_cert_pem: ca.cert_pem.clone(),
+            ca_key_pem: ca.key_pem(),
+            signing_key_pem,
+            fingerprint: ca.fingerprint(),
         }))
     }
 }

@@ -79,25 +79,30 @@ where
         let method = request.uri().path().to_owned();
         let started = Instant::now();
         let info = CallInfo::new();
-        let mut subject = String::new();
-        if !method.starts_with(OPEN_PREFIX) {
-            match self.auth.authenticate(&request) {
-                Ok(identity) => {
-                    subject = identity.subject.clone();
-                    request.extensions_mut().insert(identity);
-                    request.extensions_mut().insert(Method::from_path(&method));
-                    request.extensions_mut().insert(Arc::clone(&info));
-                }
-                Err(error) => {
-                    let status = tonic::Status::from(error);
-                    tracing::info!(target: AUDIT, %method, decision = "unauthenticated", reason = %status.message());
-                    metrics::global().refused("unauthenticated");
-                    finished(&method, "", "", status.code() as i32, started);
-                    return Box::pin(async move { Ok(status.into_http()) });
+        let auth = Arc::clone(&self.auth);
+        Box::pin(async move {
+            let mut subject = String::new();
+            if !method.starts_with(OPEN_PREFIX) {
+                let checked = match Authenticator::presented(&request) {
+                    Ok((token, leaf)) => auth.verify(token, leaf).await,
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(identity) => {
+                        subject = identity.subject.clone();
+                        request.extensions_mut().insert(identity);
+                        request.extensions_mut().insert(Method::from_path(&method));
+                        request.extensions_mut().insert(Arc::clone(&info));
+                    }
+                    Err(error) => {
+                        let status = tonic::Status::from(error);
+                        tracing::info!(target: AUDIT, %method, decision = "unauthenticated", reason = %status.message());
+                        metrics::global().refused("unauthenticated");
+                        finished(&method, "", "", status.code() as i32, started);
+                        return Ok(status.into_http());
+                    }
                 }
             }
-        }
-        Box::pin(async move {
             let response = inner.call(request).await?;
             // Errors come as trailers-only responses (the status in the
             // headers); a reply with a body carries it in trailers, which

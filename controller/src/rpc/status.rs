@@ -66,11 +66,13 @@ impl From<CredentialError> for Status {
                 Status::invalid_argument(message)
             }
             CredentialError::NotFound(_) => Status::not_found(message),
+            CredentialError::Unavailable(_) => Status::unavailable(message),
             CredentialError::Corrupt(_)
             | CredentialError::Internal(_)
             | CredentialError::Encode(_)
             | CredentialError::Pki(_)
-            | CredentialError::Db(_) => Status::internal(message),
+            | CredentialError::Db(_)
+            | CredentialError::Registry(_) => Status::internal(message),
         }
     }
 }

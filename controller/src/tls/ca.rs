@@ -153,6 +153,13 @@ impl Ca {
         })
     }
 
+    /// The CA's private key (PEM), for a controller joining this one's
+    /// cluster over an authenticated TLS connection (`berthd join`); it is
+    /// never written anywhere else.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// The CA's fingerprint (what clients pin).
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.cert_der)

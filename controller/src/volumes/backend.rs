@@ -7,8 +7,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::registry::{Registry, SledRegistry};
 use crate::volumes::records::Records;
 use crate::volumes::store::Store;
+
+/// The stores a controller works on: volume records and the credential
+/// registry, both in sled or both in etcd.
+pub struct Opened {
+    /// Volume and snapshot records, intents, attachments.
+    pub records: Arc<dyn Records>,
+    /// Issued tokens and client certificates, revocations.
+    pub registry: Arc<dyn Registry>,
+}
 
 /// The default key prefix in etcd.
 pub const DEFAULT_ETCD_PREFIX: &str = "/berth";
@@ -207,10 +217,17 @@ impl StoreArgs {
 }
 
 impl StoreChoice {
-    /// Opens the records: the sled `store` itself, or a connection to etcd.
-    pub async fn open(&self, store: &Store) -> Result<Arc<dyn Records>, BackendError> {
+    /// Opens the records and the credential registry: the sled `store`
+    /// itself, or a connection to etcd.
+    pub async fn open(&self, store: &Store) -> Result<Opened, BackendError> {
         match self {
-            StoreChoice::Sled => Ok(Arc::new(store.clone())),
+            StoreChoice::Sled => Ok(Opened {
+                records: Arc::new(store.clone()),
+                registry: Arc::new(
+                    SledRegistry::open(store.db())
+                        .map_err(|e| BackendError::Invalid(e.to_string()))?,
+                ),
+            }),
             #[cfg(feature = "etcd")]
             StoreChoice::Etcd {
                 endpoints,
@@ -228,8 +245,13 @@ impl StoreChoice {
                     })
                     .await?;
                 tracing::info!(endpoints = %endpoints.join(","), prefix = %prefix,
-                    "volume records in etcd; credentials stay in this controller's data directory");
-                Ok(Arc::new(etcd))
+                    "volume records and the credential registry in etcd");
+                let registry =
+                    crate::auth::etcd_registry::EtcdRegistry::new(etcd.client(), prefix, *timeout);
+                Ok(Opened {
+                    records: Arc::new(etcd),
+                    registry: Arc::new(registry),
+                })
             }
             #[cfg(not(feature = "etcd"))]
             StoreChoice::Etcd { .. } => Err(BackendError::Invalid(

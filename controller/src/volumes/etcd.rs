@@ -94,7 +94,7 @@ fn unavailable(e: etcd_client::Error) -> StoreError {
 }
 
 /// Runs one etcd call within `timeout`.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     timeout: Duration,
     call: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, StoreError> {
@@ -154,6 +154,11 @@ impl EtcdStore {
             lock_wait: options.lock_wait,
             keeper,
         })
+    }
+
+    /// The etcd client this store uses (the credential registry shares it).
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     fn kind_dir(kind: Kind) -> &'static str {
