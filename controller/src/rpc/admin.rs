@@ -18,6 +18,7 @@ pub struct AdminApi {
     credentials: Arc<Credentials>,
     gate: Gate,
     store: Store,
+    tls: Option<Arc<crate::tls::live::Tls>>,
 }
 
 impl AdminApi {
@@ -28,7 +29,14 @@ impl AdminApi {
             credentials,
             gate: Gate::new(authz),
             store,
+            tls: None,
         }
+    }
+
+    /// Also reports the expiry of the server certificate `tls` presents.
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::live::Tls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     async fn durable(&self) -> Result<(), Status> {
@@ -69,6 +77,12 @@ fn ts(secs: u64) -> Option<prost_types::Timestamp> {
         seconds: i64::try_from(secs).unwrap_or(i64::MAX),
         nanos: 0,
     })
+}
+
+fn system_ts(at: std::time::SystemTime) -> Option<prost_types::Timestamp> {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| ts(d.as_secs()))
 }
 
 fn token_info(r: &TokenRecord) -> pb::TokenInfo {
@@ -248,9 +262,12 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(pb::GetCaResponse {
             ca_pem: ca.cert_pem.clone(),
             fingerprint: ca.fingerprint(),
-            not_after: crate::tls::x509::validity(&ca.cert_der)
-                .and_then(|(_, na)| na.duration_since(std::time::UNIX_EPOCH).ok())
-                .and_then(|d| ts(d.as_secs())),
+            not_after: crate::tls::x509::validity(&ca.cert_der).and_then(|(_, na)| system_ts(na)),
+            server_not_after: self
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.presented().not_after)
+                .and_then(system_ts),
         }))
     }
 
