@@ -132,7 +132,7 @@ pub use driver::{
 };
 pub use error::{echo, DriverError, DriverResult, ECHO_LIMIT};
 pub use name::{InvalidName, VolumeName, MAX_NAME_LEN, NAME_RULE};
-pub use registry::{DriverFactory, DriverOptions, DriverRegistry};
+pub use registry::{DriverFactory, DriverOptions, DriverRegistry, OptionsCheck};
 
 /// Re-exported so drivers implement the trait with the same macro version.
 pub use async_trait::async_trait;
