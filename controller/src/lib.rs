@@ -130,6 +130,8 @@ pub struct Controller {
     store: Store,
     admin_token: PathBuf,
     limits: rpc::limits::Limits,
+    /// Held while the controller exists: no second one on this data directory.
+    _lock: paths::DataDirLock,
 }
 
 impl Controller {
@@ -198,6 +200,8 @@ impl Controller {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
         let layout = paths::DataDir::create(layout.root())?;
+        // One controller per data directory, before anything in it changes.
+        let lock = paths::DataDirLock::acquire(layout.root())?;
         let ca = Arc::new(tls::ca::Ca::load_or_create(&layout.tls())?);
         let transport = match &options.security {
             Security::Tls {
@@ -216,6 +220,7 @@ impl Controller {
             Security::DangerousPlaintext => rpc::server::Transport::DangerousPlaintext,
         };
         let store = Store::open(&layout.db())?;
+        store.on_flush(Arc::new(|stats| metrics::global().flushed(stats)));
         let credentials = Arc::new(auth::credentials::Credentials::open(
             &layout.auth(),
             store.db(),
@@ -235,6 +240,7 @@ impl Controller {
             store,
             admin_token,
             limits,
+            _lock: lock,
         })
     }
 
@@ -305,7 +311,11 @@ impl Controller {
                 Arc::clone(&self.credentials),
                 authz,
                 self.store.clone(),
-            ),
+            )
+            .with_tls(match &self.transport {
+                rpc::server::Transport::Tls(tls) => Some(Arc::clone(tls)),
+                rpc::server::Transport::DangerousPlaintext => None,
+            }),
             auth: Arc::new(auth::Authenticator::new(Arc::clone(&self.credentials))),
         };
         // Graceful: stop accepting, let in-flight calls finish, but never

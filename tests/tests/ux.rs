@@ -413,3 +413,145 @@ fn inspect_has_no_empty_options_row() {
         .expect("a driver row");
     assert_eq!(rows.get(driver + 1).map(|r| r.0), Some("path"), "{out}");
 }
+
+/// (9) The installed client configuration describes itself: it is the
+/// user's default config (never "copy it to" itself), and the copy in the
+/// data directory says that berthd rewrites it.
+#[test]
+fn the_installed_client_config_describes_itself() {
+    let mut d = Berthd::start();
+    let installed = d.home.join(".config/berth/config.toml");
+    let text = std::fs::read_to_string(&installed).expect("berthd installed a client config");
+    assert!(!text.contains("copy it to"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Your berth client configuration ({})",
+            installed.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("never rewrites it"), "{text}");
+    // It is what `berth` reads without flags.
+    d.berth(&["service", "list"]).success();
+
+    let own = d.data_dir.join("client.toml");
+    let profile = std::fs::read_to_string(&own).expect("client.toml");
+    assert!(
+        profile.contains(&format!("berth --config {}", own.display())),
+        "{profile}"
+    );
+    assert!(profile.contains("rewritten by berthd at"), "{profile}");
+
+    // A restart rewrites its own profile but leaves the installed one alone.
+    std::fs::write(&installed, format!("{text}# mine\n")).expect("edit");
+    d.restart();
+    let after = std::fs::read_to_string(&installed).expect("still there");
+    assert!(after.ends_with("# mine\n"), "{after}");
+}
+
+/// A controller `berthd --detach` left running, stopped (by the pid it
+/// printed) when the test ends.
+struct Detached {
+    pid: u32,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
+    }
+}
+
+/// `berthd ARGS` in the home `home`, run to completion.
+fn berthd_in(home: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(bin("berthd"));
+    berth_tests::home_env(&mut cmd, home);
+    cmd.args(args).stdin(Stdio::null());
+    Run(run_bounded(cmd, PROCESS_TIMEOUT))
+}
+
+/// (1) The quickstart's controller: `berthd --detach` returns once it
+/// serves, says where (pid, address, log file in the data directory) and
+/// keeps the terminal clean; a second one on the same data directory fails
+/// with one line naming the first one's pid, detached or not, so the
+/// quickstart's `&&` chain stops.
+#[test]
+fn detached_berthd_is_quiet_and_a_second_one_fails_naming_the_first() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let data = tmp.path().join("data");
+    let data_arg = data.to_str().expect("UTF-8");
+    let run = berthd_in(
+        &home,
+        &[
+            "--detach",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_arg,
+        ],
+    );
+    let out = run.success();
+    let pid: u32 = out
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in: {out}"));
+    let _guard = Detached { pid };
+    let log = data.join("berthd.log");
+    assert!(out.contains(&log.display().to_string()), "{out}");
+    assert!(out.contains(&format!("kill {pid}")), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(run.stderr().is_empty(), "{}", run.stderr());
+    assert!(!out.contains('\x1b'), "ANSI codes on the terminal: {out:?}");
+    let addr = out
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("no address in: {out}"));
+    let log_text = std::fs::read_to_string(&log).expect("the log file");
+    assert!(log_text.contains("berthd serving"), "{log_text}");
+    assert!(!log_text.contains('\x1b'), "ANSI codes in the log file");
+    // The background controller serves the user's client config.
+    let mut cmd = Command::new(bin("berth"));
+    berth_tests::home_env(&mut cmd, &home);
+    cmd.args(["--host", addr, "service", "list"])
+        .stdin(Stdio::null());
+    Run(run_bounded(cmd, PROCESS_TIMEOUT)).success();
+
+    let expected = format!(
+        "another berthd is already using {} (pid {pid})",
+        data.display()
+    );
+    for detach in [true, false] {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", data_arg];
+        if detach {
+            args.insert(0, "--detach");
+        }
+        let err = berthd_in(&home, &args).failure();
+        assert!(err.contains(&expected), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    // Under the quickstart's `&&`, the next command does not run.
+    let chain = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" --detach --listen 127.0.0.1:0 --data-dir \"$1\" && echo carried-on")
+        .arg(bin("berthd"))
+        .arg(&data)
+        .env("HOME", &home)
+        .env_remove("BERTH_DATA_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert!(!chain.status.success());
+    assert!(!String::from_utf8_lossy(&chain.stdout).contains("carried-on"));
+    // The first one is untouched.
+    let mut cmd = Command::new(bin("berth"));
+    berth_tests::home_env(&mut cmd, &home);
+    cmd.args(["--host", addr, "service", "list"])
+        .stdin(Stdio::null());
+    Run(run_bounded(cmd, PROCESS_TIMEOUT)).success();
+}
