@@ -555,3 +555,48 @@ fn detached_berthd_is_quiet_and_a_second_one_fails_naming_the_first() {
         .stdin(Stdio::null());
     Run(run_bounded(cmd, PROCESS_TIMEOUT)).success();
 }
+
+/// (11) `.ci/total` sums cargo's per-binary result lines into one total,
+/// names the binaries that failed and fails with them.
+#[test]
+fn ci_total_prints_one_total_line() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/total");
+    let total = |input: &str| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script);
+        let out =
+            berth_tests::process::run_bounded_fed(cmd, Some(input.as_bytes()), PROCESS_TIMEOUT);
+        (out.status.success(), text(&out.stdout))
+    };
+    let ok = "     Running unittests src/lib.rs (target/debug/deps/berth_drivers-1)\n\
+              test result: ok. 15 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.37s\n\
+              \x20    Running tests/ux.rs (target/debug/deps/ux-2)\n\
+              test result: ok. 13 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 61.28s\n\
+              \x20  Doc-tests berth_drivers\n\
+              test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.1s\n";
+    let (passed, out) = total(ok);
+    assert!(passed, "{out}");
+    assert!(
+        out.starts_with("     Running unittests"),
+        "the output passes through: {out}"
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some("total: 29 passed, 0 failed, 2 ignored in 3 test binaries"),
+        "{out}"
+    );
+    let failed = ok.replace(
+        "test result: ok. 13 passed; 0 failed",
+        "test result: FAILED. 11 passed; 2 failed",
+    );
+    let (passed, out) = total(&failed);
+    assert!(!passed, "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("total: 27 passed, 2 failed, 2 ignored in 3 test binaries; failed: tests/ux.rs (target/debug/deps/ux-2)"),
+        "{out}"
+    );
+    let (passed, out) = total("error[E0425]: cannot find value `x`\n");
+    assert!(!passed, "{out}");
+    assert!(out.contains("no test ran"), "{out}");
+}
