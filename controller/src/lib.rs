@@ -21,6 +21,7 @@
 //! | [`rpc::pipeline`] | the layer every request passes (authentication, logging) |
 //! | [`rpc::call`] | handlers get authorised calls; the method comes from the route |
 //! | [`rpc::status`] | every error to its gRPC status, in one place |
+//! | [`rpc::progress`] | server-streaming progress of copies, snapshots and restores |
 //! | [`rpc::volumes`], [`rpc::snapshots`], [`rpc::admin`] | the gRPC services |
 //! | [`auth`] | who is calling and what they may do |
 //! | [`auth::identity`] | the leaf types: `Identity`, `Role`, `Scope`, `Via` |

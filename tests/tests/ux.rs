@@ -600,3 +600,171 @@ fn ci_total_prints_one_total_line() {
     assert!(!passed, "{out}");
     assert!(out.contains("no test ran"), "{out}");
 }
+
+/// `volume list` and `inspect` show the space a volume uses where the
+/// driver knows it: a vfs directory's allocated blocks, an image file's
+/// allocated size (a sparse image uses little of its size).
+#[test]
+fn list_and_inspect_show_the_space_used() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = Berthd::start_fs_and_img(tmp.path(), "");
+    d.berth(&[
+        "volume",
+        "create",
+        "data",
+        "--service",
+        "fs",
+        "--size",
+        "64MiB",
+    ])
+    .success();
+    d.berth(&[
+        "volume",
+        "create",
+        "disk",
+        "--service",
+        "img",
+        "--size",
+        "64MiB",
+    ])
+    .success();
+    let used = |name: &str| -> u64 {
+        let service = if name == "data" { "fs" } else { "img" };
+        let v = d
+            .berth(&[
+                "volume",
+                "inspect",
+                name,
+                "--service",
+                service,
+                "-o",
+                "json",
+            ])
+            .json();
+        v["used_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no used_bytes: {v}"))
+    };
+    let (dir_before, img_before) = (used("data"), used("disk"));
+    assert!(img_before < 1 << 20, "a new sparse image uses {img_before}");
+    let mib = vec![7u8; 1 << 20];
+    let dir = tmp.path().join("fs/data");
+    std::fs::write(dir.join("f"), &mib).expect("write into the vfs volume");
+    std::fs::create_dir(dir.join("sub")).expect("mkdir");
+    std::fs::write(dir.join("sub/g"), &mib).expect("write");
+    let image = tmp.path().join("img/disk.img");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+    std::os::unix::fs::FileExt::write_all_at(&file, &mib, 8 << 20).expect("write into the image");
+    file.sync_all().expect("sync");
+    let (dir_after, img_after) = (used("data"), used("disk"));
+    assert!(
+        dir_after >= dir_before + (2 << 20),
+        "{dir_before} -> {dir_after}"
+    );
+    assert!(
+        img_after >= img_before + (1 << 20),
+        "{img_before} -> {img_after}"
+    );
+    assert!(img_after < 64 << 20, "{img_after}");
+
+    let table = d
+        .berth(&["volume", "inspect", "data", "--service", "fs"])
+        .success();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("used ") && l.contains(&format!("({dir_after} bytes)"))),
+        "{table}"
+    );
+    let list = d.berth(&["volume", "list"]).success();
+    let header: Vec<&str> = list
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header[4], "USED", "{list}");
+    let list = d.berth(&["volume", "list", "-o", "json"]).json();
+    let listed: Vec<u64> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v["used_bytes"].as_u64().expect("used_bytes in the listing"))
+        .collect();
+    assert_eq!(listed, [dir_after, img_after], "{list}");
+}
+
+/// Progress on long work: on a terminal, `volume copy`, `snapshot create`
+/// and `volume create --from-snapshot` draw the bytes done, the rate and the
+/// time left while the controller streams them, then one line with the
+/// elapsed time; without a terminal, or with `-o json`, nothing of it.
+#[test]
+fn long_work_shows_progress_on_a_terminal_only() {
+    let d = Berthd::start();
+    d.berth(&["volume", "create", "big", "--size", "1GiB"])
+        .success();
+    // 48 MiB in 12 files: the copy reports after each.
+    let dir = d.data_dir.join("volumes/big");
+    let chunk = vec![5u8; 4 << 20];
+    for i in 0..12 {
+        std::fs::write(dir.join(format!("f{i}")), &chunk).expect("fill the volume");
+    }
+    let on_pty = |args: &[&str]| {
+        let out = berth_tests::pty::berth_on_pty(&d, "n", args);
+        let said = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {said}");
+        said
+    };
+    for (args, what) in [
+        (
+            &["volume", "copy", "big", "big2"][..],
+            "copying big to big2",
+        ),
+        (
+            &["snapshot", "create", "big", "snap"][..],
+            "taking snapshot snap of big",
+        ),
+        (
+            &["volume", "create", "back", "--from-snapshot", "snap"][..],
+            "restoring snap into back",
+        ),
+    ] {
+        let said = on_pty(args);
+        // The bar: its label, bytes done out of the total, a rate and the
+        // time left.
+        assert!(said.contains(what), "{args:?}: {said}");
+        assert!(said.contains("/48.00 MiB"), "no total in the bar: {said}");
+        assert!(said.contains("/s"), "no rate: {said}");
+        assert!(said.contains(" left"), "no time left: {said}");
+        // The last line of progress: what was done, in how long.
+        let done = said
+            .lines()
+            .map(|l| l.rsplit('\r').next().unwrap_or(l))
+            .find(|l| l.contains(&format!("done {what} (48 MiB, ")))
+            .unwrap_or_else(|| panic!("no final line: {said}"));
+        assert!(done.trim_end().ends_with("s)"), "{done}");
+    }
+    // Off a terminal: the plain calls, nothing on stderr.
+    let run = d.berth(&["volume", "copy", "big", "big3"]);
+    run.success();
+    assert!(run.stderr().is_empty(), "{}", run.stderr());
+    let run = d.berth(&["snapshot", "create", "big", "snap2"]);
+    run.success();
+    assert!(run.stderr().is_empty(), "{}", run.stderr());
+    // On a terminal with -o json: JSON only.
+    let said = on_pty(&["-o", "json", "volume", "copy", "big", "big4"]);
+    assert!(!said.contains("copying"), "{said}");
+    assert!(said.contains("\"name\": \"big4\""), "{said}");
+    // Every copy holds the data.
+    for name in ["big2", "back", "big3", "big4"] {
+        let copy = d.data_dir.join("volumes").join(name).join("f11");
+        assert_eq!(
+            std::fs::metadata(&copy).map(|m| m.len()).ok(),
+            Some(4 << 20),
+            "{name}"
+        );
+    }
+}

@@ -388,7 +388,9 @@ fn create_again_with_other_parameters_is_refused_and_changes_nothing() {
 #[test]
 fn list_prints_an_aligned_table_and_a_json_array() {
     let d = Berthd::start();
-    const TITLES: [&str; 6] = ["NAME", "SERVICE", "DRIVER", "SIZE", "STATUS", "CREATED"];
+    const TITLES: [&str; 7] = [
+        "NAME", "SERVICE", "DRIVER", "SIZE", "USED", "STATUS", "CREATED",
+    ];
 
     let empty = d.berth(&["volume", "list"]).success();
     assert!(table_rows(&empty, &TITLES).is_empty(), "{empty}");
@@ -418,8 +420,12 @@ fn list_prints_an_aligned_table_and_a_json_array() {
         assert_eq!(row[1], "local");
         assert_eq!(row[2], "vfs");
         assert_eq!(row[3], size, "{out}");
-        assert_eq!(row[4], "available");
-        assert_created_between(&row[5], before, after);
+        assert!(
+            row[4].ends_with('B'),
+            "used space of an empty vfs volume: {out}"
+        );
+        assert_eq!(row[5], "available");
+        assert_created_between(&row[6], before, after);
     }
 
     let list = d.berth(&["volume", "list", "-o", "json"]).json();
