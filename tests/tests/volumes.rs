@@ -307,10 +307,19 @@ fn create_again_with_the_same_parameters_returns_the_same_volume() {
         "-o",
         "json",
     ];
-    let first = d.berth(&args).json();
+    let mut first = d.berth(&args).json();
     std::fs::write(root(&d).join("again/keep"), b"data").expect("write into the volume");
     let before = entries(&root(&d));
-    let second = d.berth(&args).json();
+    let mut second = d.berth(&args).json();
+    // The space used is measured at each answer: the written file shows.
+    let used = |v: &mut serde_json::Value| {
+        v.as_object_mut()
+            .and_then(|o| o.remove("used_bytes"))
+            .and_then(|u| u.as_u64())
+            .expect("used_bytes")
+    };
+    let (used_first, used_second) = (used(&mut first), used(&mut second));
+    assert!(used_second > used_first, "{used_first} -> {used_second}");
     assert_eq!(first, second, "a re-create must return the volume as it is");
     // Also in table form; the size may be spelled differently.
     let out = d
