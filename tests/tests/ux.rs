@@ -747,6 +747,12 @@ fn long_work_shows_progress_on_a_terminal_only() {
             .unwrap_or_else(|| panic!("no final line: {said}"));
         assert!(done.trim_end().ends_with("s)"), "{done}");
     }
+    // An error ends the stream as the call's status: one line, non-zero.
+    let out = berth_tests::pty::berth_on_pty(&d, "n", &["volume", "copy", "nosuch", "x"]);
+    let said = text(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("error: not found"), "{said}");
+    assert!(!said.contains("done copying"), "{said}");
     // Off a terminal: the plain calls, nothing on stderr.
     let run = d.berth(&["volume", "copy", "big", "big3"]);
     run.success();
