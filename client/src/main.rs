@@ -9,6 +9,7 @@ use clap::Parser;
 
 mod cli;
 mod commands;
+mod progress;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -57,6 +57,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "service": v.service,
         "driver": v.driver,
         "size_bytes": v.size_bytes,
+        "used_bytes": v.used_bytes,
         "created_at": time(v.created_at.as_ref()),
         "options": sorted(&v.options),
         "status": status(v),
@@ -115,13 +116,16 @@ pub fn render(table: &Table) -> String {
 
 /// `berth volume list` as a table.
 pub fn volume_table(volumes: &[pb::Volume]) -> String {
-    let mut t = table(&["NAME", "SERVICE", "DRIVER", "SIZE", "STATUS", "CREATED"]);
+    let mut t = table(&[
+        "NAME", "SERVICE", "DRIVER", "SIZE", "USED", "STATUS", "CREATED",
+    ]);
     for v in volumes {
         t.add_row(vec![
             v.name.clone(),
             v.service.clone(),
             v.driver.clone(),
             display_size(v.size_bytes),
+            v.used_bytes.map_or_else(|| "-".to_owned(), display_size),
             status(v).to_owned(),
             time(v.created_at.as_ref()),
         ]);
@@ -144,6 +148,12 @@ pub fn volume_detail(v: &pb::Volume) -> String {
         n => format!("{} ({n} bytes)", display_size(n)),
     };
     t.add_row(vec!["size".into(), size]);
+    if let Some(used) = v.used_bytes {
+        t.add_row(vec![
+            "used".into(),
+            format!("{} ({used} bytes)", display_size(used)),
+        ]);
+    }
     t.add_row(vec!["status".into(), status(v).to_owned()]);
     t.add_row(vec!["created".into(), time(v.created_at.as_ref())]);
     let options = if options.is_empty() {

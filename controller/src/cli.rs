@@ -64,6 +64,11 @@ struct Cli {
     /// Serve WITHOUT TLS. Traffic can be read and altered by anyone on the path.
     #[arg(long, conflicts_with_all = ["tls_cert", "sans", "client_cas"])]
     insecure_plaintext: bool,
+    /// Start in the background: the log goes to DATA_DIR/berthd.log; returns
+    /// once the controller serves (printing its pid and address), or fails
+    /// with its error if it cannot start.
+    #[arg(long)]
+    detach: bool,
     #[command(flatten)]
     limits: LimitFlags,
     #[command(flatten)]
@@ -168,12 +173,15 @@ pub fn main(registry: DriverRegistry) -> anyhow::Result<()> {
         println!("{}", check_config(config, &registry)?);
         return Ok(());
     }
-    raise_open_file_limit();
     let data_dir = match cli.data_dir.clone() {
         Some(dir) => dir,
         None => paths::default_data_dir()
             .context("cannot find a data directory: set --data-dir, BERTH_DATA_DIR or HOME")?,
     };
+    if cli.detach && cli.command.is_none() {
+        return detach(&data_dir);
+    }
+    raise_open_file_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -269,6 +277,9 @@ async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow:
         })?,
         (None, None) => DEFAULT_LISTEN.parse()?,
     };
+    // Another berthd on this data directory is the likelier story than a
+    // foreign process on the port: say so before trying the port.
+    paths::DataDirLock::check_free(&options.data_dir)?;
     // Bind first, write the client profile, and only then listen: a client
     // that can connect always finds the profile in place.
     let socket = match listen {
@@ -323,6 +334,83 @@ async fn serve(cli: Cli, data_dir: PathBuf, registry: DriverRegistry) -> anyhow:
     controller.run(listener, shutdown_signal()).await?;
     tracing::info!("berthd stopped");
     Ok(())
+}
+
+/// How long `berthd --detach` waits for the controller to serve.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `berthd --detach`: runs this same command line without `--detach` as a
+/// child in its own process group, its stdout and stderr appended to
+/// `<data-dir>/berthd.log`, and waits until it serves (then says where it
+/// is and returns) or exits (then returns its error line).
+fn detach(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{Read as _, Seek as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    paths::DataDirLock::check_free(data_dir)?;
+    let layout = paths::DataDir::create(data_dir)?;
+    let log_path = layout.root().join(paths::DETACHED_LOG);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(0o600)
+        .open(&log_path)
+        .with_context(|| format!("cannot open the log file {}", log_path.display()))?;
+    let from = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let exe = std::env::current_exe().context("cannot find the berthd executable")?;
+    let mut child = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1).filter(|a| a != "--detach"))
+        // The flag, when given, wins over this; else the child finds the
+        // directory chosen here, whatever its HOME.
+        .env("BERTH_DATA_DIR", data_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        // Ctrl-C in this terminal is not for the background controller.
+        .process_group(0)
+        .spawn()
+        .context("cannot start berthd in the background")?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + DETACH_TIMEOUT;
+    let written = |log: &mut std::fs::File| -> String {
+        let mut text = String::new();
+        if log.seek(std::io::SeekFrom::Start(from)).is_ok() {
+            let _ = log.read_to_string(&mut text);
+        }
+        text
+    };
+    loop {
+        let exited = child.try_wait()?;
+        let text = written(&mut log);
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("berthd listening on "))
+        {
+            println!(
+                "berthd is running in the background (pid {pid}), listening on {addr}; its log: {}; stop it with: kill {pid}",
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = exited {
+            let why = text
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("error: "))
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("it exited ({status})"));
+            anyhow::bail!("{why} (log: {})", log_path.display());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "berthd (pid {pid}) did not start serving within {}s; it is still running: see its log {}, or stop it with kill {pid}",
+                DETACH_TIMEOUT.as_secs(),
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// An error and its causes on one line, each cause once (many messages
@@ -420,14 +508,23 @@ pub fn check_config(path: &std::path::Path, registry: &DriverRegistry) -> anyhow
         .map_err(|e| anyhow::anyhow!("config file {}: [limits] {e}", path.display()))?;
     let known: Vec<&str> = registry.names().collect();
     for service in &config.services {
-        if !known.contains(&service.driver.as_str()) {
-            anyhow::bail!(
-                "config file {}, service {:?}: unknown driver {:?} (known drivers: {})",
-                path.display(),
-                service.name,
-                service.driver,
-                known.join(", ")
-            );
+        let fail = |problem: String| crate::config::ConfigError::Service {
+            path: path.to_owned(),
+            service: service.name.clone(),
+            problem,
+        };
+        // The driver's own check of its options: nothing is built or created.
+        match registry.check(&service.driver, &service.driver_options()) {
+            None => {
+                return Err(fail(format!(
+                    "unknown driver {:?} (known drivers: {})",
+                    service.driver,
+                    known.join(", ")
+                ))
+                .into())
+            }
+            Some(Err(e)) => return Err(fail(format!("driver {}: {e}", service.driver)).into()),
+            Some(Ok(())) => {}
         }
     }
     let services: Vec<String> = config

@@ -21,6 +21,7 @@
 //! | [`rpc::pipeline`] | the layer every request passes (authentication, logging) |
 //! | [`rpc::call`] | handlers get authorised calls; the method comes from the route |
 //! | [`rpc::status`] | every error to its gRPC status, in one place |
+//! | [`rpc::progress`] | server-streaming progress of copies, snapshots and restores |
 //! | [`rpc::volumes`], [`rpc::snapshots`], [`rpc::admin`] | the gRPC services |
 //! | [`auth`] | who is calling and what they may do |
 //! | [`auth::identity`] | the leaf types: `Identity`, `Role`, `Scope`, `Via` |
@@ -133,6 +134,8 @@ pub struct Controller {
     credentials: Arc<auth::credentials::Credentials>,
     admin_token: PathBuf,
     limits: rpc::limits::Limits,
+    /// Held while the controller exists: no second one on this data directory.
+    _lock: paths::DataDirLock,
 }
 
 impl Controller {
@@ -201,6 +204,8 @@ impl Controller {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
         let layout = paths::DataDir::create(layout.root())?;
+        // One controller per data directory, before anything in it changes.
+        let lock = paths::DataDirLock::acquire(layout.root())?;
         let ca = Arc::new(tls::ca::Ca::load_or_create(&layout.tls())?);
         let transport = match &options.security {
             Security::Tls {
@@ -219,6 +224,7 @@ impl Controller {
             Security::DangerousPlaintext => rpc::server::Transport::DangerousPlaintext,
         };
         let store = Store::open(&layout.db())?;
+        store.on_flush(Arc::new(|stats| metrics::global().flushed(stats)));
         let opened = records.open(&store).await?;
         let credentials = Arc::new(auth::credentials::Credentials::open_with(
             &layout.auth(),
@@ -240,6 +246,7 @@ impl Controller {
             credentials,
             admin_token,
             limits,
+            _lock: lock,
         })
     }
 
@@ -309,7 +316,10 @@ impl Controller {
             admin: rpc::admin::AdminApi::new(
                 Arc::clone(&self.credentials),
                 authz,
-                matches!(self.transport, rpc::server::Transport::Tls(_)),
+                match &self.transport {
+                    rpc::server::Transport::Tls(tls) => Some(Arc::clone(tls)),
+                    rpc::server::Transport::DangerousPlaintext => None,
+                },
             ),
             auth: Arc::new(auth::Authenticator::new(Arc::clone(&self.credentials))),
         };

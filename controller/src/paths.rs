@@ -16,7 +16,13 @@
 //! <data-dir>/auth/admin.token   the bootstrap admin token             (0600)
 //! <data-dir>/auth/controller.id this controller's id (bootstrap tokens)  (0600)
 //! <data-dir>/client.toml        a ready client profile                (0600)
+//! <data-dir>/berthd.pid         the running berthd's pid, locked      (0600)
+//! <data-dir>/berthd.log         the log of `berthd --detach`          (0600)
 //! ```
+//!
+//! One berthd at a time uses a data directory: it holds an exclusive lock
+//! on `berthd.pid` ([`DataDirLock`]) while it runs, and a second one is
+//! refused naming the first one's pid.
 //!
 //! At start the data directory, `tls/`, `auth/` and `db/` must each be a
 //! real directory (not a link), owned by the user berthd runs as and not
@@ -49,6 +55,10 @@ pub const ADMIN_TOKEN: &str = "admin.token";
 pub const CONTROLLER_ID: &str = "controller.id";
 /// `client.toml`: the ready-made client profile.
 pub const CLIENT_PROFILE: &str = "client.toml";
+/// `berthd.pid`: the running controller's pid, under an exclusive lock.
+pub const PID_LOCK: &str = "berthd.pid";
+/// `berthd.log`: where `berthd --detach` sends the controller's log.
+pub const DETACHED_LOG: &str = "berthd.log";
 
 /// Where the data directory is when none is given: `$XDG_DATA_HOME/berth`,
 /// else `~/.local/share/berth`.
@@ -119,6 +129,82 @@ pub enum DataDirError {
         /// Its permission bits.
         mode: u32,
     },
+    /// Another controller holds the data directory's lock.
+    #[error("another berthd is already using {dir}{}; stop it (kill {}) or give this one another --data-dir", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), .pid.map(|p| p.to_string()).unwrap_or_else(|| "its pid".into()))]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// The pid recorded by the controller holding it, if readable.
+        pid: Option<u32>,
+    },
+}
+
+/// The exclusive lock a running controller holds on its data directory
+/// (`berthd.pid`, holding its pid), released when dropped or when the
+/// process ends, however it ends.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock of the data directory `root` (which must exist) and
+    /// records this process's pid in it; [`DataDirError::InUse`] when
+    /// another process holds it.
+    pub fn acquire(root: &Path) -> Result<Self, DataDirError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // The data directory has passed check_private: nobody else can
+        // plant a link here.
+        let path = root.join(PID_LOCK);
+        let fail = |error| DataDirError::Io {
+            path: path.clone(),
+            error,
+        };
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(DataDirError::InUse {
+                    dir: root.to_owned(),
+                    pid: recorded_pid(&path),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(fail(e)),
+        }
+        file.set_len(0).map_err(fail)?;
+        writeln!(file, "{}", std::process::id()).map_err(fail)?;
+        Ok(Self { _file: file })
+    }
+
+    /// Refuses, changing nothing, a data directory another process holds
+    /// the lock of (a missing directory or lock file passes).
+    pub fn check_free(root: &Path) -> Result<(), DataDirError> {
+        let path = root.join(PID_LOCK);
+        let Ok(file) = fs::File::open(&path) else {
+            return Ok(());
+        };
+        match file.try_lock_shared() {
+            Err(fs::TryLockError::WouldBlock) => Err(DataDirError::InUse {
+                dir: root.to_owned(),
+                pid: recorded_pid(&path),
+            }),
+            // Free (the shared lock goes with the file), or not lockable
+            // here: acquire() will say.
+            _ => Ok(()),
+        }
+    }
+}
+
+fn recorded_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// What a private path must be, for [`check_private`].
@@ -317,6 +403,27 @@ impl DataDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_lock_of_a_data_directory_names_the_holder() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        DataDirLock::check_free(tmp.path()).expect("no lock file yet");
+        let held = DataDirLock::acquire(tmp.path()).expect("first lock");
+        let me = std::process::id();
+        for err in [
+            DataDirLock::acquire(tmp.path()).expect_err("second lock"),
+            DataDirLock::check_free(tmp.path()).expect_err("held"),
+        ] {
+            assert!(
+                matches!(err, DataDirError::InUse { pid: Some(p), .. } if p == me),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&format!("(pid {me})")), "{err}");
+        }
+        drop(held);
+        DataDirLock::check_free(tmp.path()).expect("released");
+        DataDirLock::acquire(tmp.path()).expect("again");
+    }
 
     #[test]
     fn one_rule_for_key_directories_and_key_files() {

@@ -30,12 +30,29 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// The profile as TOML, in the client's configuration format.
-    pub fn to_toml(&self) -> String {
-        let mut out = String::from(
-            "# Written by berthd at start: a client profile for this controller.\n\
-             # Use it with `berth --config <this file>`, or copy it to ~/.config/berth/config.toml.\n",
-        );
+    /// The profile as TOML, in the client's configuration format, opening
+    /// with comments that describe the file at `path`: the copy berthd
+    /// refreshes in its data directory, or the one installed as the user's
+    /// default configuration (`installed`), which berthd never rewrites.
+    pub fn to_toml(&self, path: &Path, installed: bool) -> String {
+        let mut out = if installed {
+            format!(
+                "# Your berth client configuration ({}), installed by berthd on its\n\
+                 # first start because you had none. `berth` reads it without any flag.\n\
+                 # berthd never rewrites it: edit it freely. It names this controller,\n\
+                 # its fingerprint and the admin token.\n",
+                path.display()
+            )
+        } else {
+            format!(
+                "# A client profile for this controller ({}), rewritten by berthd at\n\
+                 # every start with its address, fingerprint and admin token.\n\
+                 # Use it with `berth --config {}`, or merge it into your own client\n\
+                 # configuration; edits here are lost at the next start.\n",
+                path.display(),
+                path.display()
+            )
+        };
         out.push_str(&format!("host = {}\n\n", quote(&self.host)));
         out.push_str(&format!("[controllers.{}]\n", quote(&self.host)));
         match &self.fingerprint {
@@ -70,12 +87,8 @@ pub fn default_client_config() -> Option<PathBuf> {
 /// client configuration yet, installs it there (never overwriting). Returns
 /// the installed path, if any.
 pub fn write(data_dir: &Path, profile: &Profile) -> Result<Option<PathBuf>, ProfileError> {
-    let text = profile.to_toml();
-    fsio::replace(
-        &data_dir.join(paths::CLIENT_PROFILE),
-        text.as_bytes(),
-        0o600,
-    )?;
+    let own = data_dir.join(paths::CLIENT_PROFILE);
+    fsio::replace(&own, profile.to_toml(&own, false).as_bytes(), 0o600)?;
     let Some(target) = default_client_config() else {
         return Ok(None);
     };
@@ -85,7 +98,7 @@ pub fn write(data_dir: &Path, profile: &Profile) -> Result<Option<PathBuf>, Prof
     if let Some(dir) = target.parent() {
         paths::create_private_dir(dir)?;
     }
-    match fsio::write_private_new(&target, text.as_bytes()) {
+    match fsio::write_private_new(&target, profile.to_toml(&target, true).as_bytes()) {
         Ok(()) => Ok(Some(target)),
         // Someone else created it meanwhile: theirs stays.
         Err(e) if e.already_exists() => Ok(None),

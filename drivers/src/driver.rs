@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use crate::{DriverError, DriverResult, VolumeName};
+use crate::{DriverError, DriverResult, Progress, VolumeName};
 
 /// Which optional operations a driver supports.
 ///
@@ -136,6 +136,15 @@ pub trait VolumeDriver: Send + Sync + 'static {
     /// Every volume the driver holds, in any order.
     async fn list(&self) -> DriverResult<Vec<DriverVolume>>;
 
+    /// The bytes `name` occupies on its storage now, if the driver can tell
+    /// cheaply (it is asked for every volume of a listing page): `None`
+    /// means unknown, which is the default. The built-in drivers count the
+    /// allocated blocks of the volume's file or directory tree.
+    async fn used_bytes(&self, name: &VolumeName) -> DriverResult<Option<u64>> {
+        let _ = name;
+        Ok(None)
+    }
+
     /// Makes a volume usable by `instance` and says how to reach it.
     /// Attaching again to the same instance returns the same answer. The
     /// controller enforces single attachment; the driver does the work.
@@ -192,6 +201,42 @@ pub trait VolumeDriver: Send + Sync + 'static {
     ) -> DriverResult<DriverVolume> {
         let _ = (source, request);
         Err(self.unsupported("copying volumes"))
+    }
+
+    /// [`copy`](Self::copy), reporting how far it has come to `progress`.
+    /// The default reports nothing and calls `copy`.
+    async fn copy_with_progress(
+        &self,
+        source: &VolumeName,
+        request: &CreateRequest,
+        progress: &Progress,
+    ) -> DriverResult<DriverVolume> {
+        let _ = progress;
+        self.copy(source, request).await
+    }
+
+    /// [`create_from_snapshot`](Self::create_from_snapshot), reporting to
+    /// `progress`. The default reports nothing.
+    async fn create_from_snapshot_with_progress(
+        &self,
+        snapshot: &VolumeName,
+        request: &CreateRequest,
+        progress: &Progress,
+    ) -> DriverResult<DriverVolume> {
+        let _ = progress;
+        self.create_from_snapshot(snapshot, request).await
+    }
+
+    /// [`create_snapshot`](Self::create_snapshot), reporting to `progress`.
+    /// The default reports nothing.
+    async fn create_snapshot_with_progress(
+        &self,
+        volume: &VolumeName,
+        snapshot: &VolumeName,
+        progress: &Progress,
+    ) -> DriverResult<DriverSnapshot> {
+        let _ = progress;
+        self.create_snapshot(volume, snapshot).await
     }
 
     /// The error for an optional operation this driver does not support.

@@ -141,19 +141,29 @@ impl ImageDriver {
 
     /// Builds the driver from a service's options (`root`, `format`).
     pub fn from_options(options: &DriverOptions) -> DriverResult<Self> {
+        let format = Self::checked_format(options)?;
+        Self::open(options.require("root")?, format)
+    }
+
+    /// Refuses options [`from_options`](Self::from_options) would refuse,
+    /// creating nothing: unknown keys, a missing or empty `root` (or one
+    /// that exists and is not a directory), a `format` other than `raw` or
+    /// `qcow2`.
+    pub fn check_options(options: &DriverOptions) -> DriverResult<()> {
+        Self::checked_format(options).map(|_| ())
+    }
+
+    fn checked_format(options: &DriverOptions) -> DriverResult<Format> {
         options.only(&["root", "format"])?;
-        let root = options.require("root")?;
-        let format = match options.get("format").unwrap_or("raw") {
-            "raw" => Format::Raw,
-            "qcow2" => Format::Qcow2,
-            other => {
-                return Err(DriverError::InvalidOption {
-                    option: "format".into(),
-                    reason: format!("{other:?} is not a format (raw or qcow2)"),
-                })
-            }
-        };
-        Self::open(root, format)
+        crate::file::layout::check_root(options.require("root")?)?;
+        match options.get("format").unwrap_or("raw") {
+            "raw" => Ok(Format::Raw),
+            "qcow2" => Ok(Format::Qcow2),
+            other => Err(DriverError::InvalidOption {
+                option: "format".into(),
+                reason: format!("{} is not a format (raw or qcow2)", crate::echo(other)),
+            }),
+        }
     }
 
     async fn blocking<T, F>(&self, f: F) -> DriverResult<T>

@@ -16,6 +16,7 @@
 //! | `driver` | the [`VolumeDriver`] trait and the types it speaks in |
 //! | `error` | [`DriverError`], and [`echo`] for quoting input in messages |
 //! | `name` | [`VolumeName`]: the one naming rule |
+//! | `progress` | [`Progress`]: how a long operation reports bytes done |
 //! | `registry` | [`DriverRegistry`]: building drivers from configuration |
 //! | [`file`] | what the file-backed drivers share: layout, metadata files, durable writes |
 //! | [`vfs`] | the built-in `vfs` driver: volumes as directories |
@@ -124,6 +125,7 @@ mod error;
 pub mod file;
 pub mod image;
 mod name;
+mod progress;
 mod registry;
 pub mod vfs;
 
@@ -132,7 +134,8 @@ pub use driver::{
 };
 pub use error::{echo, DriverError, DriverResult, ECHO_LIMIT};
 pub use name::{InvalidName, VolumeName, MAX_NAME_LEN, NAME_RULE};
-pub use registry::{DriverFactory, DriverOptions, DriverRegistry};
+pub use progress::Progress;
+pub use registry::{DriverFactory, DriverOptions, DriverRegistry, OptionsCheck};
 
 /// Re-exported so drivers implement the trait with the same macro version.
 pub use async_trait::async_trait;

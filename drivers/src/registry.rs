@@ -55,12 +55,17 @@ impl DriverOptions {
 pub type DriverFactory =
     Arc<dyn Fn(&DriverOptions) -> DriverResult<Arc<dyn VolumeDriver>> + Send + Sync>;
 
+/// Checks a service's driver options without building the driver or
+/// touching storage (for `berthd check-config`).
+pub type OptionsCheck = Arc<dyn Fn(&DriverOptions) -> DriverResult<()> + Send + Sync>;
+
 /// Driver name to factory. The controller builds one driver per configured
 /// service through it; custom controller binaries register their own drivers
 /// next to the built-ins.
 #[derive(Clone, Default)]
 pub struct DriverRegistry {
     factories: BTreeMap<String, DriverFactory>,
+    checks: BTreeMap<String, OptionsCheck>,
 }
 
 impl DriverRegistry {
@@ -72,23 +77,60 @@ impl DriverRegistry {
     /// A registry holding the built-in drivers (`vfs`, `image`).
     pub fn with_builtin() -> Self {
         let mut registry = Self::new();
-        registry.register(crate::vfs::DRIVER_NAME, |options| {
-            Ok(Arc::new(crate::vfs::VfsDriver::from_options(options)?) as Arc<dyn VolumeDriver>)
-        });
-        registry.register(crate::image::DRIVER_NAME, |options| {
-            Ok(Arc::new(crate::image::ImageDriver::from_options(options)?)
-                as Arc<dyn VolumeDriver>)
-        });
+        registry.register_checked(
+            crate::vfs::DRIVER_NAME,
+            |options| {
+                Ok(Arc::new(crate::vfs::VfsDriver::from_options(options)?)
+                    as Arc<dyn VolumeDriver>)
+            },
+            crate::vfs::VfsDriver::check_options,
+        );
+        registry.register_checked(
+            crate::image::DRIVER_NAME,
+            |options| {
+                Ok(Arc::new(crate::image::ImageDriver::from_options(options)?)
+                    as Arc<dyn VolumeDriver>)
+            },
+            crate::image::ImageDriver::check_options,
+        );
         registry
     }
 
-    /// Registers (or replaces) the factory for `driver`.
+    /// Registers (or replaces) the factory for `driver`. Its options are
+    /// checked only when it is built ([`check`](Self::check) accepts any);
+    /// [`register_checked`](Self::register_checked) adds a check that
+    /// needs no storage.
     pub fn register<F>(&mut self, driver: &str, factory: F) -> &mut Self
     where
         F: Fn(&DriverOptions) -> DriverResult<Arc<dyn VolumeDriver>> + Send + Sync + 'static,
     {
         self.factories.insert(driver.to_owned(), Arc::new(factory));
+        self.checks.remove(driver);
         self
+    }
+
+    /// Registers (or replaces) the factory for `driver` with `check`, which
+    /// refuses bad options the way the factory would, without creating or
+    /// touching anything (`berthd check-config` calls it).
+    pub fn register_checked<F, C>(&mut self, driver: &str, factory: F, check: C) -> &mut Self
+    where
+        F: Fn(&DriverOptions) -> DriverResult<Arc<dyn VolumeDriver>> + Send + Sync + 'static,
+        C: Fn(&DriverOptions) -> DriverResult<()> + Send + Sync + 'static,
+    {
+        self.register(driver, factory);
+        self.checks.insert(driver.to_owned(), Arc::new(check));
+        self
+    }
+
+    /// Checks `options` for `driver` without building it: `None` if no such
+    /// driver is registered, `Ok(())` for a driver registered without a
+    /// check.
+    pub fn check(&self, driver: &str, options: &DriverOptions) -> Option<DriverResult<()>> {
+        self.factories.get(driver)?;
+        Some(match self.checks.get(driver) {
+            Some(check) => check(options),
+            None => Ok(()),
+        })
     }
 
     /// The registered driver names, sorted.

@@ -84,15 +84,16 @@ impl VfsDriver {
 
     /// Builds the driver from a service's options (`root`).
     pub fn from_options(options: &DriverOptions) -> DriverResult<Self> {
+        Self::check_options(options)?;
+        Self::open(options.require("root")?)
+    }
+
+    /// Refuses options [`from_options`](Self::from_options) would refuse,
+    /// creating nothing: unknown keys, a missing or empty `root`, a `root`
+    /// that exists and is not a directory.
+    pub fn check_options(options: &DriverOptions) -> DriverResult<()> {
         options.only(&["root"])?;
-        let root = options.require("root")?;
-        if root.is_empty() {
-            return Err(DriverError::InvalidOption {
-                option: "root".into(),
-                reason: "must be a directory path, not empty".into(),
-            });
-        }
-        Self::open(root)
+        crate::file::layout::check_root(options.require("root")?)
     }
 
     /// The root directory.

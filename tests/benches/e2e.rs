@@ -92,6 +92,7 @@ fn sample_page() -> pb::ListVolumesResponse {
             .into(),
             attachments: vec![],
             source: String::new(),
+            used_bytes: None,
         })
         .collect();
     pb::ListVolumesResponse {
@@ -102,6 +103,22 @@ fn sample_page() -> pb::ListVolumesResponse {
 
 #[tonic::async_trait]
 impl pb::volumes_server::Volumes for Ceiling {
+    type CreateVolumeWithProgressStream =
+        tokio_stream::Empty<Result<pb::VolumeProgress, tonic::Status>>;
+    type CopyVolumeWithProgressStream =
+        tokio_stream::Empty<Result<pb::VolumeProgress, tonic::Status>>;
+    async fn create_volume_with_progress(
+        &self,
+        _: tonic::Request<pb::CreateVolumeRequest>,
+    ) -> Result<tonic::Response<Self::CreateVolumeWithProgressStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn copy_volume_with_progress(
+        &self,
+        _: tonic::Request<pb::CopyVolumeRequest>,
+    ) -> Result<tonic::Response<Self::CopyVolumeWithProgressStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
     async fn list_volumes(
         &self,
         _: tonic::Request<pb::ListVolumesRequest>,

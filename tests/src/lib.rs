@@ -13,6 +13,7 @@
 //! | [`node`] | root, mount points and loop devices for the node and Docker suites |
 //! | [`openssl`] | the stock `openssl` command: keys, requests and signing arguments, an operator CA, inspection |
 //! | [`process`] | child processes run to completion within a bound |
+//! | [`pty`] | `berth` on a pseudo-terminal (python3's `pty`): the trust prompt, progress bars |
 //! | [`tokens`] | the bootstrap admin token, issued tokens, a token's claims |
 
 pub mod etcd;
@@ -20,6 +21,7 @@ pub mod grpc;
 pub mod node;
 pub mod openssl;
 pub mod process;
+pub mod pty;
 pub mod tokens;
 
 use std::io::{BufRead, BufReader};

@@ -218,6 +218,64 @@ fn metrics_are_served_counted_and_logged_as_json() {
     }
 }
 
+/// The record store's group commit: batch sizes (callers served per
+/// flush) and flush latency, as histograms on the metrics listener.
+#[test]
+fn group_commit_batches_and_flush_latency_are_exported() {
+    let d = Berthd::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let addr = metrics_addr(&d);
+    let (body, before) = scrape(addr);
+    for name in [
+        "berth_store_flush_batch_size",
+        "berth_store_flush_duration_seconds",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {name} histogram")),
+            "{name} missing:\n{body}"
+        );
+    }
+    let (batches, callers, flushes) = (
+        "berth_store_flush_batch_size_count",
+        "berth_store_flush_batch_size_sum",
+        "berth_store_flush_duration_seconds_count",
+    );
+    // Eight creates at once, then one alone.
+    let children: Vec<_> = (0..8)
+        .map(|i| d.spawn_berth(&["volume", "create", &format!("g{i}"), "--size", "1M"]))
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("berth");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    d.berth(&["volume", "create", "alone", "--size", "1M"])
+        .success();
+    let (body, after) = scrape(addr);
+    let grew = |key: &str| value(&after, key) - value(&before, key);
+    // Every create waits for at least one flush (its record), and every
+    // caller of a flush is counted in exactly one batch.
+    assert!(grew(callers) >= 9.0, "{body}");
+    assert!(grew(batches) >= 1.0, "{body}");
+    assert!(
+        grew(callers) >= grew(batches),
+        "a batch is at least one caller:\n{body}"
+    );
+    assert_eq!(grew(flushes), grew(batches), "{body}");
+    assert!(
+        value(&after, "berth_store_flush_duration_seconds_sum") > 0.0,
+        "{body}"
+    );
+    // The buckets are cumulative and end with +Inf = count.
+    let inf = r#"berth_store_flush_batch_size_bucket{le="+Inf"}"#;
+    assert_eq!(value(&after, inf), value(&after, batches), "{body}");
+    let ones = r#"berth_store_flush_batch_size_bucket{le="1.0"}"#;
+    assert!(after.contains_key(ones), "{body}");
+    assert!(value(&after, ones) <= value(&after, inf), "{body}");
+}
+
 #[test]
 fn text_logs_have_no_colour_off_a_terminal() {
     let d = Berthd::start();
@@ -341,6 +399,59 @@ fn check_config_says_ok_or_the_one_error_and_creates_nothing() {
     assert!(!root.exists());
 }
 
+/// `check-config` asks each driver to check its options, creating
+/// nothing: an unknown option, a bad `format`, a `root` that is a file or
+/// missing are refused in one line naming the service and the option.
+#[test]
+fn check_config_refuses_bad_driver_options() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let root = tmp.path().join("never-made");
+    let root = root.display().to_string();
+    let file = file.display().to_string();
+    let cases = [
+        (
+            "unknown",
+            "vfs",
+            format!("root = {root:?}\nrooot = \"/x\""),
+            "rooot",
+        ),
+        (
+            "format",
+            "image",
+            format!("root = {root:?}\nformat = \"vhd\""),
+            "format",
+        ),
+        ("isfile", "vfs", format!("root = {file:?}"), "root"),
+        ("missing", "image", "format = \"raw\"".to_owned(), "root"),
+    ];
+    for (service, driver, options, option) in cases {
+        let path = tmp.path().join(format!("{service}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[[services]]\nname = \"ok\"\ndriver = \"vfs\"\n[services.options]\nroot = {root:?}\n\n\
+                 [[services]]\nname = \"{service}\"\ndriver = \"{driver}\"\n[services.options]\n{options}\n"
+            ),
+        )
+        .expect("write");
+        let out = berthd(
+            tmp.path(),
+            &["check-config", "--config", path.to_str().expect("utf-8")],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{service} passed: {err}");
+        assert!(out.stdout.is_empty(), "{service}");
+        assert_eq!(err.lines().count(), 1, "{service}: {err}");
+        assert!(
+            err.contains(&format!("service \"{service}\"")) && err.contains(option),
+            "{service}: {err}"
+        );
+    }
+    assert!(!Path::new(&root).exists(), "check-config created a root");
+}
+
 #[test]
 fn fingerprint_says_when_the_certificates_expire() {
     let d = Berthd::start();
@@ -356,6 +467,45 @@ fn fingerprint_says_when_the_certificates_expire() {
     assert_eq!(stdout.trim().split(':').count(), 32, "{stdout}");
     assert!(stderr.contains("CA certificate expires 20"), "{stderr}");
     assert!(stderr.contains("server certificate expires 20"), "{stderr}");
+}
+
+/// `berth ca show`: the PEM alone on stdout, the CA's and the server
+/// certificate's expiry on stderr (the dates `berthd fingerprint` reads
+/// from the files), all of it in `-o json`.
+#[test]
+fn ca_show_says_when_the_certificates_expire() {
+    let d = Berthd::start();
+    let out = Command::new(bin("berthd"))
+        .args(["fingerprint", "--data-dir"])
+        .arg(&d.data_dir)
+        .output()
+        .expect("berthd fingerprint");
+    let from_files = String::from_utf8_lossy(&out.stderr).to_string();
+    let date = |text: &str, what: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{what} certificate expires ")))
+            .unwrap_or_else(|| panic!("no {what} expiry in:\n{text}"))
+            .trim()
+            .to_owned()
+    };
+    let run = d.berth(&["ca", "show"]);
+    let pem = run.success();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert!(
+        pem.trim_end().ends_with("-----END CERTIFICATE-----"),
+        "{pem}"
+    );
+    let err = run.stderr();
+    for what in ["CA", "server"] {
+        assert_eq!(date(&err, what), date(&from_files, what), "{err}");
+    }
+    let json = d.berth(&["-o", "json", "ca", "show"]).json();
+    assert_eq!(json["not_after"], date(&from_files, "CA"), "{json}");
+    assert_eq!(
+        json["server_not_after"],
+        date(&from_files, "server"),
+        "{json}"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use berth_tests::openssl::{self, openssl_ok};
 use berth_tests::process::{collect, run_bounded, text, Collected, PROCESS_TIMEOUT};
+use berth_tests::pty::berth_on_pty;
 use berth_tests::tokens::admin_token_path;
 use berth_tests::{bin, Berthd, Run, START_TIMEOUT};
 use serde_json::Value;
@@ -644,62 +645,6 @@ fn first_contact_without_a_terminal_refuses_and_preseeding_works() {
 
 // ---------------------------------------------------------------------------
 // 5. first contact on a terminal
-
-const PTY_DRIVER: &str = r#"
-import os, pty, select, signal, sys, time
-answer = sys.argv[1].encode() + b"\n"
-argv = sys.argv[2:]
-pid, fd = pty.fork()
-if pid == 0:
-    try:
-        os.execv(argv[0], argv)
-    finally:
-        os._exit(127)
-out = b""
-sent = False
-deadline = time.monotonic() + 20
-timed_out = True
-while time.monotonic() < deadline:
-    ready, _, _ = select.select([fd], [], [], 0.1)
-    if not ready:
-        continue
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        data = b""
-    if not data:
-        timed_out = False
-        break
-    out += data
-    if not sent and b"Trust this controller? [y/N]" in out:
-        os.write(fd, answer)
-        sent = True
-if timed_out:
-    os.kill(pid, signal.SIGKILL)
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(out.decode("utf-8", "replace"))
-sys.stdout.write("\n@@prompted=%s@@\n" % sent)
-sys.stdout.flush()
-if timed_out:
-    sys.exit(124)
-code = os.waitstatus_to_exitcode(status)
-sys.exit(code if code >= 0 else 128 - code)
-"#;
-
-/// Runs `berth <args>` on a pseudo-terminal, answering the trust prompt.
-fn berth_on_pty(d: &Berthd, answer: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new("python3");
-    d.env(&mut cmd);
-    cmd.arg("-c")
-        .arg(PTY_DRIVER)
-        .arg(answer)
-        .arg(bin("berth"))
-        .arg("--host")
-        .arg(d.addr.to_string())
-        .args(args)
-        .stdin(Stdio::null());
-    run_bounded(cmd, PROCESS_TIMEOUT)
-}
 
 #[test]
 fn first_contact_on_a_terminal_asks_and_pins_only_on_yes() {

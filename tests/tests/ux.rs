@@ -413,3 +413,364 @@ fn inspect_has_no_empty_options_row() {
         .expect("a driver row");
     assert_eq!(rows.get(driver + 1).map(|r| r.0), Some("path"), "{out}");
 }
+
+/// (9) The installed client configuration describes itself: it is the
+/// user's default config (never "copy it to" itself), and the copy in the
+/// data directory says that berthd rewrites it.
+#[test]
+fn the_installed_client_config_describes_itself() {
+    let mut d = Berthd::start();
+    let installed = d.home.join(".config/berth/config.toml");
+    let text = std::fs::read_to_string(&installed).expect("berthd installed a client config");
+    assert!(!text.contains("copy it to"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Your berth client configuration ({})",
+            installed.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("never rewrites it"), "{text}");
+    // It is what `berth` reads without flags.
+    d.berth(&["service", "list"]).success();
+
+    let own = d.data_dir.join("client.toml");
+    let profile = std::fs::read_to_string(&own).expect("client.toml");
+    assert!(
+        profile.contains(&format!("berth --config {}", own.display())),
+        "{profile}"
+    );
+    assert!(profile.contains("rewritten by berthd at"), "{profile}");
+
+    // A restart rewrites its own profile but leaves the installed one alone.
+    std::fs::write(&installed, format!("{text}# mine\n")).expect("edit");
+    d.restart();
+    let after = std::fs::read_to_string(&installed).expect("still there");
+    assert!(after.ends_with("# mine\n"), "{after}");
+}
+
+/// A controller `berthd --detach` left running, stopped (by the pid it
+/// printed) when the test ends.
+struct Detached {
+    pid: u32,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
+    }
+}
+
+/// `berthd ARGS` in the home `home`, run to completion.
+fn berthd_in(home: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(bin("berthd"));
+    berth_tests::home_env(&mut cmd, home);
+    cmd.args(args).stdin(Stdio::null());
+    Run(run_bounded(cmd, PROCESS_TIMEOUT))
+}
+
+/// (1) The quickstart's controller: `berthd --detach` returns once it
+/// serves, says where (pid, address, log file in the data directory) and
+/// keeps the terminal clean; a second one on the same data directory fails
+/// with one line naming the first one's pid, detached or not, so the
+/// quickstart's `&&` chain stops.
+#[test]
+fn detached_berthd_is_quiet_and_a_second_one_fails_naming_the_first() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let data = tmp.path().join("data");
+    let data_arg = data.to_str().expect("UTF-8");
+    let run = berthd_in(
+        &home,
+        &[
+            "--detach",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_arg,
+        ],
+    );
+    let out = run.success();
+    let pid: u32 = out
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in: {out}"));
+    let _guard = Detached { pid };
+    let log = data.join("berthd.log");
+    assert!(out.contains(&log.display().to_string()), "{out}");
+    assert!(out.contains(&format!("kill {pid}")), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(run.stderr().is_empty(), "{}", run.stderr());
+    assert!(!out.contains('\x1b'), "ANSI codes on the terminal: {out:?}");
+    let addr = out
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("no address in: {out}"));
+    let log_text = std::fs::read_to_string(&log).expect("the log file");
+    assert!(log_text.contains("berthd serving"), "{log_text}");
+    assert!(!log_text.contains('\x1b'), "ANSI codes in the log file");
+    // The background controller serves the user's client config.
+    let mut cmd = Command::new(bin("berth"));
+    berth_tests::home_env(&mut cmd, &home);
+    cmd.args(["--host", addr, "service", "list"])
+        .stdin(Stdio::null());
+    Run(run_bounded(cmd, PROCESS_TIMEOUT)).success();
+
+    let expected = format!(
+        "another berthd is already using {} (pid {pid})",
+        data.display()
+    );
+    for detach in [true, false] {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", data_arg];
+        if detach {
+            args.insert(0, "--detach");
+        }
+        let err = berthd_in(&home, &args).failure();
+        assert!(err.contains(&expected), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    // Under the quickstart's `&&`, the next command does not run.
+    let chain = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" --detach --listen 127.0.0.1:0 --data-dir \"$1\" && echo carried-on")
+        .arg(bin("berthd"))
+        .arg(&data)
+        .env("HOME", &home)
+        .env_remove("BERTH_DATA_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert!(!chain.status.success());
+    assert!(!String::from_utf8_lossy(&chain.stdout).contains("carried-on"));
+    // The first one is untouched.
+    let mut cmd = Command::new(bin("berth"));
+    berth_tests::home_env(&mut cmd, &home);
+    cmd.args(["--host", addr, "service", "list"])
+        .stdin(Stdio::null());
+    Run(run_bounded(cmd, PROCESS_TIMEOUT)).success();
+}
+
+/// (11) `.ci/total` sums cargo's per-binary result lines into one total,
+/// names the binaries that failed and fails with them.
+#[test]
+fn ci_total_prints_one_total_line() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/total");
+    let total = |input: &str| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script);
+        let out =
+            berth_tests::process::run_bounded_fed(cmd, Some(input.as_bytes()), PROCESS_TIMEOUT);
+        (out.status.success(), text(&out.stdout))
+    };
+    let ok = "     Running unittests src/lib.rs (target/debug/deps/berth_drivers-1)\n\
+              test result: ok. 15 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.37s\n\
+              \x20    Running tests/ux.rs (target/debug/deps/ux-2)\n\
+              test result: ok. 13 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 61.28s\n\
+              \x20  Doc-tests berth_drivers\n\
+              test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.1s\n";
+    let (passed, out) = total(ok);
+    assert!(passed, "{out}");
+    assert!(
+        out.starts_with("     Running unittests"),
+        "the output passes through: {out}"
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some("total: 29 passed, 0 failed, 2 ignored in 3 test binaries"),
+        "{out}"
+    );
+    let failed = ok.replace(
+        "test result: ok. 13 passed; 0 failed",
+        "test result: FAILED. 11 passed; 2 failed",
+    );
+    let (passed, out) = total(&failed);
+    assert!(!passed, "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("total: 27 passed, 2 failed, 2 ignored in 3 test binaries; failed: tests/ux.rs (target/debug/deps/ux-2)"),
+        "{out}"
+    );
+    let (passed, out) = total("error[E0425]: cannot find value `x`\n");
+    assert!(!passed, "{out}");
+    assert!(out.contains("no test ran"), "{out}");
+}
+
+/// `volume list` and `inspect` show the space a volume uses where the
+/// driver knows it: a vfs directory's allocated blocks, an image file's
+/// allocated size (a sparse image uses little of its size).
+#[test]
+fn list_and_inspect_show_the_space_used() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = Berthd::start_fs_and_img(tmp.path(), "");
+    d.berth(&[
+        "volume",
+        "create",
+        "data",
+        "--service",
+        "fs",
+        "--size",
+        "64MiB",
+    ])
+    .success();
+    d.berth(&[
+        "volume",
+        "create",
+        "disk",
+        "--service",
+        "img",
+        "--size",
+        "64MiB",
+    ])
+    .success();
+    let used = |name: &str| -> u64 {
+        let service = if name == "data" { "fs" } else { "img" };
+        let v = d
+            .berth(&[
+                "volume",
+                "inspect",
+                name,
+                "--service",
+                service,
+                "-o",
+                "json",
+            ])
+            .json();
+        v["used_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no used_bytes: {v}"))
+    };
+    let (dir_before, img_before) = (used("data"), used("disk"));
+    assert!(img_before < 1 << 20, "a new sparse image uses {img_before}");
+    let mib = vec![7u8; 1 << 20];
+    let dir = tmp.path().join("fs/data");
+    std::fs::write(dir.join("f"), &mib).expect("write into the vfs volume");
+    std::fs::create_dir(dir.join("sub")).expect("mkdir");
+    std::fs::write(dir.join("sub/g"), &mib).expect("write");
+    let image = tmp.path().join("img/disk.img");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+    std::os::unix::fs::FileExt::write_all_at(&file, &mib, 8 << 20).expect("write into the image");
+    file.sync_all().expect("sync");
+    let (dir_after, img_after) = (used("data"), used("disk"));
+    assert!(
+        dir_after >= dir_before + (2 << 20),
+        "{dir_before} -> {dir_after}"
+    );
+    assert!(
+        img_after >= img_before + (1 << 20),
+        "{img_before} -> {img_after}"
+    );
+    assert!(img_after < 64 << 20, "{img_after}");
+
+    let table = d
+        .berth(&["volume", "inspect", "data", "--service", "fs"])
+        .success();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("used ") && l.contains(&format!("({dir_after} bytes)"))),
+        "{table}"
+    );
+    let list = d.berth(&["volume", "list"]).success();
+    let header: Vec<&str> = list
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header[4], "USED", "{list}");
+    let list = d.berth(&["volume", "list", "-o", "json"]).json();
+    let listed: Vec<u64> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v["used_bytes"].as_u64().expect("used_bytes in the listing"))
+        .collect();
+    assert_eq!(listed, [dir_after, img_after], "{list}");
+}
+
+/// Progress on long work: on a terminal, `volume copy`, `snapshot create`
+/// and `volume create --from-snapshot` draw the bytes done, the rate and the
+/// time left while the controller streams them, then one line with the
+/// elapsed time; without a terminal, or with `-o json`, nothing of it.
+#[test]
+fn long_work_shows_progress_on_a_terminal_only() {
+    let d = Berthd::start();
+    d.berth(&["volume", "create", "big", "--size", "1GiB"])
+        .success();
+    // 48 MiB in 12 files: the copy reports after each.
+    let dir = d.data_dir.join("volumes/big");
+    let chunk = vec![5u8; 4 << 20];
+    for i in 0..12 {
+        std::fs::write(dir.join(format!("f{i}")), &chunk).expect("fill the volume");
+    }
+    let on_pty = |args: &[&str]| {
+        let out = berth_tests::pty::berth_on_pty(&d, "n", args);
+        let said = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {said}");
+        said
+    };
+    for (args, what) in [
+        (
+            &["volume", "copy", "big", "big2"][..],
+            "copying big to big2",
+        ),
+        (
+            &["snapshot", "create", "big", "snap"][..],
+            "taking snapshot snap of big",
+        ),
+        (
+            &["volume", "create", "back", "--from-snapshot", "snap"][..],
+            "restoring snap into back",
+        ),
+    ] {
+        let said = on_pty(args);
+        // The bar: its label, bytes done out of the total, a rate and the
+        // time left.
+        assert!(said.contains(what), "{args:?}: {said}");
+        assert!(said.contains("/48.00 MiB"), "no total in the bar: {said}");
+        assert!(said.contains("/s"), "no rate: {said}");
+        assert!(said.contains(" left"), "no time left: {said}");
+        // The last line of progress: what was done, in how long.
+        let done = said
+            .lines()
+            .map(|l| l.rsplit('\r').next().unwrap_or(l))
+            .find(|l| l.contains(&format!("done {what} (48 MiB, ")))
+            .unwrap_or_else(|| panic!("no final line: {said}"));
+        assert!(done.trim_end().ends_with("s)"), "{done}");
+    }
+    // An error ends the stream as the call's status: one line, non-zero.
+    let out = berth_tests::pty::berth_on_pty(&d, "n", &["volume", "copy", "nosuch", "x"]);
+    let said = text(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("error: not found"), "{said}");
+    assert!(!said.contains("done copying"), "{said}");
+    // Off a terminal: the plain calls, nothing on stderr.
+    let run = d.berth(&["volume", "copy", "big", "big3"]);
+    run.success();
+    assert!(run.stderr().is_empty(), "{}", run.stderr());
+    let run = d.berth(&["snapshot", "create", "big", "snap2"]);
+    run.success();
+    assert!(run.stderr().is_empty(), "{}", run.stderr());
+    // On a terminal with -o json: JSON only.
+    let said = on_pty(&["-o", "json", "volume", "copy", "big", "big4"]);
+    assert!(!said.contains("copying"), "{said}");
+    assert!(said.contains("\"name\": \"big4\""), "{said}");
+    // Every copy holds the data.
+    for name in ["big2", "back", "big3", "big4"] {
+        let copy = d.data_dir.join("volumes").join(name).join("f11");
+        assert_eq!(
+            std::fs::metadata(&copy).map(|m| m.len()).ok(),
+            Some(4 << 20),
+            "{name}"
+        );
+    }
+}

@@ -307,10 +307,19 @@ fn create_again_with_the_same_parameters_returns_the_same_volume() {
         "-o",
         "json",
     ];
-    let first = d.berth(&args).json();
+    let mut first = d.berth(&args).json();
     std::fs::write(root(&d).join("again/keep"), b"data").expect("write into the volume");
     let before = entries(&root(&d));
-    let second = d.berth(&args).json();
+    let mut second = d.berth(&args).json();
+    // The space used is measured at each answer: the written file shows.
+    let used = |v: &mut serde_json::Value| {
+        v.as_object_mut()
+            .and_then(|o| o.remove("used_bytes"))
+            .and_then(|u| u.as_u64())
+            .expect("used_bytes")
+    };
+    let (used_first, used_second) = (used(&mut first), used(&mut second));
+    assert!(used_second > used_first, "{used_first} -> {used_second}");
     assert_eq!(first, second, "a re-create must return the volume as it is");
     // Also in table form; the size may be spelled differently.
     let out = d
@@ -388,7 +397,9 @@ fn create_again_with_other_parameters_is_refused_and_changes_nothing() {
 #[test]
 fn list_prints_an_aligned_table_and_a_json_array() {
     let d = Berthd::start();
-    const TITLES: [&str; 6] = ["NAME", "SERVICE", "DRIVER", "SIZE", "STATUS", "CREATED"];
+    const TITLES: [&str; 7] = [
+        "NAME", "SERVICE", "DRIVER", "SIZE", "USED", "STATUS", "CREATED",
+    ];
 
     let empty = d.berth(&["volume", "list"]).success();
     assert!(table_rows(&empty, &TITLES).is_empty(), "{empty}");
@@ -418,8 +429,12 @@ fn list_prints_an_aligned_table_and_a_json_array() {
         assert_eq!(row[1], "local");
         assert_eq!(row[2], "vfs");
         assert_eq!(row[3], size, "{out}");
-        assert_eq!(row[4], "available");
-        assert_created_between(&row[5], before, after);
+        assert!(
+            row[4].ends_with('B'),
+            "used space of an empty vfs volume: {out}"
+        );
+        assert_eq!(row[5], "available");
+        assert_created_between(&row[6], before, after);
     }
 
     let list = d.berth(&["volume", "list", "-o", "json"]).json();

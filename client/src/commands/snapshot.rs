@@ -5,6 +5,7 @@ use berth_client::pb;
 
 use super::print;
 use crate::cli::{Globals, ServiceArg};
+use crate::progress;
 
 /// `berth snapshot ...`
 #[derive(clap::Subcommand, Debug)]
@@ -68,7 +69,16 @@ pub async fn run(globals: &Globals, command: &SnapshotCommand) -> anyhow::Result
                 volume: volume.clone(),
                 name: name.clone(),
             };
-            let snap = client.create_snapshot(request).await?.into_inner();
+            let snap = if progress::wanted(format) {
+                let stream = client
+                    .create_snapshot_with_progress(request)
+                    .await?
+                    .into_inner();
+                let what = format!("taking snapshot {name} of {volume}");
+                progress::follow(stream, &what, globals.timeout, progress::snapshot_event).await?
+            } else {
+                client.create_snapshot(request).await?.into_inner()
+            };
             print_snapshot(format, &snap)
         }
         SnapshotCommand::List { volume, service } => {

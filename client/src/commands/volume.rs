@@ -6,6 +6,7 @@ use berth_client::{instance, pb, size};
 
 use super::{print, print_json};
 use crate::cli::{Globals, ServiceArg};
+use crate::progress;
 
 /// `berth volume ...`
 #[derive(clap::Subcommand, Debug)]
@@ -149,6 +150,7 @@ pub async fn run(globals: &Globals, command: &VolumeCommand) -> anyhow::Result<(
                         max_entries: 0,
                         page_token,
                         attachment,
+                        with_usage: true,
                     })
                     .await?
                     .into_inner();
@@ -179,7 +181,17 @@ pub async fn run(globals: &Globals, command: &VolumeCommand) -> anyhow::Result<(
                 options: options.iter().cloned().collect(),
                 from_snapshot: from_snapshot.clone().unwrap_or_default(),
             };
-            let volume = volumes.create_volume(request).await?.into_inner();
+            let volume = match from_snapshot {
+                Some(snapshot) if progress::wanted(format) => {
+                    let stream = volumes
+                        .create_volume_with_progress(request)
+                        .await?
+                        .into_inner();
+                    let what = format!("restoring {snapshot} into {name}");
+                    progress::follow(stream, &what, globals.timeout, progress::volume_event).await?
+                }
+                _ => volumes.create_volume(request).await?.into_inner(),
+            };
             if size.is_none() && from_snapshot.is_none() && volume.size_bytes == 0 {
                 eprintln!(
                     "note: no --size given, so volume {name} is unsized: the {} driver sets \
@@ -307,7 +319,16 @@ pub async fn run(globals: &Globals, command: &VolumeCommand) -> anyhow::Result<(
                 source: source.clone(),
                 name: destination.clone(),
             };
-            let volume = volumes.copy_volume(request).await?.into_inner();
+            let volume = if progress::wanted(format) {
+                let stream = volumes
+                    .copy_volume_with_progress(request)
+                    .await?
+                    .into_inner();
+                let what = format!("copying {source} to {destination}");
+                progress::follow(stream, &what, globals.timeout, progress::volume_event).await?
+            } else {
+                volumes.copy_volume(request).await?.into_inner()
+            };
             print_volume(format, &volume)
         }
         VolumeCommand::Node(c) => {

@@ -589,6 +589,7 @@ impl ControllerService {
             max_entries: max,
             page_token: req.starting_token.clone(),
             attachment: pb::AttachmentFilter::Any as i32,
+            with_usage: false,
         };
         let page = self
             .backend

@@ -395,6 +395,7 @@ async fn list(State(plugin): State<Arc<Plugin>>, _body: Bytes) -> Response {
                     max_entries: 0,
                     page_token,
                     attachment: pb::AttachmentFilter::Any as i32,
+                    with_usage: false,
                 })
                 .await?
                 .into_inner();

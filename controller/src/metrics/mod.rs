@@ -115,6 +115,11 @@ pub struct Metrics {
     /// `berth_certificate_expiry_seconds{certificate}`: seconds until the
     /// certificate expires (negative once it has), set at each scrape.
     pub cert_expiry: Family<CertLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// `berth_store_flush_batch_size`: callers whose writes one group-commit
+    /// flush of the record store made durable.
+    pub flush_batch: Histogram,
+    /// `berth_store_flush_duration_seconds`: how long one such flush took.
+    pub flush_duration: Histogram,
 }
 
 fn rpc_histogram() -> Histogram {
@@ -141,6 +146,10 @@ impl Metrics {
             volumes: Family::default(),
             snapshots: Family::default(),
             cert_expiry: Family::default(),
+            // 1 to 1024 callers per flush.
+            flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            // 100 µs to about 15 s, as the RPCs.
+            flush_duration: rpc_histogram(),
             registry: Registry::default(),
         };
         // Names are given without the suffixes the encoder adds
@@ -195,6 +204,16 @@ impl Metrics {
             "Seconds until the certificate expires (negative once expired), for the server and CA certificates",
             m.cert_expiry.clone(),
         );
+        registry.register(
+            "berth_store_flush_batch_size",
+            "Callers whose writes one group-commit flush of the record store made durable",
+            m.flush_batch.clone(),
+        );
+        registry.register(
+            "berth_store_flush_duration_seconds",
+            "Duration of one group-commit flush (fsync) of the record store",
+            m.flush_duration.clone(),
+        );
         registry.register_collector(Box::new(process::ProcessCollector));
         Self { registry, ..m }
     }
@@ -228,6 +247,12 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Records one group-commit flush of the record store.
+    pub fn flushed(&self, stats: crate::volumes::store::FlushStats) {
+        self.flush_batch.observe(stats.batch as f64);
+        self.flush_duration.observe(stats.seconds);
     }
 
     /// Counts one TLS handshake.

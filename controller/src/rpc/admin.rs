@@ -16,15 +16,20 @@ use crate::rpc::call::{Call, Gate};
 pub struct AdminApi {
     credentials: Arc<Credentials>,
     gate: Gate,
-    /// Whether connections are encrypted (the cluster identity is never
-    /// exported over plaintext).
-    tls: bool,
+    /// The live TLS identity; `None` when the controller serves plaintext
+    /// (the cluster identity is never exported then). Also the source of
+    /// the server certificate's expiry in `GetCa`.
+    tls: Option<Arc<crate::tls::live::Tls>>,
 }
 
 impl AdminApi {
     /// The admin service over `credentials`, authorising with `authz`;
-    /// `tls`: whether the controller serves TLS.
-    pub fn new(credentials: Arc<Credentials>, authz: Authorizer, tls: bool) -> Self {
+    /// `tls`: the identity the controller serves, `None` over plaintext.
+    pub fn new(
+        credentials: Arc<Credentials>,
+        authz: Authorizer,
+        tls: Option<Arc<crate::tls::live::Tls>>,
+    ) -> Self {
         Self {
             credentials,
             gate: Gate::new(authz),
@@ -70,6 +75,12 @@ fn ts(secs: u64) -> Option<prost_types::Timestamp> {
         seconds: i64::try_from(secs).unwrap_or(i64::MAX),
         nanos: 0,
     })
+}
+
+fn system_ts(at: std::time::SystemTime) -> Option<prost_types::Timestamp> {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| ts(d.as_secs()))
 }
 
 fn token_info(r: &TokenRecord) -> pb::TokenInfo {
@@ -257,9 +268,12 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(pb::GetCaResponse {
             ca_pem: ca.cert_pem.clone(),
             fingerprint: ca.fingerprint(),
-            not_after: crate::tls::x509::validity(&ca.cert_der)
-                .and_then(|(_, na)| na.duration_since(std::time::UNIX_EPOCH).ok())
-                .and_then(|d| ts(d.as_secs())),
+            not_after: crate::tls::x509::validity(&ca.cert_der).and_then(|(_, na)| system_ts(na)),
+            server_not_after: self
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.presented().not_after)
+                .and_then(system_ts),
         }))
     }
 
@@ -283,7 +297,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::ExportIdentityRequest>,
     ) -> Result<Response<pb::ExportIdentityResponse>, Status> {
         let who = self.gate.admin(request)?.who;
-        if !self.tls {
+        if self.tls.is_none() {
             return Err(Status::failed_precondition(
                 "this controller serves plaintext (--insecure-plaintext): it never sends its keys over an unencrypted connection; serve TLS to let controllers join",
             ));

@@ -6,6 +6,7 @@ use berth_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::rpc::call::Call;
+use crate::rpc::progress::{snapshot_done, snapshot_progress, watched, EventStream};
 use crate::rpc::volumes::{detached, Api};
 use crate::volumes::store::SnapshotRecord;
 
@@ -36,6 +37,26 @@ impl pb::snapshots_server::Snapshots for Api {
         })
         .await?;
         Ok(Response::new(snapshot_to_proto(record)))
+    }
+
+    type CreateSnapshotWithProgressStream = EventStream<pb::SnapshotProgress>;
+
+    async fn create_snapshot_with_progress(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<Self::CreateSnapshotWithProgressStream>, Status> {
+        let req = self.gate.service(request)?.message;
+        let volumes = Arc::clone(&self.volumes);
+        Ok(Response::new(watched(
+            move |progress| async move {
+                let record = volumes
+                    .create_snapshot_with_progress(&req.service, &req.volume, &req.name, progress)
+                    .await?;
+                Ok(snapshot_to_proto(record))
+            },
+            snapshot_progress,
+            snapshot_done,
+        )))
     }
 
     async fn list_snapshots(

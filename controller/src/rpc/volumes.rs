@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Authorizer, Identity};
 use crate::rpc::call::{Call, Gate};
+use crate::rpc::progress::{volume_done, volume_progress, watched, EventStream};
 use crate::volumes::store::{AttachmentRecord, VolumeKey, VolumeRecord};
 use crate::volumes::{self, AttachmentFilter, NewVolume, VolumeError, Volumes};
 
@@ -30,6 +31,16 @@ impl Api {
         Self {
             volumes,
             gate: Gate::new(authz),
+        }
+    }
+
+    /// One volume's wire form with the space it uses, as its driver
+    /// measures it now (every answer about one volume carries it).
+    pub(crate) async fn measured(&self, record: VolumeRecord) -> pb::Volume {
+        let used = self.volumes.used_bytes(&record).await;
+        pb::Volume {
+            used_bytes: used,
+            ..to_proto(record)
         }
     }
 
@@ -88,6 +99,7 @@ pub fn to_proto(record: VolumeRecord) -> pb::Volume {
             .map(attachment_to_proto)
             .collect(),
         source: record.source.unwrap_or_default(),
+        used_bytes: None,
     }
 }
 
@@ -198,8 +210,19 @@ impl pb::volumes_server::Volumes for Api {
                 volumes::passes(filter, r)
             })
             .await?;
+        let mut volumes = Vec::with_capacity(page.records.len());
+        for record in page.records {
+            let used = match req.with_usage {
+                true => self.volumes.used_bytes(&record).await,
+                false => None,
+            };
+            volumes.push(pb::Volume {
+                used_bytes: used,
+                ..to_proto(record)
+            });
+        }
         Ok(Response::new(pb::ListVolumesResponse {
-            volumes: page.records.into_iter().map(to_proto).collect(),
+            volumes,
             next_page_token: page.next.as_ref().map(encode_token).unwrap_or_default(),
         }))
     }
@@ -210,7 +233,7 @@ impl pb::volumes_server::Volumes for Api {
     ) -> Result<Response<pb::Volume>, Status> {
         let req = self.gate.service(request)?.message;
         let record = self.volumes.get(&req.service, &req.name).await?;
-        Ok(Response::new(to_proto(record)))
+        Ok(Response::new(self.measured(record).await))
     }
 
     async fn create_volume(
@@ -231,7 +254,7 @@ impl pb::volumes_server::Volumes for Api {
                 .await
         })
         .await?;
-        Ok(Response::new(to_proto(record)))
+        Ok(Response::new(self.measured(record).await))
     }
 
     async fn delete_volume(
@@ -254,7 +277,7 @@ impl pb::volumes_server::Volumes for Api {
             detached(async move { volumes.attach(&req.service, &req.name, &req.instance).await })
                 .await?;
         Ok(Response::new(pb::AttachVolumeResponse {
-            volume: Some(to_proto(record)),
+            volume: Some(self.measured(record).await),
             attachment: Some(attachment_to_proto(attachment)),
         }))
     }
@@ -271,7 +294,52 @@ impl pb::volumes_server::Volumes for Api {
                 .await
         })
         .await?;
-        Ok(Response::new(to_proto(record)))
+        Ok(Response::new(self.measured(record).await))
+    }
+
+    type CreateVolumeWithProgressStream = EventStream<pb::VolumeProgress>;
+    type CopyVolumeWithProgressStream = EventStream<pb::VolumeProgress>;
+
+    async fn create_volume_with_progress(
+        &self,
+        request: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<Self::CreateVolumeWithProgressStream>, Status> {
+        let req = self.gate.service(request)?.message;
+        let api = self.clone();
+        Ok(Response::new(watched(
+            move |progress| async move {
+                let new = NewVolume {
+                    service: req.service,
+                    name: req.name,
+                    size_bytes: req.size_bytes,
+                    options: req.options.into_iter().collect(),
+                    from_snapshot: (!req.from_snapshot.is_empty()).then_some(req.from_snapshot),
+                };
+                let record = api.volumes.create_with_progress(new, progress).await?;
+                Ok(api.measured(record).await)
+            },
+            volume_progress,
+            volume_done,
+        )))
+    }
+
+    async fn copy_volume_with_progress(
+        &self,
+        request: Request<pb::CopyVolumeRequest>,
+    ) -> Result<Response<Self::CopyVolumeWithProgressStream>, Status> {
+        let req = self.gate.service(request)?.message;
+        let api = self.clone();
+        Ok(Response::new(watched(
+            move |progress| async move {
+                let record = api
+                    .volumes
+                    .copy_with_progress(&req.service, &req.source, &req.name, progress)
+                    .await?;
+                Ok(api.measured(record).await)
+            },
+            volume_progress,
+            volume_done,
+        )))
     }
 
     async fn copy_volume(
@@ -283,7 +351,7 @@ impl pb::volumes_server::Volumes for Api {
         let record =
             detached(async move { volumes.copy(&req.service, &req.source, &req.name).await })
                 .await?;
-        Ok(Response::new(to_proto(record)))
+        Ok(Response::new(self.measured(record).await))
     }
 }
 

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_drivers::{echo, CreateRequest, DriverError, VolumeName};
+use berth_drivers::{echo, CreateRequest, DriverError, Progress, VolumeName};
 
 use crate::volumes::catalog::{Catalog, Service};
 use crate::volumes::journal::{Change, Journal, JournalError};
@@ -270,6 +270,21 @@ impl Volumes {
         self.record(service, &name).await
     }
 
+    /// The bytes the volume of `record` uses on its storage, if its driver
+    /// can tell; a driver error is logged and reads as unknown (a listing
+    /// never fails for it).
+    pub async fn used_bytes(&self, record: &VolumeRecord) -> Option<u64> {
+        let service = self.catalog.get(&record.service)?;
+        let name = VolumeName::parse(&record.name).ok()?;
+        match service.driver.used_bytes(&name).await {
+            Ok(used) => used,
+            Err(e) => {
+                tracing::debug!(service = %record.service, volume = %record.name, error = %e, "cannot measure the space a volume uses");
+                None
+            }
+        }
+    }
+
     /// One page of the records of `services`; see [`Store::page`].
     pub async fn page(
         &self,
@@ -287,6 +302,16 @@ impl Volumes {
     /// Creates a volume (empty, or from a snapshot); idempotent on
     /// (service, name).
     pub async fn create(&self, new: NewVolume) -> Result<VolumeRecord, VolumeError> {
+        self.create_with_progress(new, Progress::none()).await
+    }
+
+    /// [`create`](Self::create), the driver reporting to `progress` while
+    /// it restores a snapshot.
+    pub async fn create_with_progress(
+        &self,
+        new: NewVolume,
+        progress: Progress,
+    ) -> Result<VolumeRecord, VolumeError> {
         let service = Arc::clone(self.service(&new.service)?);
         let name = Self::name("volume", &new.name)?;
         check_options(&new.options)?;
@@ -349,7 +374,11 @@ impl Volumes {
         };
         let call = timed(&service, operation, async move {
             match &snapshot {
-                Some(s) => driver.create_from_snapshot(s, &request).await,
+                Some(s) => {
+                    driver
+                        .create_from_snapshot_with_progress(s, &request, &progress)
+                        .await
+                }
                 None => driver.create(&request).await,
             }
         });
@@ -362,6 +391,18 @@ impl Volumes {
         service: &str,
         source: &str,
         name: &str,
+    ) -> Result<VolumeRecord, VolumeError> {
+        self.copy_with_progress(service, source, name, Progress::none())
+            .await
+    }
+
+    /// [`copy`](Self::copy), the driver reporting to `progress`.
+    pub async fn copy_with_progress(
+        &self,
+        service: &str,
+        source: &str,
+        name: &str,
+        progress: Progress,
     ) -> Result<VolumeRecord, VolumeError> {
         let service = Arc::clone(self.service(service)?);
         let source = Self::name("source volume", source)?;
@@ -407,7 +448,9 @@ impl Volumes {
         };
         let driver = Arc::clone(&service.driver);
         let call = timed(&service, "copy", async move {
-            driver.copy(&source, &request).await
+            driver
+                .copy_with_progress(&source, &request, &progress)
+                .await
         });
         self.run_create(&service, fence, &key, record, call).await
     }
@@ -697,6 +740,19 @@ impl Volumes {
         volume: &str,
         name: &str,
     ) -> Result<SnapshotRecord, VolumeError> {
+        self.create_snapshot_with_progress(service, volume, name, Progress::none())
+            .await
+    }
+
+    /// [`create_snapshot`](Self::create_snapshot), the driver reporting to
+    /// `progress`.
+    pub async fn create_snapshot_with_progress(
+        &self,
+        service: &str,
+        volume: &str,
+        name: &str,
+        progress: Progress,
+    ) -> Result<SnapshotRecord, VolumeError> {
         let service = Arc::clone(self.service(service)?);
         let volume = Self::name("volume", volume)?;
         let name = Self::name("snapshot", name)?;
@@ -739,7 +795,9 @@ impl Volumes {
                 timed(
                     &service,
                     "create_snapshot",
-                    service.driver.create_snapshot(&volume, &name),
+                    service
+                        .driver
+                        .create_snapshot_with_progress(&volume, &name, &progress),
                 ),
                 undo,
                 |taken| {

@@ -290,7 +290,22 @@ struct GroupCommit {
     done: AtomicU64,
     /// Held by the one caller that is flushing, queued on by the others.
     flushing: tokio::sync::Mutex<()>,
+    /// Told about every flush that succeeded (the metrics), once set.
+    hook: std::sync::OnceLock<FlushHook>,
 }
+
+/// What one group-commit flush did, for [`Store::on_flush`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlushStats {
+    /// How many callers' writes the flush made durable (the batch size,
+    /// at least 1).
+    pub batch: u64,
+    /// How long the flush (the fsync) took, in seconds.
+    pub seconds: f64,
+}
+
+/// A function told about each flush.
+pub type FlushHook = std::sync::Arc<dyn Fn(FlushStats) + Send + Sync>;
 
 impl GroupCommit {
     fn new() -> Self {
@@ -298,6 +313,7 @@ impl GroupCommit {
             tickets: AtomicU64::new(0),
             done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
+            hook: std::sync::OnceLock::new(),
         }
     }
 
@@ -315,6 +331,8 @@ impl GroupCommit {
         }
         // Every write made before this load is covered by the flush below.
         let upto = self.tickets.load(SeqCst);
+        let before = self.done.load(SeqCst);
+        let started = std::time::Instant::now();
         // A blocking flush on a blocking thread: sled 0.34's flush_async can
         // deadlock under concurrent use (sled#1308). If this caller is
         // cancelled while it waits, the lock is released with the guard and
@@ -328,6 +346,12 @@ impl GroupCommit {
                 )))
             })??;
         self.done.fetch_max(upto, SeqCst);
+        if let Some(hook) = self.hook.get() {
+            hook(FlushStats {
+                batch: upto.saturating_sub(before).max(1),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
         Ok(())
     }
 }
@@ -357,6 +381,13 @@ impl Store {
     /// The underlying database, for other trees (credentials).
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// Calls `hook` after every flush that succeeded, with the number of
+    /// callers it served and its duration. The first hook set stays (one
+    /// per store, and its clones).
+    pub fn on_flush(&self, hook: FlushHook) {
+        let _ = self.commits.hook.set(hook);
     }
 
     /// Makes everything written so far durable (sharing the flush with

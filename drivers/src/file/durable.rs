@@ -216,13 +216,15 @@ fn binary_units(bytes: u64) -> String {
 
 /// Copies one file, leaving holes where the source has holes (found with
 /// `SEEK_DATA`/`SEEK_HOLE`) or reads as zeros, so sparse images stay sparse.
-/// The copy is fsynced.
+/// The copy is fsynced. Inside a [`crate::Progress`] scope it reports the
+/// file's length as its total and each megabyte (and each hole) as done.
 pub fn copy_sparse(from: &Path, to: &Path) -> DriverResult<()> {
     let fail = |e: io::Error| {
         DriverError::io(format!("copying {} to {}", from.display(), to.display()), e)
     };
     let mut src = fs::File::open(from).map_err(fail)?;
     let len = src.metadata().map_err(fail)?.len();
+    crate::progress::add_total(len);
     let mut dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -233,9 +235,11 @@ pub fn copy_sparse(from: &Path, to: &Path) -> DriverResult<()> {
         let Some((start, end)) = next_data(&src, pos, len).map_err(fail)? else {
             break;
         };
+        crate::progress::advance(start.saturating_sub(pos));
         copy_range(&mut src, &mut dst, start, end).map_err(fail)?;
         pos = end;
     }
+    crate::progress::advance(len.saturating_sub(pos));
     dst.set_len(len).map_err(fail)?;
     dst.sync_all().map_err(fail)
 }
@@ -281,6 +285,7 @@ fn copy_range(src: &mut fs::File, dst: &mut fs::File, start: u64, end: u64) -> i
             dst.write_all(&buf[..want])?;
         }
         pos += want as u64;
+        crate::progress::advance(want as u64);
     }
     Ok(())
 }
@@ -293,8 +298,37 @@ fn copy_range(src: &mut fs::File, dst: &mut fs::File, start: u64, end: u64) -> i
 /// recreated as links; FIFOs, sockets and device nodes are skipped; modes
 /// keep only the permission bits (no setuid, setgid or sticky). File data
 /// goes through `std::io::copy`, which on Linux uses `copy_file_range` and
-/// so shares extents (reflinks) where the filesystem offers them.
+/// so shares extents (reflinks) where the filesystem offers them. Inside a
+/// [`crate::Progress`] scope it reports the regular files' total length
+/// first, then each file as it is copied.
 pub fn copy_tree(from: &Path, to: &Path) -> DriverResult<()> {
+    if crate::progress::listened() {
+        crate::progress::add_total(tree_bytes(from));
+    }
+    copy_tree_inner(from, to)
+}
+
+/// The length of the regular files under `dir` (links not followed; what
+/// cannot be read counts nothing: this is only a progress total).
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => pending.push(entry.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+fn copy_tree_inner(from: &Path, to: &Path) -> DriverResult<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let fail = |p: &Path, e: io::Error| DriverError::io(format!("copying {}", p.display()), e);
@@ -322,7 +356,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> DriverResult<()> {
             let target = fs::read_link(&src).map_err(|e| fail(&shown, e))?;
             std::os::unix::fs::symlink(target, &dst).map_err(|e| fail(&dst, e))?;
         } else if kind.is_dir() {
-            copy_tree(&src, &dst).map_err(|e| match e {
+            copy_tree_inner(&src, &dst).map_err(|e| match e {
                 DriverError::Io { source, .. } => fail(&shown, source),
                 other => other,
             })?;
@@ -347,8 +381,9 @@ pub fn copy_tree(from: &Path, to: &Path) -> DriverResult<()> {
                 .mode(meta.permissions().mode() & 0o777)
                 .open(&dst)
                 .map_err(|e| fail(&dst, e))?;
-            io::copy(&mut file, &mut out).map_err(|e| fail(&shown, e))?;
+            let copied = io::copy(&mut file, &mut out).map_err(|e| fail(&shown, e))?;
             out.sync_all().map_err(|e| fail(&dst, e))?;
+            crate::progress::advance(copied);
         }
         // FIFOs, sockets and devices are not volume data: skipped.
     }

@@ -34,6 +34,27 @@ pub(crate) struct Dirs {
     pub(crate) trash: PathBuf,
 }
 
+/// Refuses a `root` option that cannot be a driver's root, creating
+/// nothing: empty, or naming something that exists and is not a directory.
+pub(crate) fn check_root(root: &str) -> DriverResult<()> {
+    let bad = |reason: String| {
+        Err(crate::DriverError::InvalidOption {
+            option: "root".into(),
+            reason,
+        })
+    };
+    if root.is_empty() {
+        return bad("must be a directory path, not empty".into());
+    }
+    match fs::metadata(root) {
+        Ok(meta) if !meta.is_dir() => bad(format!(
+            "{} exists and is not a directory; name a directory (it is created if missing)",
+            crate::echo(root)
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Dirs {
     /// Creates (mode 0700, if missing) `root` and its hidden directories,
     /// and removes the temporary files of interrupted metadata writes.

@@ -65,6 +65,16 @@ pub(crate) trait FileStore: Send + Sync + 'static {
         }
     }
 
+    /// The bytes a volume's data occupies on disk (allocated blocks, so a
+    /// sparse image counts what it holds); `None` if there is no such
+    /// volume or its tree is too large to walk for a listing.
+    fn used_bytes(&self, name: &VolumeName) -> DriverResult<Option<u64>> {
+        if self.size_of(name)?.is_none() {
+            return Ok(None);
+        }
+        Ok(allocated(&self.data(&self.dirs().root, name)?))
+    }
+
     /// A volume, if it exists.
     fn get(&self, name: &VolumeName) -> DriverResult<Option<DriverVolume>> {
         match self.size_of(name)? {
@@ -130,6 +140,38 @@ pub(crate) trait FileStore: Send + Sync + 'static {
     }
 }
 
+/// The most entries [`allocated`] examines before it calls the answer
+/// unknown: a listing must stay cheap whatever a volume holds.
+pub(crate) const USAGE_WALK_LIMIT: usize = 10_000;
+
+/// Allocated bytes of a file, or of a directory tree (links not followed,
+/// each entry's own blocks), `None` past [`USAGE_WALK_LIMIT`] entries or
+/// when `path` cannot be read.
+pub(crate) fn allocated(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let mut total = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return Some(total);
+    }
+    let (mut pending, mut seen) = (vec![path.to_owned()], 0usize);
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).ok()? {
+            seen += 1;
+            if seen > USAGE_WALK_LIMIT {
+                return None;
+            }
+            let entry = entry.ok()?;
+            let meta = entry.metadata().ok()?;
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Some(total)
+}
+
 /// Writes `impl VolumeDriver for $driver`, where `$driver` has
 /// `fn blocking(&self, f: impl FnOnce(&Layout) -> DriverResult<T>)` over a
 /// layout implementing [`FileStore`], and the module has `DRIVER_NAME`.
@@ -177,6 +219,14 @@ macro_rules! file_driver {
                 self.blocking(|l| l.list()).await
             }
 
+            async fn used_bytes(
+                &self,
+                name: &$crate::VolumeName,
+            ) -> $crate::DriverResult<Option<u64>> {
+                let name = name.clone();
+                self.blocking(move |l| l.used_bytes(&name)).await
+            }
+
             async fn attach(
                 &self,
                 name: &$crate::VolumeName,
@@ -200,8 +250,19 @@ macro_rules! file_driver {
                 volume: &$crate::VolumeName,
                 snapshot: &$crate::VolumeName,
             ) -> $crate::DriverResult<$crate::DriverSnapshot> {
+                self.create_snapshot_with_progress(volume, snapshot, &$crate::Progress::none())
+                    .await
+            }
+
+            async fn create_snapshot_with_progress(
+                &self,
+                volume: &$crate::VolumeName,
+                snapshot: &$crate::VolumeName,
+                progress: &$crate::Progress,
+            ) -> $crate::DriverResult<$crate::DriverSnapshot> {
                 let (volume, snapshot) = (volume.clone(), snapshot.clone());
-                self.blocking(move |l| l.create_snapshot(&volume, &snapshot))
+                let progress = progress.clone();
+                self.blocking(move |l| progress.scope(|| l.create_snapshot(&volume, &snapshot)))
                     .await
             }
 
@@ -222,9 +283,26 @@ macro_rules! file_driver {
                 snapshot: &$crate::VolumeName,
                 request: &$crate::CreateRequest,
             ) -> $crate::DriverResult<$crate::DriverVolume> {
+                self.create_from_snapshot_with_progress(
+                    snapshot,
+                    request,
+                    &$crate::Progress::none(),
+                )
+                .await
+            }
+
+            async fn create_from_snapshot_with_progress(
+                &self,
+                snapshot: &$crate::VolumeName,
+                request: &$crate::CreateRequest,
+                progress: &$crate::Progress,
+            ) -> $crate::DriverResult<$crate::DriverVolume> {
                 let (snapshot, request) = (snapshot.clone(), request.clone());
-                self.blocking(move |l| l.create_from_snapshot(&snapshot, &request))
-                    .await
+                let progress = progress.clone();
+                self.blocking(move |l| {
+                    progress.scope(|| l.create_from_snapshot(&snapshot, &request))
+                })
+                .await
             }
 
             async fn copy(
@@ -232,8 +310,20 @@ macro_rules! file_driver {
                 source: &$crate::VolumeName,
                 request: &$crate::CreateRequest,
             ) -> $crate::DriverResult<$crate::DriverVolume> {
+                self.copy_with_progress(source, request, &$crate::Progress::none())
+                    .await
+            }
+
+            async fn copy_with_progress(
+                &self,
+                source: &$crate::VolumeName,
+                request: &$crate::CreateRequest,
+                progress: &$crate::Progress,
+            ) -> $crate::DriverResult<$crate::DriverVolume> {
                 let (source, request) = (source.clone(), request.clone());
-                self.blocking(move |l| l.copy(&source, &request)).await
+                let progress = progress.clone();
+                self.blocking(move |l| progress.scope(|| l.copy(&source, &request)))
+                    .await
             }
         }
     };
