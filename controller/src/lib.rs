@@ -36,6 +36,7 @@
 //! | [`volumes::journal`] | the journaled operation: crash safety in one place |
 //! | [`volumes::records`] | the record store seam: the `Records` trait, locks and fenced writes |
 //! | [`volumes::backend`] | choosing the store: sled (default) or etcd (`--store`, feature `etcd`) |
+//! | [`volumes::shared_storage`] | whether a driver's storage is shared between controllers (the local-`vfs`-root warning) |
 //! | [`volumes::store`] | durable records and intents (sled) |
 //! | [`volumes::catalog`] | configured services bound to built drivers |
 //! | [`volumes::locks`] | per-volume serialisation |
@@ -197,6 +198,9 @@ impl Controller {
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
+        if let volumes::backend::StoreChoice::Etcd { .. } = records {
+            volumes::shared_storage::warn_local_vfs_roots(&services);
+        }
         let layout = paths::DataDir::create(layout.root())?;
         let ca = Arc::new(tls::ca::Ca::load_or_create(&layout.tls())?);
         let transport = match &options.security {

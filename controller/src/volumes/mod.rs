@@ -17,6 +17,7 @@ pub mod etcd;
 pub mod journal;
 pub mod locks;
 pub mod records;
+pub mod shared_storage;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
