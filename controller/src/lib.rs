@@ -302,6 +302,9 @@ impl Controller {
                 None
             }
         };
+        // With several controllers on one store, a dead one's unfinished
+        // operations are settled here, without anyone restarting anything.
+        let settler = self.volumes.spawn_orphan_settler();
         let authz = auth::Authorizer::new(Arc::clone(self.volumes.catalog_arc()));
         let services = rpc::server::Services {
             api: rpc::volumes::Api::new(Arc::clone(&self.volumes), authz.clone()),
@@ -343,6 +346,9 @@ impl Controller {
         if let Some((maintenance, expiry)) = maintenance {
             maintenance.abort();
             expiry.abort();
+        }
+        if let Some(settler) = settler {
+            settler.abort();
         }
         result?;
         self.volumes.flush().await?;

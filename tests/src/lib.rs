@@ -8,12 +8,14 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | this file | [`Berthd`] (start, restart, kill a controller), [`Run`] (a finished `berth`), [`home_env`], data-directory views, [`field_pairs`] of a JSON listing |
+//! | [`etcd`] | a private `etcd` on loopback (plaintext or TLS), started and stopped by the test |
 //! | [`grpc`] | plain tonic channels to a plaintext controller, with a bearer token |
 //! | [`node`] | root, mount points and loop devices for the node and Docker suites |
 //! | [`openssl`] | the stock `openssl` command: keys, requests and signing arguments, an operator CA, inspection |
 //! | [`process`] | child processes run to completion within a bound |
 //! | [`tokens`] | the bootstrap admin token, issued tokens, a token's claims |
 
+pub mod etcd;
 pub mod grpc;
 pub mod node;
 pub mod openssl;

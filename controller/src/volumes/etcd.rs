@@ -625,4 +625,15 @@ impl Records for EtcdStore {
     fn shared(&self) -> bool {
         true
     }
+
+    async fn intent(&self, kind: Kind, key: &VolumeKey) -> Result<Option<Intent>, StoreError> {
+        self.read(self.intent_key(kind, key)).await
+    }
+
+    /// A dead controller's locks go with its lease, at most one TTL after
+    /// it died; scanning a few times per TTL (between 0.5 s and 2 s) settles
+    /// its intents well within TTL + 5 s.
+    fn orphan_scan(&self) -> Option<Duration> {
+        Some((self.ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(2)))
+    }
 }
