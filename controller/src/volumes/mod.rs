@@ -304,12 +304,12 @@ impl Volumes {
         };
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let fence = self.take(Kind::Volume, &key, true).await?;
         let (_snap_guard, _snap_fence) = match &snapshot {
             Some(s) => {
                 let snap_key = VolumeKey::new(&service.name, s.as_str());
                 let guard = self.snapshot_locks.lock(snap_key.clone()).await;
-                let fence = self.store.lock(Kind::Snapshot, &snap_key, true).await?;
+                let fence = self.take(Kind::Snapshot, &snap_key, true).await?;
                 (Some(guard), Some(fence))
             }
             None => (None, None),
@@ -385,8 +385,8 @@ impl Volumes {
         };
         let _g1 = self.locks.lock(first.clone()).await;
         let _g2 = self.locks.lock(second.clone()).await;
-        let f1 = self.store.lock(Kind::Volume, &first, true).await?;
-        let f2 = self.store.lock(Kind::Volume, &second, true).await?;
+        let f1 = self.take(Kind::Volume, &first, true).await?;
+        let f2 = self.take(Kind::Volume, &second, true).await?;
         let fence = if first == key { &f1 } else { &f2 };
         let src = self.record(&service, &source).await?;
         let origin = Some(format!("volume:{source}"));
@@ -498,7 +498,7 @@ impl Volumes {
         let name = Self::name("volume", name)?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let fence = self.take(Kind::Volume, &key, true).await?;
         let mut record = self.record(&service, &name).await?;
         let snapshots = self
             .store
@@ -572,7 +572,7 @@ impl Volumes {
         Self::require(&service, service.capabilities.attach, "attaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let fence = self.take(Kind::Volume, &key, true).await?;
         let mut record = self.record(&service, &name).await?;
         if let Some(existing) = record.attachments.iter().find(|a| a.instance == instance) {
             let existing = existing.clone();
@@ -617,7 +617,7 @@ impl Volumes {
         Self::require(&service, service.capabilities.attach, "detaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let fence = self.take(Kind::Volume, &key, true).await?;
         let mut record = self.record(&service, &name).await?;
         if record.attachments.is_empty() {
             return Ok(record);
@@ -704,10 +704,10 @@ impl Volumes {
         Self::require(&service, service.capabilities.snapshot, "snapshots")?;
         let vol_key = VolumeKey::new(&service.name, volume.as_str());
         let _vol_guard = self.locks.lock(vol_key.clone()).await;
-        let _vol_fence = self.store.lock(Kind::Volume, &vol_key, true).await?;
+        let _vol_fence = self.take(Kind::Volume, &vol_key, true).await?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.snapshot_locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Snapshot, &key, true).await?;
+        let fence = self.take(Kind::Snapshot, &key, true).await?;
         if let Some(existing) = self.store.snapshot(&key).await? {
             if existing.volume == volume.as_str() {
                 return Ok(existing);
@@ -758,7 +758,7 @@ impl Volumes {
         let name = Self::name("snapshot", name)?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.snapshot_locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Snapshot, &key, true).await?;
+        let fence = self.take(Kind::Snapshot, &key, true).await?;
         let record = self.snapshot_record(&service, &name).await?;
         self.journal
             .run(
@@ -844,6 +844,19 @@ impl Volumes {
         let Some(intent) = self.store.intent(kind, key).await? else {
             return Ok(false);
         };
+        self.settle_held(service, &fence, key, intent, scan).await?;
+        Ok(true)
+    }
+
+    /// Settles `intent`, left over on `key`, whose lock `fence` is held.
+    async fn settle_held(
+        &self,
+        service: &Service,
+        fence: &Fence,
+        key: &VolumeKey,
+        intent: Intent,
+        scan: Scan,
+    ) -> Result<(), VolumeError> {
         let name = Self::name("name", &key.name)?;
         let fail = driver_error(service);
         let after = match scan {
@@ -856,30 +869,48 @@ impl Volumes {
             Intent::Create { .. } => {
                 tracing::info!(service = %key.service, volume = %key.name, "undoing a create interrupted by {after}");
                 service.driver.delete(&name).await.map_err(fail)?;
-                self.journal.abandon(&fence, Kind::Volume, key).await?;
+                self.journal.abandon(fence, Kind::Volume, key).await?;
             }
             // The client asked for it to go: finish.
             Intent::Delete { .. } => {
                 tracing::info!(service = %key.service, volume = %key.name, "finishing a delete interrupted by {after}");
                 service.driver.delete(&name).await.map_err(fail)?;
                 self.journal
-                    .settle(&fence, key, Change::Volume(None))
+                    .settle(fence, key, Change::Volume(None))
                     .await?;
             }
             Intent::CreateSnapshot { .. } => {
                 tracing::info!(service = %key.service, snapshot = %key.name, "undoing a snapshot interrupted by {after}");
                 service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                self.journal.abandon(&fence, Kind::Snapshot, key).await?;
+                self.journal.abandon(fence, Kind::Snapshot, key).await?;
             }
             Intent::DeleteSnapshot { .. } => {
                 tracing::info!(service = %key.service, snapshot = %key.name, "finishing a snapshot delete interrupted by {after}");
                 service.driver.delete_snapshot(&name).await.map_err(fail)?;
                 self.journal
-                    .settle(&fence, key, Change::Snapshot(None))
+                    .settle(fence, key, Change::Snapshot(None))
                     .await?;
             }
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// Takes the store lock of one object for an operation. In a store
+    /// shared by several controllers, an intent found under the lock was
+    /// left by an operation that ended unsettled (its controller died): it
+    /// is settled first, so that this operation starts from what the
+    /// earlier one asked for (a delete finished, a create undone) and a
+    /// late settling cannot undo this one.
+    async fn take(&self, kind: Kind, key: &VolumeKey, wait: bool) -> Result<Fence, VolumeError> {
+        let fence = self.store.lock(kind, key, wait).await?;
+        if self.store.shared() {
+            if let Some(intent) = self.store.intent(kind, key).await? {
+                let service = self.service(&key.service)?;
+                self.settle_held(service, &fence, key, intent, Scan::Orphan)
+                    .await?;
+            }
+        }
+        Ok(fence)
     }
 
     /// One look, while serving, for intents that no live operation holds
