@@ -15,14 +15,14 @@ const TTL: Duration = Duration::from_secs(3);
 
 /// A config file for a controller on `etcd` whose `local` service is the
 /// shared vfs `root`.
-fn config(dir: &Path, etcd: &Etcd, root: &Path) -> PathBuf {
+fn config(dir: &Path, etcd: &Etcd, root: &Path, ttl: Duration) -> PathBuf {
     let path = dir.join("berthd.toml");
     std::fs::write(
         &path,
         format!(
             "store = \"etcd://{}\"\n\n[etcd]\nlease_ttl = \"{}s\"\n\n[[services]]\nname = \"local\"\ndriver = \"vfs\"\n[services.options]\nroot = \"{}\"\n",
             etcd.endpoint(),
-            TTL.as_secs(),
+            ttl.as_secs(),
             root.display()
         ),
     )
@@ -38,11 +38,15 @@ struct Cluster {
 }
 
 fn cluster(n: usize) -> Option<Cluster> {
+    cluster_with(n, TTL)
+}
+
+fn cluster_with(n: usize, ttl: Duration) -> Option<Cluster> {
     let etcd = Etcd::start()?;
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("shared-root");
     std::fs::create_dir_all(&root).expect("root");
-    let config = config(tmp.path(), &etcd, &root);
+    let config = config(tmp.path(), &etcd, &root, ttl);
     let config = config.to_str().expect("utf-8 path").to_owned();
     let nodes = (0..n)
         .map(|_| Berthd::start_with(&["--config", &config]))
@@ -311,5 +315,62 @@ fn a_dead_controllers_intents_are_settled_by_a_running_one_within_ttl_plus_5s() 
         log.contains("undoing a create interrupted by its controller's death")
             && log.contains("finishing a delete interrupted by its controller's death"),
         "{log}"
+    );
+}
+
+/// An intent left on a volume with no lock held (its controller died, its
+/// lease is gone) and not yet found by the background scan: the next
+/// operation on that volume settles it before anything else. Here a
+/// create of the volume whose delete was left half done finishes the
+/// delete, then creates a new volume (a new id); it does not answer with
+/// the doomed record, which the scan would then delete under the client's
+/// feet. (A long TTL makes the scan slow, 2 s, so the create comes first.)
+#[cfg(feature = "etcd")]
+#[test]
+fn an_operation_settles_a_left_over_intent_on_its_volume_first() {
+    let Some(c) = cluster_with(1, Duration::from_secs(8)) else {
+        return;
+    };
+    let a = &c.nodes[0];
+    let old = a
+        .berth(&["volume", "create", "doomed", "-o", "json"])
+        .json();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
+            .await
+            .expect("connect to etcd");
+        let records = etcd_keys(&mut etcd, "/berth/volumes/local/").await;
+        let rec: serde_json::Value =
+            serde_json::from_str(&records["/berth/volumes/local/doomed"]).expect("record");
+        let intent = serde_json::json!({"op": "delete", "record": rec}).to_string();
+        etcd.put("/berth/intents/volumes/local/doomed", intent, None)
+            .await
+            .expect("intent");
+    });
+    let new = a
+        .berth(&["volume", "create", "doomed", "-o", "json"])
+        .json();
+    assert_ne!(
+        new["id"], old["id"],
+        "the left-over delete was finished first, then a new volume made"
+    );
+    // Past the background scan: the acknowledged create stands.
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = a
+        .berth(&["volume", "inspect", "doomed", "-o", "json"])
+        .json();
+    assert_eq!(seen["id"], new["id"]);
+    assert_eq!(
+        volume_dirs(&c.root),
+        ["doomed"].map(String::from).into_iter().collect()
+    );
+    assert!(
+        a.log().contains("finishing a delete interrupted by"),
+        "{}",
+        a.log()
     );
 }
