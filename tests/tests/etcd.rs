@@ -374,3 +374,139 @@ fn an_operation_settles_a_left_over_intent_on_its_volume_first() {
         a.log()
     );
 }
+
+/// A private etcd that serves clients over TLS, demands a client
+/// certificate from an operator CA, and has user authentication on: berthd
+/// reaches it with the config keys `[etcd] ca`, `cert`, `key`, `user` and
+/// `password_file`, and keeps its records there; a wrong password stops it
+/// at start with etcd's reason.
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_over_tls_with_a_client_certificate_and_a_user() {
+    use berth_tests::etcd::EtcdTls;
+    use berth_tests::openssl;
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("pki");
+    let (ca, _chain, server_key) = openssl::shared_server_identity(&pki);
+    let (client_key, csr) = openssl::csr(&pki, "ext", "berth");
+    openssl::operator_sign_client(&pki, &csr);
+    let client_cert = pki.join("ext.crt");
+    let Some(etcd) = Etcd::start_with(Some(EtcdTls {
+        cert: pki.join("server.pem"),
+        key: server_key,
+        client_ca: ca.clone(),
+    })) else {
+        return;
+    };
+
+    // Users and roles, then authentication on (as etcd's docs do it).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tls = || {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(
+                std::fs::read(&ca).expect("ca"),
+            ))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&client_cert).expect("cert"),
+                std::fs::read(&client_key).expect("key"),
+            ))
+    };
+    rt.block_on(async {
+        let options = etcd_client::ConnectOptions::new().with_tls(tls());
+        let mut root = etcd_client::Client::connect([etcd.endpoint()], Some(options))
+            .await
+            .expect("connect over TLS");
+        root.user_add("root", "root-pw", None).await.expect("root");
+        root.user_grant_role("root", "root")
+            .await
+            .expect("root role");
+        root.user_add("berth", "s3cret pass", None)
+            .await
+            .expect("user");
+        root.role_add("berth").await.expect("role");
+        root.role_grant_permission(
+            "berth",
+            etcd_client::Permission::read_write("/berth/").with_prefix(),
+        )
+        .await
+        .expect("grant");
+        root.user_grant_role("berth", "berth")
+            .await
+            .expect("grant role");
+        root.auth_enable().await.expect("auth on");
+    });
+
+    let root_dir = tmp.path().join("root");
+    let config = |password_file: &Path| {
+        let path = tmp.path().join("berthd.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "store = \"etcd://{}\"\n\n[etcd]\nlease_ttl = \"3s\"\nca = {:?}\ncert = {:?}\n\
+                 key = {:?}\nuser = \"berth\"\npassword_file = {:?}\n\n[[services]]\n\
+                 name = \"local\"\ndriver = \"vfs\"\n[services.options]\nroot = {:?}\n",
+                etcd.endpoint(),
+                ca,
+                client_cert,
+                client_key,
+                password_file,
+                root_dir
+            ),
+        )
+        .expect("config");
+        path
+    };
+    let password = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).expect("password file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    };
+
+    // A wrong password: berthd stops at start, saying why.
+    let wrong = config(&password("wrong", "not it\n"));
+    let mut cmd = std::process::Command::new(berth_tests::bin("berthd"));
+    let home = tmp.path().join("home");
+    berth_tests::home_env(&mut cmd, &home);
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data-wrong"))
+        .arg("--config")
+        .arg(&wrong)
+        .stdin(std::process::Stdio::null());
+    let out = berth_tests::process::run_bounded(cmd, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(
+        !err.contains("not it"),
+        "the password is never shown: {err}"
+    );
+
+    // The right one: records land in etcd, under the prefix the role allows.
+    let good = config(&password("right", "s3cret pass\n"));
+    let d = Berthd::start_with(&["--config", good.to_str().expect("utf-8")]);
+    let made = d
+        .berth(&["volume", "create", "over-tls", "-o", "json"])
+        .json();
+    assert_eq!(listed(&d)["over-tls"]["id"], made["id"]);
+    let stored = rt.block_on(async {
+        let options = etcd_client::ConnectOptions::new()
+            .with_tls(tls())
+            .with_user("root", "root-pw");
+        let mut root = etcd_client::Client::connect([etcd.endpoint()], Some(options))
+            .await
+            .expect("connect as root");
+        etcd_keys(&mut root, "/berth/volumes/").await
+    });
+    assert!(
+        stored.contains_key("/berth/volumes/local/over-tls"),
+        "{stored:?}"
+    );
+    assert!(!d.log().contains("s3cret"), "the password is never logged");
+}
