@@ -165,9 +165,25 @@ impl Etcd {
         body.contains("\"health\":\"true\"")
     }
 
+    /// Sends a signal (by name: `STOP` freezes it, `CONT` resumes it).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("etcd running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     /// Stops etcd (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A frozen etcd dies all the same, but resume it first.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -132,7 +132,7 @@ fn controllers_on_one_etcd_share_one_catalogue() {
     );
 }
 
-/// etcd stopped for 10 s: every call meanwhile fails fast with
+/// etcd frozen, then stopped for 10 s: every call meanwhile fails fast with
 /// UNAVAILABLE (well within the client's `--timeout`), none hangs; once etcd
 /// is back the controller works again by itself, and what was acknowledged
 /// before is still there.
@@ -142,6 +142,29 @@ fn etcd_down_fails_fast_and_recovers_when_it_returns() {
     c.nodes[0]
         .berth(&["volume", "create", "before", "-o", "json"])
         .success();
+
+    // Frozen (SIGSTOP): it accepts connections and answers nothing. Calls
+    // still end, UNAVAILABLE, within the etcd timeout (2 s), not at the
+    // client's deadline.
+    c.etcd.signal("STOP");
+    for args in [
+        &["--timeout", "8s", "volume", "list", "-o", "json"][..],
+        &["--timeout", "8s", "volume", "create", "frozen"][..],
+    ] {
+        let started = Instant::now();
+        let err = c.nodes[0].berth(args).failure();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(6),
+            "{args:?} against a frozen etcd ended in {took:?}"
+        );
+        assert!(
+            err.to_lowercase().contains("unavailable") && err.contains("etcd"),
+            "{args:?}: {err}"
+        );
+        println!("etcd frozen: {args:?} failed in {} ms", took.as_millis());
+    }
+    c.etcd.signal("CONT");
 
     c.etcd.stop();
     let down = Instant::now();
