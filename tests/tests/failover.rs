@@ -130,4 +130,22 @@ fn a_host_list_fails_over_on_connection_errors_only_and_one_pin_covers_it() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(err.contains(&ha) && err.contains(&hb), "{err}");
     assert!(err.contains("no controller of the list answered"), "{err}");
+
+    // `trust add` and `trust rm` take the list too: one pin per controller.
+    client.berth(&["trust", "add", &flag, &fp]).success();
+    let pins = client.berth(&["trust", "ls", "-o", "json"]).json();
+    let mut pinned: Vec<&str> = pins
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|p| p["fingerprint"] == fp.as_str())
+        .filter_map(|p| p["host"].as_str())
+        .collect();
+    pinned.sort_unstable();
+    let mut both = [ha.as_str(), hb.as_str()];
+    both.sort_unstable();
+    assert_eq!(pinned, both, "{pins}");
+    client.berth(&["trust", "rm", &flag]).success();
+    let err = client.berth(&["trust", "add", "a,,b", &fp]).failure();
+    assert!(err.contains("empty name"), "{err}");
 }
