@@ -33,6 +33,7 @@ Examples:
   berth volume create db --size 10GiB     Create a 10 GiB volume
   berth volume ls                          List volumes
   berth --host ctl.example volume ls       Ask another controller (port 7979)
+  berth --host ctl-a,ctl-b volume ls       Ask a cluster: ctl-b if ctl-a cannot be reached
   berth completions bash > ~/.local/share/bash-completion/completions/berth";
 
 /// Talk to a Berth controller.
@@ -59,7 +60,7 @@ pub struct Cli {
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Global options")]
 pub struct Globals {
-    /// The controller, as HOST[:PORT] (port 7979 if omitted) [default: `host` in the config, else 127.0.0.1:7979].
+    /// The controller, as HOST[:PORT] (port 7979 if omitted), or the controllers of one cluster as a comma-separated list, tried in order on connection errors [default: `hosts` or `host` in the config, else 127.0.0.1:7979].
     #[arg(long, global = true, env = "BERTH_HOST")]
     pub host: Option<String>,
     /// Client config file [default: $XDG_CONFIG_HOME/berth/config.toml].

@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! host = "ctl.example:7979"          # default controller
+//! # hosts = ["ctl-a:7979", "ctl-b:7979"]  # or: the controllers of one cluster,
+//! #                                  # tried in order (instead of `host`)
 //! # mount_root = "/var/lib/berth/mounts"  # where `berth volume mount` mounts
 //! # instance = "node-1"              # this node's instance ID (default: host name)
 //!
@@ -27,6 +29,10 @@ use serde::Deserialize;
 pub struct ClientConfig {
     /// The controller used when `--host`/`BERTH_HOST` are not given.
     pub host: Option<String>,
+    /// The controllers of one cluster (one CA, one catalogue), tried in
+    /// order: a connection error fails over to the next. Instead of `host`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Where `berth volume mount` and the plugins mount volumes (default:
     /// `/var/lib/berth/mounts` for root, else `$XDG_RUNTIME_DIR/berth/mounts`).
     pub mount_root: Option<PathBuf>,

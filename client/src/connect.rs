@@ -102,6 +102,27 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Whether this is a failure to reach the controller at all (refused,
+    /// no answer, a handshake that broke off or never came), after which a
+    /// client may try another controller of the same cluster. A trust
+    /// problem ([`ConnectError::Unknown`], [`ConnectError::Changed`]) or the
+    /// client's own material ([`ConnectError::Setup`]) is not: another
+    /// controller would not change it, and a changed fingerprint must stop
+    /// the client.
+    pub fn is_connection_failure(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Channel { .. } => true,
+            // A handshake that timed out or whose connection broke; not one
+            // that refused a certificate or met a plaintext server.
+            Self::Tls { reason, .. } => !["certificate", "alert", "--plaintext"]
+                .iter()
+                .any(|w| reason.contains(w)),
+            Self::Unknown { .. } | Self::Changed { .. } | Self::Setup(_) => false,
+        }
+    }
+}
+
 fn describe(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused (is berthd running?)".into(),
@@ -430,4 +451,61 @@ pub async fn speaks_tls(host: &str) -> bool {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, probe).await,
         Ok(Err(ConnectError::Unknown { .. }))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_to_reach_a_controller_fail_over() {
+        let fp = Fingerprint::of(b"a CA");
+        let tls = |reason: &str| ConnectError::Tls {
+            host: "h:1".into(),
+            reason: reason.into(),
+        };
+        assert!(ConnectError::Unreachable {
+            host: "h:1".into(),
+            reason: "connection refused".into()
+        }
+        .is_connection_failure());
+        assert!(tls("no handshake within 10s").is_connection_failure());
+        assert!(tls("Connection reset by peer (os error 104)").is_connection_failure());
+        assert!(!tls("invalid peer certificate: UnknownIssuer").is_connection_failure());
+        assert!(!tls("received fatal alert: BadCertificate").is_connection_failure());
+        assert!(!ConnectError::Changed {
+            host: "h:1".into(),
+            pinned: fp,
+            presented: Fingerprint::of(b"another CA"),
+            pin_source: PinSource::Flag,
+        }
+        .is_connection_failure());
+        assert!(!ConnectError::Unknown {
+            host: "h:1".into(),
+            observed: fp
+        }
+        .is_connection_failure());
+        assert!(!ConnectError::Setup("bad key".into()).is_connection_failure());
+    }
+
+    /// A refused connection is reported as such, quickly: the client moves
+    /// on to the next controller at once.
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connection_failure_at_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let started = std::time::Instant::now();
+        let err = connect(
+            &format!("127.0.0.1:{port}"),
+            &ServerTrust::FirstContact,
+            None,
+            Duration::ZERO,
+        )
+        .await
+        .expect_err("nothing listens");
+        assert!(err.is_connection_failure(), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 }

@@ -69,11 +69,34 @@ pub fn same_controller(a: &str, b: &str) -> bool {
     !theirs.is_empty() && socket_addrs(&a).iter().any(|addr| theirs.contains(addr))
 }
 
+/// The controllers a `--host` value names: one `HOST[:PORT]`, or several
+/// of one cluster separated by commas (`a:7979,b:7979`), each with the
+/// default port added when it has none. Refused: an empty name in the list.
+pub fn host_list(text: &str) -> Result<Vec<String>, SessionError> {
+    let mut hosts: Vec<String> = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            return Err(SessionError::BadHosts(format!(
+                "--host {text:?} holds an empty name; write HOST[:PORT] or a comma-separated \
+                 list of them, as ctl-a:7979,ctl-b:7979"
+            )));
+        }
+        let host = with_default_port(part);
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    Ok(hosts)
+}
+
 /// Everything a caller says about how to reach the controller: the global
 /// options of `berth`, and what a long-running plugin was started with.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
-    /// `HOST:PORT`; else the config's `host`, else [`DEFAULT_HOST`].
+    /// `HOST:PORT`, or a comma-separated list of the controllers of one
+    /// cluster (tried in order; see [`host_list`]); else the config's
+    /// `hosts` or `host`, else [`DEFAULT_HOST`].
     pub host: Option<String>,
     /// The client config file; else the default path.
     pub config: Option<PathBuf>,
@@ -106,6 +129,9 @@ pub enum SessionError {
     /// The client config file could not be read or parsed.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The list of controllers (`--host`, `hosts`) is malformed.
+    #[error("{0}")]
+    BadHosts(String),
     /// Connecting, TLS or the pin check failed.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -182,61 +208,131 @@ pub enum SessionError {
     SeveralServices(String),
 }
 
-/// Which controller, and what the client config says about it.
+/// Which controller (or controllers of one cluster), and what the client
+/// config says about them.
 pub struct Target {
-    /// `HOST:PORT` of the controller.
+    /// `HOST:PORT` of the controller (the first of [`Target::hosts`]).
     pub host: String,
+    /// Every controller named, in the order they are tried; a connection
+    /// error on one fails over to the next. One pin covers them all.
+    pub hosts: Vec<String>,
     /// The client config as loaded (possibly empty).
     pub loaded: Loaded,
 }
 
 impl Target {
-    /// The controller named by the options, else the config, else the default.
+    /// The controllers named by the options, else the config (`hosts` or
+    /// `host`), else the default.
     pub fn resolve(opts: &SessionOptions) -> Result<Self, SessionError> {
         let loaded = Loaded::load(opts.config.as_deref())?;
-        let host = opts
-            .host
-            .as_deref()
-            .or(loaded.config.host.as_deref())
-            .map(with_default_port)
+        let config = &loaded.config;
+        let hosts = match (&opts.host, &config.host, config.hosts.as_slice()) {
+            (Some(flag), _, _) => host_list(flag)?,
+            (None, Some(_), [_, ..]) => {
+                return Err(SessionError::BadHosts(format!(
+                    "client config {}: both `host` and `hosts` are set; keep one (`hosts` \
+                     lists the controllers of one cluster, `host` names one)",
+                    loaded.path.as_deref().unwrap_or(Path::new("")).display()
+                )))
+            }
+            (None, None, [_, ..]) => host_list(&config.hosts.join(",")).map_err(|_| {
+                SessionError::BadHosts(format!(
+                    "client config {}: `hosts` holds an empty name; list HOST[:PORT] strings, \
+                     as hosts = [\"ctl-a:7979\", \"ctl-b:7979\"]",
+                    loaded.path.as_deref().unwrap_or(Path::new("")).display()
+                ))
+            })?,
+            (None, Some(one), []) => vec![with_default_port(one)],
+            (None, None, []) => vec![DEFAULT_HOST.to_owned()],
+        };
+        let host = hosts
+            .first()
+            .cloned()
             .unwrap_or_else(|| DEFAULT_HOST.to_owned());
-        Ok(Self { host, loaded })
+        Ok(Self {
+            host,
+            hosts,
+            loaded,
+        })
     }
 
-    /// The config's entry for this controller and the key it is under: the
-    /// entry named exactly as the target, else one under another name of
-    /// the same controller (see [`same_controller`]).
+    /// The config's entry for this controller and the key it is under (see
+    /// [`Target::entry_for`]).
     pub fn entry(&self) -> Option<(String, ControllerEntry)> {
+        self.entry_for(&self.host)
+    }
+
+    /// The config's entry for `host` and the key it is under: the entry
+    /// named exactly as `host`, else one under another name of the same
+    /// controller (see [`same_controller`]), else the entry of another
+    /// controller of the target's list (they are one cluster).
+    pub fn entry_for(&self, host: &str) -> Option<(String, ControllerEntry)> {
         let keys = &self.loaded.config.controllers;
-        let key = if keys.contains_key(&self.host) {
-            self.host.clone()
-        } else {
-            keys.keys()
-                .find(|k| same_controller(k, &self.host))?
-                .clone()
+        let named = |h: &str| {
+            if keys.contains_key(h) {
+                Some(h.to_owned())
+            } else {
+                keys.keys().find(|k| same_controller(k, h)).cloned()
+            }
         };
+        let key = std::iter::once(host)
+            .chain(self.hosts.iter().map(String::as_str))
+            .find_map(named)?;
         let entry = self.loaded.controller(&key)?;
         Some((key, entry))
     }
 
     /// The trust store's pin for this controller, under its name or another
-    /// name of the same controller.
+    /// name of the same controller, else under another controller of the
+    /// target's list.
     pub fn stored_pin(
         &self,
         store: &TrustStore,
     ) -> Result<Option<(String, Fingerprint)>, SessionError> {
-        if let Some(fp) = store.get(&self.host)? {
-            return Ok(Some((self.host.clone(), fp)));
-        }
-        Ok(store
-            .list()?
-            .into_iter()
-            .find(|(k, _)| same_controller(k, &self.host)))
+        self.stored_pin_for(&self.host, store)
     }
 
-    /// The trust decision: options first, then the config file (preseeded,
-    /// never prompts), then the trust store (opened only if needed).
+    /// [`Target::stored_pin`] for `host`, one of the target's controllers.
+    pub fn stored_pin_for(
+        &self,
+        host: &str,
+        store: &TrustStore,
+    ) -> Result<Option<(String, Fingerprint)>, SessionError> {
+        let mut all: Option<Vec<(String, Fingerprint)>> = None;
+        for h in std::iter::once(host).chain(self.hosts.iter().map(String::as_str)) {
+            if let Some(fp) = store.get(h)? {
+                return Ok(Some((h.to_owned(), fp)));
+            }
+            if all.is_none() {
+                all = Some(store.list()?);
+            }
+            if let Some(found) = all
+                .iter()
+                .flatten()
+                .find(|(k, _)| same_controller(k, h))
+                .cloned()
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The trust decision for this controller (see [`Target::trust_for`]).
     pub fn trust(&self, opts: &SessionOptions) -> Result<ServerTrust, SessionError> {
+        self.trust_for(&self.host, opts)
+    }
+
+    /// The trust decision for `host`, one of the target's controllers:
+    /// options first, then the config file (preseeded, never prompts),
+    /// then the trust store (opened only if needed). A pin of any
+    /// controller of the list covers them all: they serve certificates of
+    /// one CA.
+    pub fn trust_for(
+        &self,
+        host: &str,
+        opts: &SessionOptions,
+    ) -> Result<ServerTrust, SessionError> {
         if opts.plaintext {
             return Ok(ServerTrust::DangerousPlaintext);
         }
@@ -251,7 +347,7 @@ impl Target {
                 source: PinSource::Flag,
             });
         }
-        if let Some((_, entry)) = self.entry() {
+        if let Some((key, entry)) = self.entry_for(host) {
             if entry.plaintext {
                 return Ok(ServerTrust::DangerousPlaintext);
             }
@@ -262,7 +358,7 @@ impl Target {
                 let path = self.loaded.path.clone().unwrap_or_default();
                 let fingerprint = fp.parse().map_err(|source| SessionError::BadPin {
                     path: path.clone(),
-                    host: self.host.clone(),
+                    host: key,
                     source,
                 })?;
                 return Ok(ServerTrust::Pinned {
@@ -272,7 +368,7 @@ impl Target {
             }
         }
         let store = TrustStore::open_default()?;
-        Ok(match self.stored_pin(&store)?.map(|(_, fp)| fp) {
+        Ok(match self.stored_pin_for(host, &store)?.map(|(_, fp)| fp) {
             Some(fingerprint) => ServerTrust::Pinned {
                 fingerprint,
                 source: PinSource::Store(store.path().to_owned()),
@@ -342,11 +438,60 @@ impl Session {
         }
     }
 
+    /// One round over the target's controllers, in order: the first that
+    /// can be reached, secured and trusted gets the session. A connection
+    /// error (refused, no answer, a failed handshake) moves on to the next;
+    /// anything else (a changed fingerprint, a declined prompt, unusable
+    /// credentials) ends the round there. With a `--timeout`, the round
+    /// stays within it: each controller gets an equal share of what is
+    /// left.
     async fn open_once(opts: &SessionOptions) -> Result<Self, SessionError> {
         let target = Target::resolve(opts)?;
-        let host = target.host.as_str();
-        let trust = target.trust(opts)?;
-        let entry = target.entry().map(|(_, e)| e).unwrap_or_default();
+        let started = Instant::now();
+        let mut failures: Vec<String> = Vec::new();
+        let mut last = None;
+        for (i, host) in target.hosts.iter().enumerate() {
+            let budget = if opts.timeout.is_zero() {
+                None
+            } else {
+                let left = opts.timeout.saturating_sub(started.elapsed());
+                let hosts_left = u32::try_from(target.hosts.len() - i).unwrap_or(u32::MAX);
+                Some(left / hosts_left.max(1))
+            };
+            match Self::open_host(&target, host, opts, budget).await {
+                Err(SessionError::Connect(e)) if e.is_connection_failure() => {
+                    if let Some(next) = target.hosts.get(i + 1) {
+                        eprintln!("note: {e}; trying {next}");
+                    }
+                    failures.push(e.to_string());
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        match (target.hosts.len(), last) {
+            (1, Some(e)) => Err(e.into()),
+            (_, _) => Err(ConnectError::Unreachable {
+                host: target.hosts.join(","),
+                reason: format!(
+                    "no controller of the list answered: {}",
+                    failures.join("; ")
+                ),
+            }
+            .into()),
+        }
+    }
+
+    /// Opens a session with `host`, one of `target`'s controllers, giving
+    /// up on connecting after `budget`.
+    async fn open_host(
+        target: &Target,
+        host: &str,
+        opts: &SessionOptions,
+        budget: Option<Duration>,
+    ) -> Result<Self, SessionError> {
+        let trust = target.trust_for(host, opts)?;
+        let entry = target.entry_for(host).map(|(_, e)| e).unwrap_or_default();
         // Credentials in the options replace the config's entirely: a
         // --cert alone authenticates with the certificate alone.
         let from_flags = opts.token.is_some() || opts.token_file.is_some() || opts.cert.is_some();
@@ -378,7 +523,21 @@ impl Session {
                 .map(|(c, k)| connect::read_identity(c, k))
                 .transpose()?)
         };
-        let channel = match connect::connect(host, &trust, id()?, Duration::ZERO).await {
+        let connect = connect::connect(host, &trust, id()?, Duration::ZERO);
+        let connected = match budget {
+            None => connect.await,
+            Some(budget) => match tokio::time::timeout(budget, connect).await {
+                Ok(connected) => connected,
+                Err(_) => Err(ConnectError::Unreachable {
+                    host: host.to_owned(),
+                    reason: format!(
+                        "no connection within {} (its share of --timeout)",
+                        crate::deadline::HumanDuration(budget)
+                    ),
+                }),
+            },
+        };
+        let channel = match connected {
             Ok(channel) => channel,
             Err(ConnectError::Unknown { host, observed }) => {
                 if !prompt::ask_to_trust(&host, observed, opts.may_prompt)? {
@@ -518,5 +677,88 @@ mod tests {
         assert!(same_controller("localhost:7979", "127.0.0.1:7979"));
         assert!(!same_controller("localhost:7979", "127.0.0.1:7980"));
         assert!(!same_controller("127.0.0.2:7979", "127.0.0.1:7979"));
+    }
+
+    #[test]
+    fn a_host_list_names_each_controller_once_with_its_port() {
+        assert_eq!(
+            host_list("a, b:8000 ,a:7979,[::1]").expect("list"),
+            ["a:7979", "b:8000", "[::1]:7979"]
+        );
+        assert_eq!(host_list("ctl").expect("one"), ["ctl:7979"]);
+        for bad in ["", "a,,b", "a,", " , "] {
+            let err = host_list(bad).expect_err(bad).to_string();
+            assert!(err.contains("empty name"), "{bad:?}: {err}");
+        }
+    }
+
+    fn target_with(config: &str, host: Option<&str>) -> Result<Target, SessionError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).expect("write config");
+        Target::resolve(&SessionOptions {
+            host: host.map(str::to_owned),
+            config: Some(path),
+            ..SessionOptions::default()
+        })
+    }
+
+    #[test]
+    fn the_config_names_a_cluster_with_hosts_and_the_flag_wins() {
+        let config = "hosts = [\"ctl-a\", \"ctl-b:8000\"]\n";
+        let t = target_with(config, None).expect("target");
+        assert_eq!(t.hosts, ["ctl-a:7979", "ctl-b:8000"]);
+        assert_eq!(t.host, "ctl-a:7979");
+        let t = target_with(config, Some("x,y")).expect("target");
+        assert_eq!(t.hosts, ["x:7979", "y:7979"]);
+        // `host` alone still works.
+        let t = target_with("host = \"one\"\n", None).expect("target");
+        assert_eq!(t.hosts, ["one:7979"]);
+        // Both at once is ambiguous; an empty name is refused.
+        let err = target_with("host = \"one\"\nhosts = [\"two\"]\n", None)
+            .err()
+            .expect("both refused")
+            .to_string();
+        assert!(err.contains("both `host` and `hosts`"), "{err}");
+        let err = target_with("hosts = [\"a\", \"\"]\n", None)
+            .err()
+            .expect("empty refused")
+            .to_string();
+        assert!(err.contains("empty name"), "{err}");
+    }
+
+    #[test]
+    fn a_controller_of_the_list_uses_its_own_entry_else_the_clusters() {
+        let config = "hosts = [\"ctl-a\", \"ctl-b\", \"ctl-c\"]\n\
+            [controllers.\"ctl-a:7979\"]\nfingerprint = \"sha256:00\"\ntoken = \"for-a\"\n\
+            [controllers.\"ctl-c:7979\"]\ntoken = \"for-c\"\n";
+        let t = target_with(config, None).expect("target");
+        let token = |h: &str| t.entry_for(h).and_then(|(_, e)| e.token);
+        assert_eq!(token("ctl-a:7979").as_deref(), Some("for-a"));
+        assert_eq!(token("ctl-c:7979").as_deref(), Some("for-c"));
+        // ctl-b has no entry: the cluster's (the first of the list's) serves.
+        assert_eq!(
+            t.entry_for("ctl-b:7979").map(|(k, _)| k).as_deref(),
+            Some("ctl-a:7979")
+        );
+        // A host outside every list and entry has nothing.
+        let t = target_with("host = \"solo\"\n", None).expect("target");
+        assert!(t.entry_for("solo:7979").is_none());
+    }
+
+    #[test]
+    fn one_pin_in_the_config_covers_every_controller_of_the_list() {
+        let fp = "AB".repeat(32);
+        let config = format!(
+            "hosts = [\"ctl-a\", \"ctl-b\"]\n[controllers.\"ctl-b:7979\"]\nfingerprint = \"{fp}\"\n"
+        );
+        let t = target_with(&config, None).expect("target");
+        let expected: Fingerprint = fp.parse().expect("fingerprint");
+        for host in ["ctl-a:7979", "ctl-b:7979"] {
+            match t.trust_for(host, &SessionOptions::default()) {
+                Ok(ServerTrust::Pinned { fingerprint, .. }) => assert_eq!(fingerprint, expected),
+                other => panic!("{host}: {other:?}"),
+            }
+        }
     }
 }

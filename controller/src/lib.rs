@@ -40,6 +40,7 @@
 //! | [`volumes::journal`] | the journaled operation: crash safety in one place |
 //! | [`volumes::records`] | the record store seam: the `Records` trait, locks and fenced writes |
 //! | [`volumes::backend`] | choosing the store: sled (default) or etcd (`--store`, feature `etcd`) |
+//! | [`volumes::shared_storage`] | whether a driver's storage is shared between controllers (the local-`vfs`-root warning) |
 //! | [`volumes::store`] | durable records and intents (sled) |
 //! | [`volumes::catalog`] | configured services bound to built drivers |
 //! | [`volumes::locks`] | per-volume serialisation |
@@ -203,6 +204,9 @@ impl Controller {
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
+        if let volumes::backend::StoreChoice::Etcd { .. } = records {
+            volumes::shared_storage::warn_local_vfs_roots(&services);
+        }
         let layout = paths::DataDir::create(layout.root())?;
         // One controller per data directory, before anything in it changes.
         let lock = paths::DataDirLock::acquire(layout.root())?;
@@ -310,6 +314,9 @@ impl Controller {
                 None
             }
         };
+        // With several controllers on one store, a dead one's unfinished
+        // operations are settled here, without anyone restarting anything.
+        let settler = self.volumes.spawn_orphan_settler();
         let authz = auth::Authorizer::new(Arc::clone(self.volumes.catalog_arc()));
         let services = rpc::server::Services {
             api: rpc::volumes::Api::new(Arc::clone(&self.volumes), authz.clone()),
@@ -354,6 +361,9 @@ impl Controller {
         if let Some((maintenance, expiry)) = maintenance {
             maintenance.abort();
             expiry.abort();
+        }
+        if let Some(settler) = settler {
+            settler.abort();
         }
         result?;
         self.volumes.flush().await?;

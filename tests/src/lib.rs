@@ -8,7 +8,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | this file | [`Berthd`] (start, restart, kill a controller), [`Run`] (a finished `berth`), [`home_env`], data-directory views, [`field_pairs`] of a JSON listing |
-//! | [`etcd`] | a private etcd on loopback for the several-controllers suites, or why they skip |
+//! | [`etcd`] | a private `etcd` on loopback (plaintext or TLS) for the several-controllers suites, started and stopped by the test, with `berthd join` helpers; or why they skip |
 //! | [`grpc`] | plain tonic channels to a plaintext controller, with a bearer token |
 //! | [`node`] | root, mount points and loop devices for the node and Docker suites |
 //! | [`openssl`] | the stock `openssl` command: keys, requests and signing arguments, an operator CA, inspection |

@@ -171,3 +171,44 @@ pub fn operator_sign_client(dir: &Path, csr: &Path) {
         ),
     );
 }
+
+/// An operator CA ([`operator_ca`], `dir/ca.pem`) and a 30-day server
+/// certificate it signed for `localhost` and 127.0.0.1, with the chain
+/// (leaf, then CA) in `dir/server-chain.pem` and the key in
+/// `dir/server.key` (mode 0600): one identity every controller of a cluster
+/// can serve (`--tls-cert`, `--tls-key`), so one pin (the CA's
+/// fingerprint) trusts them all. Returns (CA, chain, key).
+pub fn shared_server_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    operator_ca(dir);
+    let (key, csr) = csr(dir, "server", "localhost");
+    std::fs::write(
+        dir.join("server.cnf"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("server.cnf");
+    openssl_in(
+        dir,
+        &sign_req(
+            s(&csr),
+            ("ca.pem", "ca.key"),
+            "30",
+            "server.cnf",
+            "server.pem",
+            &["-CAcreateserial"],
+        ),
+    );
+    let ca = dir.join("ca.pem");
+    let chain = dir.join("server-chain.pem");
+    let text = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.join("server.pem")).expect("server.pem"),
+        std::fs::read_to_string(&ca).expect("ca.pem")
+    );
+    std::fs::write(&chain, text).expect("server-chain.pem");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    }
+    (ca, chain, key)
+}

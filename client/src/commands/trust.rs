@@ -5,7 +5,7 @@ use anyhow::bail;
 use berth_client::connect::{self, ConnectError, ServerTrust};
 use berth_client::output::{self, Format};
 use berth_client::pinning::{Fingerprint, TrustStore};
-use berth_client::session::{with_default_port, Target};
+use berth_client::session::{host_list, Target};
 
 use super::{print, print_json};
 use crate::cli::Globals;
@@ -20,9 +20,12 @@ pub enum TrustCommand {
     )]
     List,
     /// Pin a controller's CA fingerprint in the trust store (get it with `berthd fingerprint`).
-    #[command(after_help = "Example:\n  berth trust add ctl.example AB:CD:...:EF   # port 7979")]
+    #[command(
+        after_help = "Examples:\n  berth trust add ctl.example AB:CD:...:EF   # port 7979\n  \
+                      berth trust add ctl-a,ctl-b,ctl-c AB:CD:...:EF   # a cluster: one CA"
+    )]
     Add {
-        /// The controller, HOST[:PORT] (port 7979 if omitted).
+        /// The controller, HOST[:PORT] (port 7979 if omitted), or a comma-separated list of one cluster's controllers.
         host: String,
         /// SHA-256 fingerprint of its CA: 64 hex digits, colons optional.
         fingerprint: Fingerprint,
@@ -33,7 +36,7 @@ pub enum TrustCommand {
         after_help = "Example:\n  berth trust rm ctl.example:7979"
     )]
     Remove {
-        /// The controller, HOST[:PORT] (port 7979 if omitted).
+        /// The controller, HOST[:PORT] (port 7979 if omitted), or a comma-separated list.
         host: String,
     },
     /// Connect, show the CA the controller presents and compare it with the pin.
@@ -83,54 +86,63 @@ pub async fn run(globals: &Globals, command: &TrustCommand) -> anyhow::Result<()
             print(globals.output, table, json)?;
         }
         TrustCommand::Add { host, fingerprint } => {
-            let host = with_default_port(host);
+            let hosts = host_list(host)?;
             let store = TrustStore::open_default()?;
-            store.add(&host, *fingerprint)?;
-            println!(
-                "pinned {host} to {fingerprint} in {}",
-                store.path().display()
-            );
+            for host in &hosts {
+                store.add(host, *fingerprint)?;
+                println!(
+                    "pinned {host} to {fingerprint} in {}",
+                    store.path().display()
+                );
+            }
         }
         TrustCommand::Remove { host } => {
-            let host = with_default_port(host);
-            let target = target_for(globals, &host)?;
-            let in_config = target
-                .entry()
-                .filter(|(_, e)| e.fingerprint.is_some())
-                .map(|(key, _)| key);
-            let config_path = target.loaded.path.clone().unwrap_or_default();
-            let where_in_config = |key: &str| {
-                format!(
-                    "the client config {} pins it: delete the `fingerprint` line under \
-                     [controllers.\"{key}\"] there",
-                    config_path.display()
-                )
-            };
-            let store = TrustStore::open_default()?;
-            let stored = target.stored_pin(&store)?.map(|(key, _)| key);
-            match (stored, in_config) {
-                (Some(key), in_config) => {
-                    store.remove(&key)?;
-                    println!(
-                        "removed the pin for {key} from the trust store {}",
-                        store.path().display()
-                    );
-                    if let Some(config_key) = in_config {
-                        eprintln!("note: {} too", where_in_config(&config_key));
-                    }
-                }
-                (None, Some(config_key)) => bail!(
-                    "the trust store {} has no pin for {host}; {}",
-                    store.path().display(),
-                    where_in_config(&config_key)
-                ),
-                (None, None) => bail!(
-                    "no pin for {host} in the trust store {}",
-                    store.path().display()
-                ),
+            for host in host_list(host)? {
+                remove(globals, &host)?;
             }
         }
         TrustCommand::Show { host } => show(globals, host.as_deref()).await?,
+    }
+    Ok(())
+}
+
+/// `berth trust remove HOST`: one controller's pin, from the trust store.
+fn remove(globals: &Globals, host: &str) -> anyhow::Result<()> {
+    let target = target_for(globals, host)?;
+    let in_config = target
+        .entry()
+        .filter(|(_, e)| e.fingerprint.is_some())
+        .map(|(key, _)| key);
+    let config_path = target.loaded.path.clone().unwrap_or_default();
+    let where_in_config = |key: &str| {
+        format!(
+            "the client config {} pins it: delete the `fingerprint` line under \
+             [controllers.\"{key}\"] there",
+            config_path.display()
+        )
+    };
+    let store = TrustStore::open_default()?;
+    let stored = target.stored_pin(&store)?.map(|(key, _)| key);
+    match (stored, in_config) {
+        (Some(key), in_config) => {
+            store.remove(&key)?;
+            println!(
+                "removed the pin for {key} from the trust store {}",
+                store.path().display()
+            );
+            if let Some(config_key) = in_config {
+                eprintln!("note: {} too", where_in_config(&config_key));
+            }
+        }
+        (None, Some(config_key)) => bail!(
+            "the trust store {} has no pin for {host}; {}",
+            store.path().display(),
+            where_in_config(&config_key)
+        ),
+        (None, None) => bail!(
+            "no pin for {host} in the trust store {}",
+            store.path().display()
+        ),
     }
     Ok(())
 }

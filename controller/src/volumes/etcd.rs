@@ -56,6 +56,42 @@ pub struct EtcdOptions {
     pub timeout: Duration,
     /// The longest an operation waits for a lock another holds.
     pub lock_wait: Duration,
+    /// TLS to etcd (CA, client certificate), if asked for.
+    pub tls: Option<crate::volumes::backend::EtcdTls>,
+    /// User authentication to etcd, if asked for.
+    pub user: Option<crate::volumes::backend::EtcdUser>,
+}
+
+/// Reads one PEM file for TLS to etcd; the error names the flag and file.
+fn pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path)
+        .map_err(|e| StoreError::Backend(format!("{what} {}: cannot read it: {e}", path.display())))
+}
+
+/// The connection options: bounds, TLS, user.
+fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
+    let mut connect = ConnectOptions::new()
+        .with_connect_timeout(options.timeout)
+        .with_timeout(options.timeout);
+    if let Some(tls) = &options.tls {
+        let mut config = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(pem("--etcd-ca", &tls.ca)?),
+        );
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(etcd_client::Identity::from_pem(
+                pem("--etcd-cert", cert)?,
+                pem("--etcd-key", key)?,
+            ));
+        }
+        connect = connect.with_tls(config);
+    }
+    if let Some(user) = &options.user {
+        // The token etcd hands out expires; the client takes a new one.
+        connect = connect
+            .with_user(user.name.clone(), user.password.0.clone())
+            .with_auto_token_refresh(true);
+    }
+    Ok(connect)
 }
 
 /// The etcd-backed [`Records`].
@@ -126,9 +162,7 @@ impl EtcdStore {
     }
 
     async fn connect_once(options: &EtcdOptions) -> Result<Self, StoreError> {
-        let connect = ConnectOptions::new()
-            .with_connect_timeout(options.timeout)
-            .with_timeout(options.timeout);
+        let connect = connect_options(options)?;
         let client = bounded(
             options.timeout,
             Client::connect(options.endpoints.clone(), Some(connect)),
@@ -629,5 +663,16 @@ impl Records for EtcdStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    async fn intent(&self, kind: Kind, key: &VolumeKey) -> Result<Option<Intent>, StoreError> {
+        self.read(self.intent_key(kind, key)).await
+    }
+
+    /// A dead controller's locks go with its lease, at most one TTL after
+    /// it died; scanning a few times per TTL (between 0.5 s and 2 s) settles
+    /// its intents well within TTL + 5 s.
+    fn orphan_scan(&self) -> Option<Duration> {
+        Some((self.ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(2)))
     }
 }

@@ -17,6 +17,7 @@ pub mod etcd;
 pub mod journal;
 pub mod locks;
 pub mod records;
+pub mod shared_storage;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -328,12 +329,12 @@ impl Volumes {
         };
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let fence = self.take(Kind::Volume, &key, true).await?;
         let (_snap_guard, _snap_fence) = match &snapshot {
             Some(s) => {
                 let snap_key = VolumeKey::new(&service.name, s.as_str());
                 let guard = self.snapshot_locks.lock(snap_key.clone()).await;
-                let fence = self.store.lock(Kind::Snapshot, &snap_key, true).await?;
+                let fence = self.take(Kind::Snapshot, &snap_key, true).await?;
                 (Some(guard), Some(fence))
             }
             None => (None, None),
@@ -425,8 +426,8 @@ impl Volumes {
         };
         let _g1 = self.locks.lock(first.clone()).await;
         let _g2 = self.locks.lock(second.clone()).await;
-        let f1 = self.store.lock(Kind::Volume, &first, true).await?;
-        let f2 = self.store.lock(Kind::Volume, &second, true).await?;
+        let f1 = self.take(Kind::Volume, &first, true).await?;
+        let f2 = self.take(Kind::Volume, &second, true).await?;
         let fence = if first == key { &f1 } else { &f2 };
         let src = self.record(&service, &source).await?;
         let origin = Some(format!("volume:{source}"));
@@ -540,7 +541,7 @@ impl Volumes {
         let name = Self::name("volume", name)?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let fence = self.take(Kind::Volume, &key, true).await?;
         let mut record = self.record(&service, &name).await?;
         let snapshots = self
             .store
@@ -614,7 +615,7 @@ impl Volumes {
         Self::require(&service, service.capabilities.attach, "attaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let fence = self.take(Kind::Volume, &key, true).await?;
         let mut record = self.record(&service, &name).await?;
         if let Some(existing) = record.attachments.iter().find(|a| a.instance == instance) {
             let existing = existing.clone();
@@ -659,7 +660,7 @@ impl Volumes {
         Self::require(&service, service.capabilities.attach, "detaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Volume, &key, true).await?;
+        let fence = self.take(Kind::Volume, &key, true).await?;
         let mut record = self.record(&service, &name).await?;
         if record.attachments.is_empty() {
             return Ok(record);
@@ -759,10 +760,10 @@ impl Volumes {
         Self::require(&service, service.capabilities.snapshot, "snapshots")?;
         let vol_key = VolumeKey::new(&service.name, volume.as_str());
         let _vol_guard = self.locks.lock(vol_key.clone()).await;
-        let _vol_fence = self.store.lock(Kind::Volume, &vol_key, true).await?;
+        let _vol_fence = self.take(Kind::Volume, &vol_key, true).await?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.snapshot_locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Snapshot, &key, true).await?;
+        let fence = self.take(Kind::Snapshot, &key, true).await?;
         if let Some(existing) = self.store.snapshot(&key).await? {
             if existing.volume == volume.as_str() {
                 return Ok(existing);
@@ -815,7 +816,7 @@ impl Volumes {
         let name = Self::name("snapshot", name)?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.snapshot_locks.lock(key.clone()).await;
-        let fence = self.store.lock(Kind::Snapshot, &key, true).await?;
+        let fence = self.take(Kind::Snapshot, &key, true).await?;
         let record = self.snapshot_record(&service, &name).await?;
         self.journal
             .run(
@@ -838,53 +839,7 @@ impl Volumes {
     /// drift between the store and the drivers. Runs before serving.
     pub async fn reconcile(&self) -> Result<(), VolumeError> {
         for (key, intent) in self.store.intents().await? {
-            let Some(service) = self.catalog.get(&key.service) else {
-                tracing::warn!(service = %key.service, name = %key.name,
-                    "an interrupted operation names a service that is no longer configured; leaving it");
-                continue;
-            };
-            // In a shared store, an intent whose lock is held belongs to an
-            // operation under way on another controller: not ours to settle.
-            let fence = match self.store.lock(intent.kind(), &key, false).await {
-                Ok(fence) => fence,
-                Err(StoreError::Contended(_)) => {
-                    tracing::info!(service = %key.service, name = %key.name, op = intent.op(),
-                        "an operation is under way on another controller; leaving its intent");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let name = Self::name("name", &key.name)?;
-            let fail = driver_error(service);
-            match intent {
-                // Never acknowledged: undo, so the driver holds nothing the
-                // store does not know.
-                Intent::Create { .. } => {
-                    tracing::info!(service = %key.service, volume = %key.name, "undoing an interrupted create");
-                    service.driver.delete(&name).await.map_err(fail)?;
-                    self.journal.abandon(&fence, Kind::Volume, &key).await?;
-                }
-                // The client asked for it to go: finish.
-                Intent::Delete { .. } => {
-                    tracing::info!(service = %key.service, volume = %key.name, "finishing an interrupted delete");
-                    service.driver.delete(&name).await.map_err(fail)?;
-                    self.journal
-                        .settle(&fence, &key, Change::Volume(None))
-                        .await?;
-                }
-                Intent::CreateSnapshot { .. } => {
-                    tracing::info!(service = %key.service, snapshot = %key.name, "undoing an interrupted snapshot");
-                    service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                    self.journal.abandon(&fence, Kind::Snapshot, &key).await?;
-                }
-                Intent::DeleteSnapshot { .. } => {
-                    tracing::info!(service = %key.service, snapshot = %key.name, "finishing an interrupted snapshot delete");
-                    service.driver.delete_snapshot(&name).await.map_err(fail)?;
-                    self.journal
-                        .settle(&fence, &key, Change::Snapshot(None))
-                        .await?;
-                }
-            }
+            self.settle(&key, intent.kind(), Scan::Start).await?;
         }
         self.store.flush().await?;
 
@@ -915,6 +870,160 @@ impl Volumes {
         Ok(())
     }
 
+    /// Settles the intent of one object left by an operation that ended
+    /// without settling it, if there still is one once the object's lock is
+    /// held: a create is undone (it was never acknowledged), a delete is
+    /// finished (the client asked for it). Whether it settled one.
+    async fn settle(&self, key: &VolumeKey, kind: Kind, scan: Scan) -> Result<bool, VolumeError> {
+        let Some(service) = self.catalog.get(&key.service) else {
+            if scan == Scan::Start {
+                tracing::warn!(service = %key.service, name = %key.name,
+                    "an interrupted operation names a service that is no longer configured; leaving it");
+            }
+            return Ok(false);
+        };
+        // In a shared store, an intent whose lock is held belongs to an
+        // operation under way (on this or another controller): not ours to
+        // settle. Its lock goes with its controller's lease.
+        let fence = match self.store.lock(kind, key, false).await {
+            Ok(fence) => fence,
+            Err(StoreError::Contended(_)) => {
+                if scan == Scan::Start {
+                    tracing::info!(service = %key.service, name = %key.name,
+                        "an operation is under way on another controller; leaving its intent");
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Read again under the lock: the operation may have ended between
+        // the listing and the lock, and another may have left another
+        // intent since.
+        let Some(intent) = self.store.intent(kind, key).await? else {
+            return Ok(false);
+        };
+        self.settle_held(service, &fence, key, intent, scan).await?;
+        Ok(true)
+    }
+
+    /// Settles `intent`, left over on `key`, whose lock `fence` is held.
+    async fn settle_held(
+        &self,
+        service: &Service,
+        fence: &Fence,
+        key: &VolumeKey,
+        intent: Intent,
+        scan: Scan,
+    ) -> Result<(), VolumeError> {
+        let name = Self::name("name", &key.name)?;
+        let fail = driver_error(service);
+        let after = match scan {
+            Scan::Start => "a crash",
+            Scan::Orphan => "its controller's death (its lease expired)",
+        };
+        match intent {
+            // Never acknowledged: undo, so the driver holds nothing the
+            // store does not know.
+            Intent::Create { .. } => {
+                tracing::info!(service = %key.service, volume = %key.name, "undoing a create interrupted by {after}");
+                service.driver.delete(&name).await.map_err(fail)?;
+                self.journal.abandon(fence, Kind::Volume, key).await?;
+            }
+            // The client asked for it to go: finish.
+            Intent::Delete { .. } => {
+                tracing::info!(service = %key.service, volume = %key.name, "finishing a delete interrupted by {after}");
+                service.driver.delete(&name).await.map_err(fail)?;
+                self.journal
+                    .settle(fence, key, Change::Volume(None))
+                    .await?;
+            }
+            Intent::CreateSnapshot { .. } => {
+                tracing::info!(service = %key.service, snapshot = %key.name, "undoing a snapshot interrupted by {after}");
+                service.driver.delete_snapshot(&name).await.map_err(fail)?;
+                self.journal.abandon(fence, Kind::Snapshot, key).await?;
+            }
+            Intent::DeleteSnapshot { .. } => {
+                tracing::info!(service = %key.service, snapshot = %key.name, "finishing a snapshot delete interrupted by {after}");
+                service.driver.delete_snapshot(&name).await.map_err(fail)?;
+                self.journal
+                    .settle(fence, key, Change::Snapshot(None))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the store lock of one object for an operation. In a store
+    /// shared by several controllers, an intent found under the lock was
+    /// left by an operation that ended unsettled (its controller died): it
+    /// is settled first, so that this operation starts from what the
+    /// earlier one asked for (a delete finished, a create undone) and a
+    /// late settling cannot undo this one.
+    async fn take(&self, kind: Kind, key: &VolumeKey, wait: bool) -> Result<Fence, VolumeError> {
+        let fence = self.store.lock(kind, key, wait).await?;
+        if self.store.shared() {
+            if let Some(intent) = self.store.intent(kind, key).await? {
+                let service = self.service(&key.service)?;
+                self.settle_held(service, &fence, key, intent, Scan::Orphan)
+                    .await?;
+            }
+        }
+        Ok(fence)
+    }
+
+    /// One look, while serving, for intents that no live operation holds
+    /// (their controller died and its lease expired, or their undo failed)
+    /// and settles them as [`Volumes::reconcile`] does at start. Only for a
+    /// store shared by several controllers. How many it settled.
+    pub async fn settle_orphans(&self) -> Result<usize, VolumeError> {
+        let mut settled = 0;
+        for (key, intent) in self.store.intents().await? {
+            match self.settle(&key, intent.kind(), Scan::Orphan).await {
+                Ok(true) => settled += 1,
+                Ok(false) => {}
+                // One that cannot be settled now (its driver fails) does
+                // not keep the others waiting; the next look tries again.
+                Err(e) => tracing::warn!(service = %key.service, name = %key.name, error = %e,
+                    "cannot settle an operation a dead controller left; trying again later"),
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Runs [`Volumes::settle_orphans`] in the background as often as the
+    /// store asks ([`Records::orphan_scan`]), or not at all (`None`) for a
+    /// store with one controller. The task ends when aborted.
+    pub fn spawn_orphan_settler(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let every = self.store.orphan_scan()?;
+        let volumes = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(every).await;
+                match volumes.settle_orphans().await {
+                    Ok(n) => {
+                        if failing {
+                            tracing::info!("the record store answers again; looking for left-over operations resumed");
+                        }
+                        failing = false;
+                        if n > 0 {
+                            tracing::info!(
+                                settled = n,
+                                "settled operations a dead controller left"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "cannot look for operations a dead controller left; retrying");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        }))
+    }
+
     /// Volume and snapshot records by configured service, for the
     /// `berth_volumes` and `berth_snapshots` gauges (volume keys only are
     /// read; snapshot records are decoded).
@@ -936,6 +1045,14 @@ impl Volumes {
     pub async fn flush(&self) -> Result<(), VolumeError> {
         Ok(self.store.flush().await?)
     }
+}
+
+/// Which look settles left-over intents: at start (every intent not held
+/// is a crash's) or while serving (a dead controller's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scan {
+    Start,
+    Orphan,
 }
 
 /// Whether a record passes a listing's attachment filter.

@@ -98,6 +98,18 @@ pub trait Records: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), StoreError>;
     /// Every intent left over, volumes first, in key order.
     async fn intents(&self) -> Result<Vec<(VolumeKey, Intent)>, StoreError>;
+    /// The intent of one object (`kind`, `key`), if one is recorded. A
+    /// caller holding the object's lock reads what no live operation can be
+    /// writing: an intent found then was left by an operation that ended
+    /// without settling it (its controller died, or its undo failed).
+    async fn intent(&self, kind: Kind, key: &VolumeKey) -> Result<Option<Intent>, StoreError> {
+        Ok(self
+            .intents()
+            .await?
+            .into_iter()
+            .find(|(k, i)| k == key && i.kind() == kind)
+            .map(|(_, i)| i))
+    }
     /// Snapshots of `services`, in key order, that `keep` accepts.
     async fn snapshots(
         &self,
@@ -119,6 +131,13 @@ pub trait Records: Send + Sync + 'static {
     /// others are then visible in it).
     fn shared(&self) -> bool {
         false
+    }
+    /// How often a running controller looks for intents that another,
+    /// dead controller left (see [`crate::volumes::Volumes::settle_orphans`]);
+    /// `None` for a store with one controller, whose left-overs are settled
+    /// at its next start.
+    fn orphan_scan(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 
