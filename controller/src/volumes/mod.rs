@@ -294,7 +294,7 @@ impl Volumes {
             Some(s) => {
                 Self::require(
                     &service,
-                    service.capabilities.create_from_snapshot,
+                    service.capabilities().create_from_snapshot,
                     "creating volumes from snapshots",
                 )?;
                 Some(Self::name("snapshot", s)?)
@@ -366,7 +366,7 @@ impl Volumes {
         let service = Arc::clone(self.service(service)?);
         let source = Self::name("source volume", source)?;
         let name = Self::name("volume", name)?;
-        Self::require(&service, service.capabilities.copy, "copying volumes")?;
+        Self::require(&service, service.capabilities().copy, "copying volumes")?;
         if source == name {
             return Err(VolumeError::InvalidArgument(format!(
                 "cannot copy volume {name} onto itself"
@@ -568,7 +568,7 @@ impl Volumes {
         let service = Arc::clone(self.service(service)?);
         let name = Self::name("volume", name)?;
         check_instance(instance)?;
-        Self::require(&service, service.capabilities.attach, "attaching volumes")?;
+        Self::require(&service, service.capabilities().attach, "attaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
         let fence = self.store.lock(Kind::Volume, &key, true).await?;
@@ -577,7 +577,7 @@ impl Volumes {
             let existing = existing.clone();
             return Ok((record, existing));
         }
-        if !record.attachments.is_empty() && !service.capabilities.multi_attach {
+        if !record.attachments.is_empty() && !service.capabilities().multi_attach {
             return Err(VolumeError::FailedPrecondition(format!(
                 "volume {name} is attached to {}; detach it there first (or detach --force)",
                 holders(&record)
@@ -613,7 +613,7 @@ impl Volumes {
         if !force {
             check_instance(instance)?;
         }
-        Self::require(&service, service.capabilities.attach, "detaching volumes")?;
+        Self::require(&service, service.capabilities().attach, "detaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
         let fence = self.store.lock(Kind::Volume, &key, true).await?;
@@ -700,7 +700,7 @@ impl Volumes {
         let service = Arc::clone(self.service(service)?);
         let volume = Self::name("volume", volume)?;
         let name = Self::name("snapshot", name)?;
-        Self::require(&service, service.capabilities.snapshot, "snapshots")?;
+        Self::require(&service, service.capabilities().snapshot, "snapshots")?;
         let vol_key = VolumeKey::new(&service.name, volume.as_str());
         let _vol_guard = self.locks.lock(vol_key.clone()).await;
         let _vol_fence = self.store.lock(Kind::Volume, &vol_key, true).await?;
@@ -779,6 +779,7 @@ impl Volumes {
     /// Finishes or undoes operations a crash interrupted, then reports
     /// drift between the store and the drivers. Runs before serving.
     pub async fn reconcile(&self) -> Result<(), VolumeError> {
+        self.recall().await?;
         for (key, intent) in self.store.intents().await? {
             let Some(service) = self.catalog.get(&key.service) else {
                 tracing::warn!(service = %key.service, name = %key.name,
@@ -797,31 +798,59 @@ impl Volumes {
                 Err(e) => return Err(e.into()),
             };
             let name = Self::name("name", &key.name)?;
-            let fail = driver_error(service);
-            match intent {
+            if let Intent::CreateSnapshot { record } = &intent {
+                if let Ok(volume) = VolumeName::parse(&record.volume) {
+                    service.driver.recall_snapshot(&name, &volume);
+                }
+            }
+            // A driver whose storage is away (a CSI plugin that is down)
+            // must not stop the controller: the intent stays for the next
+            // start, and the service reports itself unavailable.
+            let fail = |e: DriverError| -> Result<(), VolumeError> {
+                if let DriverError::Unavailable(why) = &e {
+                    tracing::warn!(service = %key.service, name = %key.name, op = intent.op(), error = %why,
+                        "cannot settle an interrupted operation now; it is kept for the next start");
+                    Ok(())
+                } else {
+                    Err(driver_error(service)(e))
+                }
+            };
+            match &intent {
                 // Never acknowledged: undo, so the driver holds nothing the
                 // store does not know.
                 Intent::Create { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "undoing an interrupted create");
-                    service.driver.delete(&name).await.map_err(fail)?;
+                    if let Err(e) = service.driver.delete(&name).await {
+                        fail(e)?;
+                        continue;
+                    }
                     self.journal.abandon(&fence, Kind::Volume, &key).await?;
                 }
                 // The client asked for it to go: finish.
                 Intent::Delete { .. } => {
                     tracing::info!(service = %key.service, volume = %key.name, "finishing an interrupted delete");
-                    service.driver.delete(&name).await.map_err(fail)?;
+                    if let Err(e) = service.driver.delete(&name).await {
+                        fail(e)?;
+                        continue;
+                    }
                     self.journal
                         .settle(&fence, &key, Change::Volume(None))
                         .await?;
                 }
                 Intent::CreateSnapshot { .. } => {
                     tracing::info!(service = %key.service, snapshot = %key.name, "undoing an interrupted snapshot");
-                    service.driver.delete_snapshot(&name).await.map_err(fail)?;
+                    if let Err(e) = service.driver.delete_snapshot(&name).await {
+                        fail(e)?;
+                        continue;
+                    }
                     self.journal.abandon(&fence, Kind::Snapshot, &key).await?;
                 }
                 Intent::DeleteSnapshot { .. } => {
                     tracing::info!(service = %key.service, snapshot = %key.name, "finishing an interrupted snapshot delete");
-                    service.driver.delete_snapshot(&name).await.map_err(fail)?;
+                    if let Err(e) = service.driver.delete_snapshot(&name).await {
+                        fail(e)?;
+                        continue;
+                    }
                     self.journal
                         .settle(&fence, &key, Change::Snapshot(None))
                         .await?;
@@ -851,6 +880,41 @@ impl Volumes {
                 }
                 Err(e) => {
                     tracing::warn!(service = %service.name, error = %e, "cannot list the driver's volumes")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every driver what is on record for its volumes and snapshots
+    /// ([`berth_drivers::VolumeDriver::recall`]), one page at a time.
+    async fn recall(&self) -> Result<(), VolumeError> {
+        for service in self.catalog.iter() {
+            let services = [service.name.as_str()];
+            let mut after: Option<VolumeKey> = None;
+            loop {
+                let page = self
+                    .store
+                    .page(&services, after.as_ref(), SCAN_BUDGET, SCAN_BUDGET, &|_| {
+                        true
+                    })
+                    .await?;
+                for record in &page.records {
+                    if let Ok(name) = VolumeName::parse(&record.name) {
+                        service.driver.recall(&name, &record.fields);
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            for snapshot in self.store.snapshots(&services, &|_| true).await? {
+                if let (Ok(name), Ok(volume)) = (
+                    VolumeName::parse(&snapshot.name),
+                    VolumeName::parse(&snapshot.volume),
+                ) {
+                    service.driver.recall_snapshot(&name, &volume);
                 }
             }
         }
