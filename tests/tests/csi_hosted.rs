@@ -701,3 +701,146 @@ fn a_bad_csi_service_stops_start_up_with_the_option_named() {
         "{err}"
     );
 }
+
+/// Points the client config of `d` at a private mount root, instance `n1`,
+/// and `[csi_plugins] SERVICE = NODE-SOCKET`.
+fn node_config(d: &Berthd, mount_root: &Path, service: &str, endpoint: &str) {
+    let path = d.home.join(".config/berth/config.toml");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&path).expect("client config");
+    std::fs::write(
+        &path,
+        format!(
+            "mount_root = {:?}\ninstance = \"n1\"\n{text}\n[csi_plugins]\n{service} = {endpoint:?}\n",
+            s(mount_root)
+        ),
+    )
+    .expect("write client config");
+}
+
+/// `berth volume mount` of a volume of `svc`: through the plugin's Node
+/// service, data surviving unmount and mount; `published` reads whether the
+/// plugin has the volume published (when the test can see it).
+fn mount_round_trip(d: &Berthd, work: &Path, svc: &str, endpoint: &str) -> String {
+    let mount_root = work.join("mnt");
+    node_config(d, &mount_root, svc, endpoint);
+    let v = d
+        .berth(&[
+            "volume", "create", "data", "-s", svc, "--size", "4MiB", "-o", "json",
+        ])
+        .json();
+    let id = id_of(&v);
+    let path = PathBuf::from(
+        d.berth(&["volume", "mount", "data", "-s", svc])
+            .success()
+            .trim(),
+    );
+    assert!(
+        berth_tests::node::is_mount_point(&path),
+        "{}",
+        path.display()
+    );
+    std::fs::write(path.join("data.txt"), b"survives").expect("write through the mount");
+    let inspected = d
+        .berth(&["volume", "inspect", "data", "-s", svc, "-o", "json"])
+        .json();
+    assert!(
+        inspected.to_string().contains("\"n1\""),
+        "attached: {inspected}"
+    );
+    d.berth(&["volume", "unmount", "data", "-s", svc]).success();
+    assert!(!berth_tests::node::is_mount_point(&path));
+    let inspected = d
+        .berth(&["volume", "inspect", "data", "-s", svc, "-o", "json"])
+        .json();
+    assert!(
+        !inspected.to_string().contains("\"n1\""),
+        "detached: {inspected}"
+    );
+
+    let again = PathBuf::from(
+        d.berth(&["volume", "mount", "data", "-s", svc])
+            .success()
+            .trim(),
+    );
+    assert_eq!(again, path);
+    assert_eq!(
+        std::fs::read(again.join("data.txt")).expect("read after mount"),
+        b"survives"
+    );
+    d.berth(&["volume", "unmount", "data", "-s", svc]).success();
+    assert!(!berth_tests::node::is_mount_point(&path));
+    assert!(
+        berth_tests::node::mounts_under(&mount_root).is_empty(),
+        "nothing left mounted under {}",
+        mount_root.display()
+    );
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_goes_through_the_test_plugins_node_service() {
+    if !berth_tests::node::can_run(
+        "csi_hosted mount",
+        (!berth_tests::node::is_root()).then(|| "mounting needs root".to_owned()),
+    ) {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let plugin = PluginProcess::test_plugin(work.path(), &[]);
+    let d = berthd(work.path(), "tp", &plugin.endpoint());
+    let id = mount_round_trip(&d, work.path(), "tp", &plugin.endpoint());
+    // The data lives in the plugin's volume, not in a mount of Berth's.
+    let stored = work
+        .path()
+        .join("plugin-root/volumes")
+        .join(&id)
+        .join("data.txt");
+    assert_eq!(std::fs::read(stored).expect("in the plugin"), b"survives");
+    // ControllerPublish was undone when the last mount went.
+    let state = std::fs::read_to_string(work.path().join("plugin-root/state.json")).expect("state");
+    assert!(!state.contains("\"n1\""), "unpublished: {state}");
+    // A node whose config names no socket for the service says what to add.
+    let path = d.home.join(".config/berth/config.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        text.replace("[csi_plugins]\ntp =", "[csi_plugins]\nother ="),
+    )
+    .expect("write");
+    let err = d.berth(&["volume", "mount", "data", "-s", "tp"]).failure();
+    assert!(
+        err.contains("[csi_plugins]") && err.contains("tp = "),
+        "{err}"
+    );
+    let inspected = d
+        .berth(&["volume", "inspect", "data", "-s", "tp", "-o", "json"])
+        .json();
+    assert!(
+        !inspected.to_string().contains("\"n1\""),
+        "not attached: {inspected}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_goes_through_hostpaths_node_service() {
+    let Some(binary) = hostpath() else {
+        println!(
+            "skipped: set BERTH_CSI_HOSTPATH=PATH to mount through hostpathplugin's Node service"
+        );
+        return;
+    };
+    if !berth_tests::node::can_run(
+        "csi_hosted mount (hostpath)",
+        (!berth_tests::node::is_root()).then(|| "mounting needs root".to_owned()),
+    ) {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let plugin = PluginProcess::hostpath(&binary, work.path());
+    let d = berthd(work.path(), "hostpath", &plugin.endpoint());
+    mount_round_trip(&d, work.path(), "hostpath", &plugin.endpoint());
+}
