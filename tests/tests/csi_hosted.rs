@@ -700,6 +700,22 @@ fn a_bad_csi_service_stops_start_up_with_the_option_named() {
         err.contains("endpoint") && err.contains("unix:///"),
         "{err}"
     );
+    // `berthd check-config` knows the driver.
+    std::fs::write(
+        &config,
+        "[[services]]\nname = \"tp\"\ndriver = \"csi\"\n[services.options]\nendpoint = \"unix:///run/x.sock\"\n",
+    )
+    .expect("config");
+    let out = berth_tests::process::run_bounded(
+        {
+            let mut cmd = Command::new(berth_tests::bin("berthd"));
+            cmd.arg("check-config").arg("--config").arg(&config);
+            cmd
+        },
+        Duration::from_secs(30),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("tp (csi)"), "{said}");
 }
 
 /// Points the client config of `d` at a private mount root, instance `n1`,
