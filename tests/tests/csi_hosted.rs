@@ -860,3 +860,59 @@ async fn mount_goes_through_hostpaths_node_service() {
     let d = berthd(work.path(), "hostpath", &plugin.endpoint());
     mount_round_trip(&d, work.path(), "hostpath", &plugin.endpoint());
 }
+
+/// Sends `signal` (STOP, CONT) to a plugin process.
+fn signal(plugin: &PluginProcess, signal: &str) {
+    let pid = plugin.child.as_ref().expect("running").id();
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berthd_killed_during_hostpaths_create_is_reconciled() {
+    let Some(binary) = hostpath() else {
+        println!("skipped: set BERTH_CSI_HOSTPATH=PATH to crash berthd during hostpathplugin's CreateVolume");
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let plugin = PluginProcess::hostpath(&binary, work.path());
+    let mut d = berthd(work.path(), "hostpath", &plugin.endpoint());
+    let kept = id_of(
+        &d.berth(&["volume", "create", "kept", "-s", "hostpath", "-o", "json"])
+            .json(),
+    );
+    // The plugin is frozen, so berthd's CreateVolume waits in its socket:
+    // the intent is written, the record is not. Kill berthd there, then let
+    // the plugin run the create nobody will see answered.
+    signal(&plugin, "STOP");
+    let mut create = d.spawn_berth(&["volume", "create", "crashme", "-s", "hostpath"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        create.try_wait().expect("wait").is_none(),
+        "the create waits for the frozen plugin"
+    );
+    d.kill9();
+    let _ = create.kill();
+    let _ = create.wait();
+    signal(&plugin, "CONT");
+    std::thread::sleep(Duration::from_millis(500));
+
+    d.restart();
+    assert!(
+        d.log().contains("undoing an interrupted create"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(plugin.volume_ids().await, BTreeSet::from([kept]));
+    assert_eq!(
+        names(
+            &d.berth(&["volume", "list", "-s", "hostpath", "-o", "json"])
+                .json()
+        ),
+        ["kept"]
+    );
+}
