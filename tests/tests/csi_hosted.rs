@@ -288,8 +288,19 @@ async fn every_command(d: &Berthd, svc: &str, plugin: &PluginProcess, data: Opti
         ])
         .json();
     assert!(attached.to_string().contains(&id1), "{attached}");
+    if let Some(data) = data {
+        // The test plugin has PUBLISH_UNPUBLISH_VOLUME: attach published.
+        let state = data.with_file_name("state.json");
+        let published = std::fs::read_to_string(&state).expect("plugin state");
+        assert!(published.contains("\"n1\""), "{published}");
+    }
     d.berth(&["volume", "detach", "v1", "-s", svc, "--instance", "n1"])
         .success();
+    if let Some(data) = data {
+        let state = data.with_file_name("state.json");
+        let published = std::fs::read_to_string(&state).expect("plugin state");
+        assert!(!published.contains("\"n1\""), "{published}");
+    }
 
     if let Some(data) = data {
         std::fs::write(data.join(&id1).join("hello.txt"), b"kept").expect("write into v1");
@@ -525,12 +536,37 @@ async fn a_plugin_that_is_down_or_killed_is_unavailable_then_recovers() {
         ["a", "b"]
     );
 
-    // A restarted berthd learns the plugin's ids back from its records.
+    // The create refused at the very start left an intent (its undo could
+    // not reach the plugin either). A berthd restarted while the plugin is
+    // down still starts, keeping that intent for later.
+    plugin.kill();
     d.restart();
-    d.berth(&["volume", "rm", "a", "-s", "tp"]).success();
+    assert!(
+        d.log()
+            .contains("cannot settle an interrupted operation now"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(service_entry(&d, "tp")["available"], false);
+    plugin.start();
+    // It learnt the plugin's ids back from its records.
+    let run = until_ok(
+        &d,
+        &["volume", "rm", "a", "-s", "tp"],
+        Duration::from_secs(30),
+    );
+    assert!(run.ok(), "{}", run.stderr());
     assert_eq!(plugin.volume_ids().await, BTreeSet::from([id_b]));
+    // The next start with the plugin up settles the old intent: nothing
+    // of "early" exists anywhere.
+    d.restart();
     d.berth(&["volume", "rm", "b", "-s", "tp"]).success();
     assert!(plugin.volume_ids().await.is_empty());
+    assert_eq!(
+        d.berth(&["volume", "list", "-s", "tp", "-o", "json"])
+            .json(),
+        serde_json::json!([])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
