@@ -578,6 +578,8 @@ async fn berthd_killed_between_the_plugins_create_and_the_record_is_reconciled()
         .berth(&["volume", "create", "kept", "-s", "tp", "-o", "json"])
         .json();
     let kept_id = id_of(&kept);
+    d.berth(&["snapshot", "create", "kept", "snap", "-s", "tp"])
+        .success();
 
     let mut create = d.spawn_berth(&["volume", "create", "crashme", "-s", "tp"]);
     let marker = work.path().join("plugin-root/hung");
@@ -612,6 +614,25 @@ async fn berthd_killed_between_the_plugins_create_and_the_record_is_reconciled()
         "{}",
         d.log()
     );
+    // Snapshot records keep no plugin id: after the restart the driver
+    // finds it again (CreateSnapshot is idempotent on the name).
+    let restored = d
+        .berth(&[
+            "volume",
+            "create",
+            "restored",
+            "-s",
+            "tp",
+            "--from-snapshot",
+            "snap",
+            "-o",
+            "json",
+        ])
+        .json();
+    assert!(plugin.volume_ids().await.contains(&id_of(&restored)));
+    assert_eq!(plugin.snapshot_ids().await.len(), 1);
+    d.berth(&["snapshot", "rm", "snap", "-s", "tp"]).success();
+    assert!(plugin.snapshot_ids().await.is_empty());
 }
 
 /// Create+delete pairs per second: through berthd (TLS, catalogue, journal,
