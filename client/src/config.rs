@@ -41,6 +41,11 @@ pub struct ClientConfig {
     /// Per-controller settings, keyed by `HOST:PORT`.
     #[serde(default)]
     pub controllers: BTreeMap<String, ControllerEntry>,
+    /// The node socket of each `csi` service's plugin, by service name
+    /// (`hostpath = "unix:///run/csi/hostpath.sock"`): where `berth volume
+    /// mount` calls the plugin's Node service.
+    #[serde(default)]
+    pub csi_plugins: BTreeMap<String, String>,
 }
 
 impl ClientConfig {

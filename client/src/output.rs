@@ -182,12 +182,17 @@ pub fn volume_detail(v: &pb::Volume) -> String {
 
 /// `berth service list` as a table.
 pub fn service_table(services: &[pb::Service]) -> String {
-    let mut t = table(&["NAME", "DRIVER", "CAPABILITIES"]);
+    let mut t = table(&["NAME", "DRIVER", "CAPABILITIES", "STATUS"]);
     for s in services {
         t.add_row(vec![
             s.name.clone(),
             s.driver.clone(),
             capabilities(s.capabilities.as_ref()).join(","),
+            if s.unavailable.is_empty() {
+                "available".into()
+            } else {
+                format!("unavailable: {}", s.unavailable)
+            },
         ]);
     }
     render(&t)
@@ -214,6 +219,8 @@ pub fn service_json(s: &pb::Service) -> Value {
         "name": s.name,
         "driver": s.driver,
         "capabilities": capabilities(s.capabilities.as_ref()),
+        "available": s.unavailable.is_empty(),
+        "unavailable": (!s.unavailable.is_empty()).then_some(&s.unavailable),
     })
 }
 

@@ -166,7 +166,8 @@ enum Command {
 
 /// Runs the `berthd` command line (arguments from the process) with the
 /// drivers in `registry`.
-pub fn main(registry: DriverRegistry) -> anyhow::Result<()> {
+pub fn main(mut registry: DriverRegistry) -> anyhow::Result<()> {
+    crate::hosted::register(&mut registry);
     let cli = Cli::parse();
     crate::logging::init(cli.log_level.as_deref(), cli.log_format);
     if let Some(Command::CheckConfig { config }) = &cli.command {

@@ -44,6 +44,8 @@
 //! | [`volumes::store`] | durable records and intents (sled) |
 //! | [`volumes::catalog`] | configured services bound to built drivers |
 //! | [`volumes::locks`] | per-volume serialisation |
+//! | [`hosted`] | drivers served by another process, put behind Berth |
+//! | [`hosted::csi`] | the `csi` driver: any CSI plugin on a unix socket |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -52,6 +54,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod fsio;
+pub mod hosted;
 pub mod join;
 pub mod logging;
 pub mod metrics;
@@ -203,7 +206,9 @@ impl Controller {
                 config.as_ref().map(|c| &c.etcd),
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let catalog = Arc::new(Catalog::build(registry, &services, &source)?);
+        let mut registry = registry.clone();
+        hosted::register(&mut registry);
+        let catalog = Arc::new(Catalog::build(&registry, &services, &source)?);
         if let volumes::backend::StoreChoice::Etcd { .. } = records {
             volumes::shared_storage::warn_local_vfs_roots(&services);
         }

@@ -239,6 +239,30 @@ pub trait VolumeDriver: Send + Sync + 'static {
         self.create_snapshot(volume, snapshot).await
     }
 
+    /// Why the driver cannot serve calls right now (its storage or the
+    /// process behind it is unreachable), or `None` when it can. Shown by
+    /// `berth service list`; a driver whose storage is always local keeps
+    /// the default.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    /// The controller tells the driver what it has on record for one of its
+    /// volumes: the `fields` the driver returned when it made it. Called at
+    /// start-up for every recorded volume, before interrupted operations are
+    /// settled. A driver that needs its own handle for a volume (for example
+    /// an id given by an external system) keeps it in those fields and
+    /// learns it back here; drivers whose storage is named by the volume
+    /// name ignore it (the default).
+    fn recall(&self, name: &VolumeName, fields: &BTreeMap<String, String>) {
+        let _ = (name, fields);
+    }
+
+    /// Like [`recall`](Self::recall), for a recorded snapshot of `volume`.
+    fn recall_snapshot(&self, snapshot: &VolumeName, volume: &VolumeName) {
+        let _ = (snapshot, volume);
+    }
+
     /// The error for an optional operation this driver does not support.
     fn unsupported(&self, operation: &'static str) -> DriverError {
         DriverError::Unsupported {

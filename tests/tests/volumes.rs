@@ -764,7 +764,7 @@ fn two_configured_services_are_kept_apart() {
         [("bulk".into(), "vfs".into()), ("fast".into(), "vfs".into())]
     );
     let table = d.berth(&["service", "list"]).success();
-    let rows = table_rows(&table, &["NAME", "DRIVER", "CAPABILITIES"]);
+    let rows = table_rows(&table, &["NAME", "DRIVER", "CAPABILITIES", "STATUS"]);
     let mut names_in_table: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     names_in_table.sort();
     assert_eq!(names_in_table, ["bulk", "fast"], "{table}");

@@ -65,7 +65,8 @@ pub enum PluginCommand {
 fn node_for(opts: &SessionOptions) -> anyhow::Result<(Node, Loaded)> {
     let loaded = Loaded::load(opts.config.as_deref())?;
     let root = node::default_mount_root(&loaded.config)?;
-    Ok((Node::new(root), loaded))
+    let plugins = loaded.config.csi_plugins.clone();
+    Ok((Node::new(root).with_csi_plugins(plugins), loaded))
 }
 
 /// Runs `berth volume mount|unmount`.

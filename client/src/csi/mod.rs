@@ -193,6 +193,9 @@ pub struct PluginConfig {
     pub known_nodes: Option<Vec<String>>,
     /// The Node service's mount root (see [`crate::node::Node`]).
     pub mount_root: PathBuf,
+    /// The client config's `[csi_plugins]`: node sockets of the plugins
+    /// behind `csi` services, for mounting their volumes.
+    pub csi_plugins: std::collections::BTreeMap<String, String>,
 }
 
 impl PluginConfig {
@@ -227,6 +230,7 @@ impl PluginConfig {
             default_size: args.default_size,
             known_nodes,
             mount_root,
+            csi_plugins: loaded.config.csi_plugins.clone(),
         })
     }
 }

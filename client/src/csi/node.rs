@@ -44,7 +44,9 @@ pub struct NodeService {
 impl NodeService {
     /// The service over `backend`, mounting under `config.mount_root`.
     pub fn new(backend: Arc<Backend>, config: Arc<PluginConfig>) -> Self {
-        let node = Arc::new(Node::new(config.mount_root.clone()));
+        let node = Arc::new(
+            Node::new(config.mount_root.clone()).with_csi_plugins(config.csi_plugins.clone()),
+        );
         Self {
             backend,
             config,

@@ -11,7 +11,11 @@
 //!   over a device that already holds anything `blkid` recognises; the
 //!   filesystem is mounted once under the mount root (*staging*) and
 //!   bind-mounted at each path;
-//! * `image` qcow2: the same through `qemu-nbd`, where `/dev/nbd*` exists.
+//! * `image` qcow2: the same through `qemu-nbd`, where `/dev/nbd*` exists;
+//! * `csi`: the plugin's own Node service does it ([`csi`]): stage (when
+//!   the plugin stages) under the mount root, publish at each path, with
+//!   the publish context the controller returned; the node socket comes
+//!   from the client config's `[csi_plugins]`.
 //!
 //! [`Node::unmount`] unmounts the path and, when it was the volume's last
 //! one, unmounts the staging mount, releases the block device and detaches.
@@ -35,9 +39,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod csi;
 pub mod state;
 mod sys;
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -170,6 +176,16 @@ pub enum NodeError {
         /// What is wrong.
         message: String,
     },
+    /// A CSI plugin's Node service refused or failed a call.
+    #[error("CSI plugin at {endpoint}: {action}: {}", status_text(.status))]
+    CsiPlugin {
+        /// The plugin's node socket.
+        endpoint: String,
+        /// The call, with the volume id and path.
+        action: String,
+        /// The plugin's answer.
+        status: tonic::Status,
+    },
     /// A file-system operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -193,7 +209,7 @@ impl NodeError {
         use tonic::Code;
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::Controller { status, .. } => status.code(),
+            Self::Controller { status, .. } | Self::CsiPlugin { status, .. } => status.code(),
             Self::AttachedElsewhere { .. }
             | Self::Unsupported { .. }
             | Self::PathInUse { .. }
@@ -331,6 +347,8 @@ enum Plan {
     Loop { fs: String },
     /// qemu-nbd over a qcow2 image.
     Nbd { fs: String },
+    /// The CSI plugin's Node service.
+    Csi,
 }
 
 impl Plan {
@@ -357,12 +375,13 @@ impl Plan {
             .unwrap_or("raw");
         match (volume.driver.as_str(), format) {
             ("vfs", _) => Ok(Plan::Bind),
+            ("csi", _) => Ok(Plan::Csi),
             ("image", "raw") => Ok(Plan::Loop { fs }),
             ("image", "qcow2") => Ok(Plan::Nbd { fs }),
             (driver, format) => Err(NodeError::Unsupported {
                 volume: id,
                 reason: format!(
-                    "this node mounts vfs directories and raw or qcow2 images, not driver {driver:?} format {format:?}; use `berth volume attach` and make it usable by hand"
+                    "this node mounts vfs directories, raw or qcow2 images and csi volumes, not driver {driver:?} format {format:?}; use `berth volume attach` and make it usable by hand"
                 ),
             }),
         }
@@ -371,7 +390,7 @@ impl Plan {
     /// Refuses early (before attaching) what this host cannot do.
     fn check_host(&self, volume: &str) -> Result<(), NodeError> {
         let fs = match self {
-            Plan::Bind => return Ok(()),
+            Plan::Bind | Plan::Csi => return Ok(()),
             Plan::Loop { fs } => {
                 for tool in ["losetup", "blkid"] {
                     if !sys::have_tool(tool) {
@@ -411,6 +430,7 @@ pub struct Node {
     root: PathBuf,
     lock_wait: Duration,
     serial: tokio::sync::Mutex<()>,
+    csi_plugins: BTreeMap<String, String>,
 }
 
 impl Node {
@@ -420,7 +440,15 @@ impl Node {
             root: mount_root.into(),
             lock_wait: DEFAULT_LOCK_WAIT,
             serial: tokio::sync::Mutex::new(()),
+            csi_plugins: BTreeMap::new(),
         }
+    }
+
+    /// The node sockets of CSI plugins, by service name (the client
+    /// config's `[csi_plugins]`), for volumes of `csi` services.
+    pub fn with_csi_plugins(mut self, plugins: BTreeMap<String, String>) -> Self {
+        self.csi_plugins = plugins;
+        self
     }
 
     /// Waits at most `wait` for another agent's step (default
@@ -641,6 +669,9 @@ impl Node {
             .into_inner();
         let plan = Plan::of(&volume, None)?;
         plan.check_host(key)?;
+        if plan == Plan::Csi {
+            csi::endpoint_for(&self.csi_plugins, service, key)?;
+        }
         let attached = session
             .volumes()
             .attach_volume(pb::AttachVolumeRequest {
@@ -682,6 +713,11 @@ impl Node {
         lock.save(state)?;
         pause("attach");
         let read_only = request.read_only;
+        if plan == Plan::Csi {
+            return self
+                .bring_up_csi(lock, state, key, path, request, &attachment.fields)
+                .await;
+        }
         let source = match &plan {
             Plan::Bind => {
                 let dir = PathBuf::from(&device);
@@ -695,6 +731,7 @@ impl Node {
                 }
                 dir
             }
+            Plan::Csi => return Ok(()),
             Plan::Loop { fs } | Plan::Nbd { fs } => {
                 if !Path::new(&device).is_file() {
                     return Err(NodeError::Unsupported {
@@ -740,6 +777,51 @@ impl Node {
         };
         if !sys::is_mount_point(path)? {
             sys::bind(&source, path, read_only)?;
+        }
+        pause("bind");
+        Ok(())
+    }
+
+    /// The `csi` half of [`Node::mount`]: stage (when the plugin stages)
+    /// and publish through the plugin's Node service.
+    async fn bring_up_csi(
+        &self,
+        lock: &state::StateLock,
+        state: &mut NodeState,
+        key: &str,
+        path: &Path,
+        request: &MountRequest,
+        fields: &std::collections::HashMap<String, String>,
+    ) -> Result<(), NodeError> {
+        let endpoint = csi::endpoint_for(&self.csi_plugins, &request.service, key)?.to_owned();
+        let published =
+            csi::Published::from_fields(fields).ok_or_else(|| NodeError::Unsupported {
+                volume: key.to_owned(),
+                reason: format!(
+                    "the controller's attachment carries no {}; is berthd's csi driver this version's?",
+                    csi::VOLUME_ID
+                ),
+            })?;
+        let entry = entry_mut(state, key)?;
+        entry.device = Some(published.volume_id.clone());
+        entry.csi_endpoint = Some(endpoint.clone());
+        lock.save(state)?;
+        let mut plugin = csi::PluginNode::connect(&endpoint).await?;
+        let staging = if plugin.stages().await? {
+            let staging = self.staging_path(&request.service, &request.name);
+            state::make_dir(&staging)?;
+            plugin.stage(&published, &staging).await?;
+            entry_mut(state, key)?.staging = Some(staging.clone());
+            lock.save(state)?;
+            Some(staging)
+        } else {
+            None
+        };
+        pause("stage");
+        if !sys::is_mount_point(path)? {
+            plugin
+                .publish(&published, staging.as_deref(), path, request.read_only)
+                .await?;
         }
         pause("bind");
         Ok(())
@@ -798,7 +880,29 @@ impl Node {
         path: &Path,
         lazy: bool,
     ) -> Result<(), NodeError> {
+        let csi_plugin = {
+            let entry = entry_mut(state, key)?;
+            match (entry.driver.as_deref(), &entry.device) {
+                (Some("csi"), Some(volume_id)) => {
+                    let endpoint = match &entry.csi_endpoint {
+                        Some(e) => e.clone(),
+                        None => {
+                            csi::endpoint_for(&self.csi_plugins, &entry.service, key)?.to_owned()
+                        }
+                    };
+                    Some((
+                        csi::PluginNode::connect(&endpoint).await?,
+                        volume_id.clone(),
+                    ))
+                }
+                _ => None,
+            }
+        };
+        let mut csi_plugin = csi_plugin;
         if entry_mut(state, key)?.paths.contains_key(path) {
+            if let Some((plugin, volume_id)) = csi_plugin.as_mut() {
+                plugin.unpublish(volume_id, path).await?;
+            }
             if sys::is_mount_point(path)? {
                 sys::unmount(path, lazy)?;
             }
@@ -815,6 +919,9 @@ impl Node {
             .staging
             .clone()
             .unwrap_or_else(|| self.staging_path(&entry.service, &entry.name));
+        if let (Some((plugin, volume_id)), Some(staged)) = (csi_plugin.as_mut(), &entry.staging) {
+            plugin.unstage(volume_id, staged).await?;
+        }
         if sys::is_mount_point(&staging)? {
             sys::unmount(&staging, lazy)?;
         }

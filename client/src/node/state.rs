@@ -50,7 +50,11 @@ pub struct VolumeState {
     /// The block device made for it (`/dev/loop3`, `/dev/nbd0`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block: Option<String>,
-    /// Where its filesystem is mounted once for all its paths (images only).
+    /// The node socket of its CSI plugin (`csi` services), once attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csi_endpoint: Option<String>,
+    /// Where its filesystem is mounted once for all its paths (images, and
+    /// CSI plugins that stage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<PathBuf>,
     /// The paths it is (or is being) mounted at.

@@ -144,16 +144,20 @@ impl pb::service_catalog_server::ServiceCatalog for Api {
             .catalog()
             .iter()
             .filter(|s| self.gate.authz().visible(&who, &s.name))
-            .map(|s| pb::Service {
-                name: s.name.clone(),
-                driver: s.driver_name.clone(),
-                capabilities: Some(pb::Capabilities {
-                    attach: s.capabilities.attach,
-                    multi_attach: s.capabilities.multi_attach,
-                    snapshot: s.capabilities.snapshot,
-                    copy: s.capabilities.copy,
-                    create_from_snapshot: s.capabilities.create_from_snapshot,
-                }),
+            .map(|s| {
+                let caps = s.capabilities();
+                pb::Service {
+                    name: s.name.clone(),
+                    driver: s.driver_name.clone(),
+                    unavailable: s.unavailable().unwrap_or_default(),
+                    capabilities: Some(pb::Capabilities {
+                        attach: caps.attach,
+                        multi_attach: caps.multi_attach,
+                        snapshot: caps.snapshot,
+                        copy: caps.copy,
+                        create_from_snapshot: caps.create_from_snapshot,
+                    }),
+                }
             })
             .collect();
         Ok(Response::new(pb::ListServicesResponse { services }))

@@ -16,12 +16,24 @@ pub struct Service {
     pub driver_name: String,
     /// The driver instance built for this service.
     pub driver: Arc<dyn VolumeDriver>,
-    /// What the driver supports.
-    pub capabilities: Capabilities,
     /// Subjects allowed beyond their credential's scope.
     pub allow: Vec<String>,
     /// Subjects refused whatever their scope.
     pub deny: Vec<String>,
+}
+
+impl Service {
+    /// What the driver supports now. Asked each time, not cached: a driver
+    /// in front of another process (`csi`) learns its capabilities when
+    /// that process answers, which may be after start-up.
+    pub fn capabilities(&self) -> Capabilities {
+        self.driver.capabilities()
+    }
+
+    /// Why the service cannot be used right now, or `None` when it can.
+    pub fn unavailable(&self) -> Option<String> {
+        self.driver.unavailable()
+    }
 }
 
 /// Every configured service, by name.
@@ -61,7 +73,6 @@ impl Catalog {
             let service = Service {
                 name: config.name.clone(),
                 driver_name: config.driver.clone(),
-                capabilities: driver.capabilities(),
                 driver,
                 allow: config.allow.clone(),
                 deny: config.deny.clone(),

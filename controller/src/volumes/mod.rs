@@ -320,7 +320,7 @@ impl Volumes {
             Some(s) => {
                 Self::require(
                     &service,
-                    service.capabilities.create_from_snapshot,
+                    service.capabilities().create_from_snapshot,
                     "creating volumes from snapshots",
                 )?;
                 Some(Self::name("snapshot", s)?)
@@ -408,7 +408,7 @@ impl Volumes {
         let service = Arc::clone(self.service(service)?);
         let source = Self::name("source volume", source)?;
         let name = Self::name("volume", name)?;
-        Self::require(&service, service.capabilities.copy, "copying volumes")?;
+        Self::require(&service, service.capabilities().copy, "copying volumes")?;
         if source == name {
             return Err(VolumeError::InvalidArgument(format!(
                 "cannot copy volume {name} onto itself"
@@ -612,7 +612,7 @@ impl Volumes {
         let service = Arc::clone(self.service(service)?);
         let name = Self::name("volume", name)?;
         check_instance(instance)?;
-        Self::require(&service, service.capabilities.attach, "attaching volumes")?;
+        Self::require(&service, service.capabilities().attach, "attaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
         let fence = self.take(Kind::Volume, &key, true).await?;
@@ -621,7 +621,7 @@ impl Volumes {
             let existing = existing.clone();
             return Ok((record, existing));
         }
-        if !record.attachments.is_empty() && !service.capabilities.multi_attach {
+        if !record.attachments.is_empty() && !service.capabilities().multi_attach {
             return Err(VolumeError::FailedPrecondition(format!(
                 "volume {name} is attached to {}; detach it there first (or detach --force)",
                 holders(&record)
@@ -657,7 +657,7 @@ impl Volumes {
         if !force {
             check_instance(instance)?;
         }
-        Self::require(&service, service.capabilities.attach, "detaching volumes")?;
+        Self::require(&service, service.capabilities().attach, "detaching volumes")?;
         let key = VolumeKey::new(&service.name, name.as_str());
         let _guard = self.locks.lock(key.clone()).await;
         let fence = self.take(Kind::Volume, &key, true).await?;
@@ -757,7 +757,7 @@ impl Volumes {
         let service = Arc::clone(self.service(service)?);
         let volume = Self::name("volume", volume)?;
         let name = Self::name("snapshot", name)?;
-        Self::require(&service, service.capabilities.snapshot, "snapshots")?;
+        Self::require(&service, service.capabilities().snapshot, "snapshots")?;
         let vol_key = VolumeKey::new(&service.name, volume.as_str());
         let _vol_guard = self.locks.lock(vol_key.clone()).await;
         let _vol_fence = self.take(Kind::Volume, &vol_key, true).await?;
@@ -838,6 +838,7 @@ impl Volumes {
     /// Finishes or undoes operations a crash interrupted, then reports
     /// drift between the store and the drivers. Runs before serving.
     pub async fn reconcile(&self) -> Result<(), VolumeError> {
+        self.recall().await?;
         for (key, intent) in self.store.intents().await? {
             self.settle(&key, intent.kind(), Scan::Start).await?;
         }
@@ -916,38 +917,98 @@ impl Volumes {
         scan: Scan,
     ) -> Result<(), VolumeError> {
         let name = Self::name("name", &key.name)?;
-        let fail = driver_error(service);
         let after = match scan {
             Scan::Start => "a crash",
             Scan::Orphan => "its controller's death (its lease expired)",
         };
-        match intent {
+        if let Intent::CreateSnapshot { record } = &intent {
+            if let Ok(volume) = VolumeName::parse(&record.volume) {
+                service.driver.recall_snapshot(&name, &volume);
+            }
+        }
+        // A driver whose storage is away (a CSI plugin that is down) must
+        // not stop the controller: the intent stays for a later try, and
+        // the service reports itself unavailable.
+        let kept = |e: DriverError| -> Result<(), VolumeError> {
+            match &e {
+                DriverError::Unavailable(why) => {
+                    tracing::warn!(service = %key.service, name = %key.name, op = intent.op(), error = %why,
+                        "cannot settle an interrupted operation now; it is kept for a later try");
+                    Ok(())
+                }
+                _ => Err(driver_error(service)(e)),
+            }
+        };
+        match &intent {
             // Never acknowledged: undo, so the driver holds nothing the
             // store does not know.
             Intent::Create { .. } => {
                 tracing::info!(service = %key.service, volume = %key.name, "undoing a create interrupted by {after}");
-                service.driver.delete(&name).await.map_err(fail)?;
+                if let Err(e) = service.driver.delete(&name).await {
+                    return kept(e);
+                }
                 self.journal.abandon(fence, Kind::Volume, key).await?;
             }
             // The client asked for it to go: finish.
             Intent::Delete { .. } => {
                 tracing::info!(service = %key.service, volume = %key.name, "finishing a delete interrupted by {after}");
-                service.driver.delete(&name).await.map_err(fail)?;
+                if let Err(e) = service.driver.delete(&name).await {
+                    return kept(e);
+                }
                 self.journal
                     .settle(fence, key, Change::Volume(None))
                     .await?;
             }
             Intent::CreateSnapshot { .. } => {
                 tracing::info!(service = %key.service, snapshot = %key.name, "undoing a snapshot interrupted by {after}");
-                service.driver.delete_snapshot(&name).await.map_err(fail)?;
+                if let Err(e) = service.driver.delete_snapshot(&name).await {
+                    return kept(e);
+                }
                 self.journal.abandon(fence, Kind::Snapshot, key).await?;
             }
             Intent::DeleteSnapshot { .. } => {
                 tracing::info!(service = %key.service, snapshot = %key.name, "finishing a snapshot delete interrupted by {after}");
-                service.driver.delete_snapshot(&name).await.map_err(fail)?;
+                if let Err(e) = service.driver.delete_snapshot(&name).await {
+                    return kept(e);
+                }
                 self.journal
                     .settle(fence, key, Change::Snapshot(None))
                     .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every driver what is on record for its volumes and snapshots
+    /// ([`berth_drivers::VolumeDriver::recall`]), one page at a time.
+    async fn recall(&self) -> Result<(), VolumeError> {
+        for service in self.catalog.iter() {
+            let services = [service.name.as_str()];
+            let mut after: Option<VolumeKey> = None;
+            loop {
+                let page = self
+                    .store
+                    .page(&services, after.as_ref(), SCAN_BUDGET, SCAN_BUDGET, &|_| {
+                        true
+                    })
+                    .await?;
+                for record in &page.records {
+                    if let Ok(name) = VolumeName::parse(&record.name) {
+                        service.driver.recall(&name, &record.fields);
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            for snapshot in self.store.snapshots(&services, &|_| true).await? {
+                if let (Ok(name), Ok(volume)) = (
+                    VolumeName::parse(&snapshot.name),
+                    VolumeName::parse(&snapshot.volume),
+                ) {
+                    service.driver.recall_snapshot(&name, &volume);
+                }
             }
         }
         Ok(())
