@@ -610,7 +610,7 @@ async fn berthd_killed_between_the_plugins_create_and_the_record_is_reconciled()
         .json();
     assert!(plugin.volume_ids().await.contains(&id_of(&again)));
     assert!(
-        d.log().contains("undoing an interrupted create"),
+        d.log().contains("undoing a create interrupted by a crash"),
         "{}",
         d.log()
     );
@@ -960,7 +960,7 @@ async fn berthd_killed_during_hostpaths_create_is_reconciled() {
 
     d.restart();
     assert!(
-        d.log().contains("undoing an interrupted create"),
+        d.log().contains("undoing a create interrupted by a crash"),
         "{}",
         d.log()
     );

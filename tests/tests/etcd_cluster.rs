@@ -311,3 +311,71 @@ fn a_controller_whose_credentials_are_not_shared_does_not_export_its_keys() {
     let err = join_with(&a, &a.data_dir, &fingerprint(&a), &a.admin_token_path()).failure();
     assert!(err.contains("already has"), "{err}");
 }
+
+/// The directories of the volumes the test CSI plugin holds under `root`.
+fn plugin_volumes(root: &Path) -> usize {
+    std::fs::read_dir(root.join("volumes"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+/// A `csi` service that two controllers share: a volume made through one is
+/// removed through the other, which was started before the volume existed
+/// (so it could not have learnt the plugin's volume id at its start) and
+/// learns it from the shared record. Without that, the second controller
+/// answered the removal while the plugin kept the volume.
+#[test]
+fn a_csi_volume_made_on_one_controller_is_removed_through_another() {
+    let Some(etcd) = Etcd::start() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let socket = tmp.path().join("plugin.sock");
+    let plugin_root = tmp.path().join("plugin-root");
+    let mut plugin = Command::new(env!("CARGO_BIN_EXE_csi-test-plugin"))
+        .arg("--endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--root")
+        .arg(&plugin_root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start csi-test-plugin");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the test plugin did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config = tmp.path().join("berthd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"etcd://{}\"\n\n[etcd]\nlease_ttl = \"3s\"\n\n[[services]]\nname = \"pool\"\ndriver = \"csi\"\n[services.options]\nendpoint = \"unix://{}\"\n",
+            etcd.endpoint(),
+            socket.display()
+        ),
+    )
+    .expect("write config");
+    let config = config.display().to_string();
+    let a = Berthd::start_with(&["--config", &config]);
+    let b = start_joined(&a, &tmp.path().join("b"), &["--config", &config]);
+
+    a.berth(&["volume", "create", "v1", "-s", "pool", "--size", "1MiB"])
+        .success();
+    assert_eq!(
+        plugin_volumes(&plugin_root),
+        1,
+        "the plugin made the volume"
+    );
+    b.berth(&["volume", "rm", "v1", "-s", "pool"]).success();
+    assert_eq!(
+        plugin_volumes(&plugin_root),
+        0,
+        "removed through B, the volume is still in the plugin"
+    );
+    let listed = a
+        .berth(&["volume", "list", "-s", "pool", "-o", "json"])
+        .json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    let _ = plugin.kill();
+    let _ = plugin.wait();
+}

@@ -248,12 +248,18 @@ impl Volumes {
         }
     }
 
+    /// The record of `name`, which the driver is also told about
+    /// ([`berth_drivers::VolumeDriver::recall`]): in a store shared by
+    /// several controllers, another controller may have made the volume
+    /// since this one started, and a driver that keeps its own handle for
+    /// it (a CSI plugin's volume id) learns it here before it is asked to act.
     async fn record(
         &self,
         service: &Service,
         name: &VolumeName,
     ) -> Result<VolumeRecord, VolumeError> {
-        self.store
+        let record = self
+            .store
             .get(&VolumeKey::new(&service.name, name.as_str()))
             .await?
             .ok_or_else(|| {
@@ -261,7 +267,9 @@ impl Volumes {
                     "volume {name} does not exist in service {}",
                     service.name
                 ))
-            })
+            })?;
+        service.driver.recall(name, &record.fields);
+        Ok(record)
     }
 
     /// The record of one volume.
@@ -695,12 +703,15 @@ impl Volumes {
         Ok(record)
     }
 
+    /// The record of snapshot `name`, which the driver is also told about
+    /// (see [`Volumes::record`]).
     async fn snapshot_record(
         &self,
         service: &Service,
         name: &VolumeName,
     ) -> Result<SnapshotRecord, VolumeError> {
-        self.store
+        let record = self
+            .store
             .snapshot(&VolumeKey::new(&service.name, name.as_str()))
             .await?
             .ok_or_else(|| {
@@ -708,7 +719,11 @@ impl Volumes {
                     "snapshot {name} does not exist in service {}",
                     service.name
                 ))
-            })
+            })?;
+        if let Ok(volume) = VolumeName::parse(&record.volume) {
+            service.driver.recall_snapshot(name, &volume);
+        }
+        Ok(record)
     }
 
     /// The record of one snapshot.
