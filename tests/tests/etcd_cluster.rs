@@ -320,12 +320,12 @@ fn plugin_volumes(root: &Path) -> usize {
 }
 
 /// A `csi` service that two controllers share: a volume made through one is
-/// removed through the other, which was started before the volume existed
-/// (so it could not have learnt the plugin's volume id at its start) and
-/// learns it from the shared record. Without that, the second controller
-/// answered the removal while the plugin kept the volume.
+/// snapshotted and removed through the other, which was started before the
+/// volume existed (so it could not have learnt the plugin's volume id at its
+/// start) and learns it from the shared record. Without that, the second
+/// controller answered NOT_FOUND for the snapshot.
 #[test]
-fn a_csi_volume_made_on_one_controller_is_removed_through_another() {
+fn a_csi_volume_made_on_one_controller_is_snapshotted_and_removed_through_another() {
     let Some(etcd) = Etcd::start() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let socket = tmp.path().join("plugin.sock");
@@ -366,6 +366,10 @@ fn a_csi_volume_made_on_one_controller_is_removed_through_another() {
         1,
         "the plugin made the volume"
     );
+    // A snapshot needs the plugin's id of its volume: B must know it.
+    b.berth(&["snapshot", "create", "v1", "s1", "-s", "pool"])
+        .success();
+    b.berth(&["snapshot", "rm", "s1", "-s", "pool"]).success();
     b.berth(&["volume", "rm", "v1", "-s", "pool"]).success();
     assert_eq!(
         plugin_volumes(&plugin_root),
