@@ -444,6 +444,24 @@ impl CsiDriver {
 
     /// A plugin error, mapped to the driver error that tells the caller
     /// what to do; `what` says what was being done with which name.
+    /// Runs a plugin delete (`operation`, of `what`): NOT_FOUND means it is
+    /// already gone, which is what was asked (CSI deletes are idempotent).
+    async fn delete_call<T, Fut>(
+        &self,
+        operation: &'static str,
+        what: &str,
+        call: Fut,
+    ) -> DriverResult<()>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match self.call(operation, call).await {
+            Ok(_) => Ok(()),
+            Err(CallError::Status(s)) if s.code() == Code::NotFound => Ok(()),
+            Err(e) => Err(self.refused(operation, what, e)),
+        }
+    }
+
     fn refused(&self, operation: &'static str, what: &str, e: CallError) -> DriverError {
         let status = match e {
             CallError::Driver(d) => return d,
@@ -801,20 +819,15 @@ impl VolumeDriver for CsiDriver {
             }
         };
         let what = format!("volume {name} (plugin id {})", echo(&id));
-        match self
-            .call(
-                "DeleteVolume",
-                ControllerClient::new(self.channel()).delete_volume(pb::DeleteVolumeRequest {
-                    volume_id: id,
-                    ..Default::default()
-                }),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(CallError::Status(s)) if s.code() == Code::NotFound => {}
-            Err(e) => return Err(self.refused("DeleteVolume", &what, e)),
-        }
+        self.delete_call(
+            "DeleteVolume",
+            &what,
+            ControllerClient::new(self.channel()).delete_volume(pb::DeleteVolumeRequest {
+                volume_id: id,
+                ..Default::default()
+            }),
+        )
+        .await?;
         self.with_book(|b| b.volumes.remove(name));
         Ok(())
     }
@@ -1035,20 +1048,15 @@ impl VolumeDriver for CsiDriver {
             return Ok(());
         };
         let what = format!("snapshot {snapshot} (plugin id {})", echo(&id));
-        match self
-            .call(
-                "DeleteSnapshot",
-                ControllerClient::new(self.channel()).delete_snapshot(pb::DeleteSnapshotRequest {
-                    snapshot_id: id,
-                    ..Default::default()
-                }),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(CallError::Status(s)) if s.code() == Code::NotFound => {}
-            Err(e) => return Err(self.refused("DeleteSnapshot", &what, e)),
-        }
+        self.delete_call(
+            "DeleteSnapshot",
+            &what,
+            ControllerClient::new(self.channel()).delete_snapshot(pb::DeleteSnapshotRequest {
+                snapshot_id: id,
+                ..Default::default()
+            }),
+        )
+        .await?;
         self.with_book(|b| b.snapshots.remove(snapshot));
         Ok(())
     }
