@@ -392,6 +392,45 @@ impl Store {
         Ok(())
     }
 
+    /// Records several intents in one atomic batch (not yet durable: call
+    /// [`flush`](Self::flush)).
+    pub fn begin_many<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a VolumeKey, &'a Intent)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, intent) in items {
+            let k = key.encode(intent.kind().intent());
+            let v = encode(&k, intent)?;
+            batch.insert(k, v);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) several volume records and drops
+    /// their intents, all in one atomic batch (not yet durable: call
+    /// [`flush`](Self::flush)).
+    pub fn commit_many<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a VolumeKey, Option<&'a VolumeRecord>)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, record) in items {
+            let k = key.encode(Kind::Volume.record());
+            match record {
+                Some(record) => {
+                    let v = encode(&k, record)?;
+                    batch.insert(k, v);
+                }
+                None => batch.remove(k),
+            }
+            batch.remove(key.encode(Kind::Volume.intent()));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
     /// Drops an intent without changing the record.
     pub fn abandon(&self, kind: Kind, key: &VolumeKey) -> Result<(), StoreError> {
         self.tree.remove(key.encode(kind.intent()))?;
