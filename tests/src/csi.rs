@@ -48,12 +48,17 @@ fn create_request(name: &str) -> csi::CreateVolumeRequest {
 
 /// A running `berth plugin csi`, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Plugin {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The process, until stopped.
+    pub child: Option<Child>,
+    /// Its unix socket.
+    pub socket: PathBuf,
+    /// What it wrote so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-fn wait_line(
+/// Reads `child`'s stdout and stderr into `log` and waits (at most
+/// [`START`]) for a stdout line starting with `prefix`; whether it came.
+pub fn wait_line(
     child: &mut Child,
     prefix: &'static str,
     log: std::sync::Arc<std::sync::Mutex<String>>,

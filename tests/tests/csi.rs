@@ -14,20 +14,18 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_proto::csi::v1 as csi;
-use berth_tests::csi::{connect, create_p50, Hostpath, Plugin, NODE};
+use berth_tests::csi::{connect, create_p50, wait_line, Hostpath, Plugin, NODE};
 use berth_tests::Berthd;
 use csi::controller_client::ControllerClient;
 use csi::identity_client::IdentityClient;
 use csi::node_client::NodeClient;
 use csi::volume_capability::access_mode::Mode;
 use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// How long one csi-sanity run may take.

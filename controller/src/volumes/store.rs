@@ -530,8 +530,17 @@ impl Store {
         keep: impl Fn(&VolumeRecord) -> bool,
     ) -> Result<Page, StoreError> {
         let budget = budget.max(1);
-        let mut page = Page::default();
+        // Sized once: growing a page of thousands of records by doubling
+        // showed as memmove in the profile of a million-volume listing.
+        let mut page = Page {
+            records: Vec::with_capacity(limit.min(budget)),
+            next: None,
+        };
         let mut examined = 0;
+        // The raw key of the last record examined: decoded into the cursor
+        // only when the page ends, not for every record.
+        let mut last: Option<sled::IVec> = None;
+        let cursor = |last: Option<sled::IVec>| last.as_deref().and_then(VolumeKey::decode);
         for service in sorted(services) {
             let prefix = service_prefix(Kind::Volume, service);
             let start = match after {
@@ -551,13 +560,13 @@ impl Store {
                 }
                 if examined == budget {
                     // Resume after the last record examined.
+                    page.next = cursor(last);
                     return Ok(page);
                 }
                 examined += 1;
                 let record: VolumeRecord = decode(&k, &v)?;
-                let key = VolumeKey::new(&record.service, &record.name);
                 if !keep(&record) {
-                    page.next = Some(key);
+                    last = Some(k);
                     continue;
                 }
                 if page.records.len() == limit {
@@ -569,7 +578,7 @@ impl Store {
                     return Ok(page);
                 }
                 page.records.push(record);
-                page.next = Some(key);
+                last = Some(k);
             }
         }
         page.next = None;
