@@ -1132,6 +1132,9 @@ fn bench() {
         ),
         None => println!("| fronts: create+delete pairs/s on etcd | skipped (see above) | |"),
     }
+    println!(
+        "| fronts: `docker run -v` with a Berth volume vs Docker's `local` driver | not measured by this bench yet (see README) | |"
+    );
     match fsyncs {
         Some(n) => {
             println!("| 3. fsync calls per create+delete pair, 1 in flight (strace) | {n:.1} | |")
