@@ -352,6 +352,12 @@ impl Controller {
             request_body_timeout = %humantime::format_duration(limits.request_body_timeout),
             "connection limits"
         );
+        // Comparing the records with the drivers grows with the number of
+        // volumes and only warns, so it runs while the controller serves.
+        let drift = tokio::spawn({
+            let volumes = Arc::clone(&self.volumes);
+            async move { volumes.report_drift().await }
+        });
         let serve = rpc::server::run(listener, self.transport.clone(), services, limits, shutdown);
         let result = tokio::select! {
             r = serve => r,
@@ -363,6 +369,7 @@ impl Controller {
                 Ok(())
             }
         };
+        drift.abort();
         if let Some((maintenance, expiry)) = maintenance {
             maintenance.abort();
             expiry.abort();

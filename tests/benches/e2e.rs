@@ -25,7 +25,6 @@ use tonic::transport::Channel;
 /// How long each throughput figure runs.
 const RUN: Duration = Duration::from_secs(3);
 const VOLUMES_LISTED: usize = 10;
-const BIG: usize = 100_000;
 
 type Client = pb::volumes_client::VolumesClient<
     tonic::service::interceptor::InterceptedService<Channel, Bearer>,
@@ -135,6 +134,12 @@ impl pb::volumes_server::Volumes for Ceiling {
         &self,
         _: tonic::Request<pb::CreateVolumeRequest>,
     ) -> Result<tonic::Response<pb::Volume>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn create_volumes(
+        &self,
+        _: tonic::Request<pb::CreateVolumesRequest>,
+    ) -> Result<tonic::Response<pb::CreateVolumesResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented(""))
     }
     async fn delete_volume(
@@ -526,37 +531,348 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `n` volume records straight into a fresh data directory's store
-/// (the same store berthd opens), so paging can be measured without
-/// creating 100,000 directories first.
-fn seed_records(data_dir: &Path, n: usize) {
-    use berth_controller::volumes::store::{Store, VolumeKey, VolumeRecord};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let store = Store::open(&data_dir.join("db")).expect("store");
-        for i in 0..n {
-            let name = format!("v{i:06}");
-            let record = VolumeRecord {
-                id: format!("00000000-0000-4000-8000-{i:012}"),
-                name: name.clone(),
-                service: "local".into(),
-                driver: "vfs".into(),
-                size_bytes: 1 << 30,
-                created_at_ms: 1_790_000_000_000,
-                options: Default::default(),
-                fields: [("path".to_owned(), format!("/var/lib/berth/volumes/{name}"))].into(),
-                attachments: vec![],
-                source: None,
-            };
-            store
-                .commit(&VolumeKey::new("local", &name), Some(&record))
-                .expect("commit");
+// ---------------------------------------------------------------- fronts
+
+/// How many CreateVolume calls each CSI p50 is taken over.
+const CSI_CALLS: usize = 101;
+
+/// CreateVolume p50 through `berth plugin csi` (against `d`'s `local`
+/// vfs service) and through the reference hostpathplugin, both over their
+/// unix sockets; `None` (with one line) without the hostpathplugin.
+fn csi_front(rt: &tokio::runtime::Runtime, d: &Berthd) -> Option<(Duration, Duration)> {
+    use berth_tests::csi::{connect, create_p50, Hostpath, Plugin};
+    let hostpath = std::env::var_os("BERTH_CSI_HOSTPATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/hostpathplugin")
+        });
+    if !hostpath.is_file() {
+        eprintln!(
+            "skipped the CSI figure: no hostpathplugin at {} (set BERTH_CSI_HOSTPATH=PATH)",
+            hostpath.display()
+        );
+        return None;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let plugin = Plugin::start(d, work.path(), &[], &[]);
+    let (_reference, endpoint) = Hostpath::start(&hostpath, work.path());
+    let socket = std::path::PathBuf::from(endpoint.trim_start_matches("unix://"));
+    let params = std::collections::HashMap::from([("service".to_owned(), "local".to_owned())]);
+    Some(rt.block_on(async {
+        let berth = create_p50(plugin.channel().await, params, CSI_CALLS).await;
+        let reference = create_p50(connect(&socket).await, Default::default(), CSI_CALLS).await;
+        (berth, reference)
+    }))
+}
+
+/// Durable create+delete pairs/s, 32 in flight, on a berthd whose records
+/// are in etcd (`--store etcd://`, `vfs` service), and etcd's own put rate
+/// from a bare etcd client at the same concurrency; `None` (with one line)
+/// without etcd or the `etcd` feature.
+#[cfg(feature = "etcd")]
+fn etcd_front(rt: &tokio::runtime::Runtime) -> Option<(f64, f64)> {
+    let etcd = berth_tests::etcd::Etcd::start()?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berthd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"etcd://{}\"\n\n[[services]]\nname = \"local\"\ndriver = \"vfs\"\n[services.options]\nroot = \"{}\"\n",
+            etcd.endpoint(),
+            dir.path().join("root").display()
+        ),
+    )
+    .expect("config");
+    let d = Berthd::start_logging(&["--config", &config.display().to_string()], "warn");
+    let target = berthd_target(&d);
+    let berth = rt.block_on(create_delete_rate(&target, 32, 4)).per_second;
+    drop(d);
+    let puts = rt.block_on(async {
+        let client = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .expect("etcd client");
+        let mut meter = Meter::start();
+        for t in 0..32 {
+            let mut kv = client.kv_client();
+            meter.spawn(|deadline, done| async move {
+                let value = vec![b'x'; 300];
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    kv.put(format!("bench/{t}/{i}"), value.clone(), None)
+                        .await
+                        .expect("put");
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                Vec::new()
+            });
         }
-        store.flush().await.expect("flush");
+        meter.finish().await.per_second
     });
+    Some((berth, puts))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd_front(_: &tokio::runtime::Runtime) -> Option<(f64, f64)> {
+    eprintln!("skipped the etcd figure: build the bench with `--features etcd`");
+    None
+}
+
+// ---------------------------------------------------------------- scale
+
+/// The driver of the scale figures: a volume is its record and nothing
+/// else (create and delete succeed at once, `get` knows nothing, `list`
+/// is not supported), so the figures measure the controller (API,
+/// authentication, journal, store, listing, start-up) rather than a disk
+/// that a million `vfs` directories would keep busy for an hour.
+struct RecordsOnly;
+
+#[berth_drivers::async_trait]
+impl berth_drivers::VolumeDriver for RecordsOnly {
+    fn name(&self) -> &str {
+        "records"
+    }
+    async fn create(
+        &self,
+        request: &berth_drivers::CreateRequest,
+    ) -> berth_drivers::DriverResult<berth_drivers::DriverVolume> {
+        Ok(berth_drivers::DriverVolume {
+            name: request.name.clone(),
+            size_bytes: request.size_bytes,
+            fields: Default::default(),
+        })
+    }
+    async fn delete(&self, _: &berth_drivers::VolumeName) -> berth_drivers::DriverResult<()> {
+        Ok(())
+    }
+    async fn get(
+        &self,
+        _: &berth_drivers::VolumeName,
+    ) -> berth_drivers::DriverResult<Option<berth_drivers::DriverVolume>> {
+        Ok(None)
+    }
+    async fn list(&self) -> berth_drivers::DriverResult<Vec<berth_drivers::DriverVolume>> {
+        Err(self.unsupported("listing (it keeps records only)"))
+    }
+}
+
+/// This binary as a controller: berthd's command line with the built-in
+/// drivers and `records` (see [`RecordsOnly`]).
+fn run_controller() -> std::process::ExitCode {
+    let mut registry = berth_drivers::DriverRegistry::with_builtin();
+    registry.register("records", |_| {
+        Ok(Arc::new(RecordsOnly) as Arc<dyn berth_drivers::VolumeDriver>)
+    });
+    match berth_controller::cli::main(registry) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", berth_controller::cli::one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Environment variable that makes this binary run as a controller.
+const CONTROLLER_ROLE: &str = "BERTH_BENCH_CONTROLLER";
+
+/// How many volumes the scale figures hold: `BERTH_BENCH_VOLUMES`, else a
+/// million (the issue's figure).
+fn scale_volumes() -> usize {
+    std::env::var("BERTH_BENCH_VOLUMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// What the scale run measured.
+struct Scale {
+    volumes: usize,
+    create: Duration,
+    list: Duration,
+    rss_kib: u64,
+    start: Duration,
+    list_after_start: Duration,
+    rss_after_start_kib: u64,
+    none_p50: Duration,
+}
+
+/// Creates `n` volumes through `CreateVolumes` (1000 a call, `in_flight`
+/// calls at once over as many connections).
+async fn create_batches(target: &Target, n: usize, in_flight: usize) {
+    let clients = clients(target, in_flight).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let batches = n.div_ceil(BATCH) as u64;
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches {
+                    break;
+                }
+                let from = b as usize * BATCH;
+                let volumes = (from..(from + BATCH).min(n))
+                    .map(|i| pb::VolumeSpec {
+                        name: format!("v{i:07}"),
+                        size_bytes: 1 << 30,
+                        ..Default::default()
+                    })
+                    .collect();
+                let answer = c
+                    .create_volumes(pb::CreateVolumesRequest {
+                        service: "local".into(),
+                        volumes,
+                    })
+                    .await
+                    .expect("CreateVolumes")
+                    .into_inner();
+                for r in answer.results {
+                    if let Some(pb::create_volumes_result::Outcome::Error(e)) = r.outcome {
+                        panic!("an item failed: {e:?}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("batch task");
+    }
+}
+
+/// Pages through every volume of `service` (10,000 a page): the time and
+/// how many were listed.
+async fn list_all(target: &Target, service: &str) -> (Duration, usize) {
+    let mut c = target.client().await;
+    let start = Instant::now();
+    let mut token = String::new();
+    let mut count = 0usize;
+    loop {
+        let page = c
+            .list_volumes(pb::ListVolumesRequest {
+                service: service.into(),
+                max_entries: 10_000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        count += page.volumes.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    (start.elapsed(), count)
+}
+
+const BATCH: usize = 1000;
+
+/// A million volumes (or `BERTH_BENCH_VOLUMES`) in one `records` service,
+/// created through the API; listed, restarted, listed again; and listed by
+/// a caller allowed none of them.
+fn scale(rt: &tokio::runtime::Runtime) -> Scale {
+    let n = scale_volumes();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berthd.toml");
+    std::fs::write(
+        &config,
+        "[[services]]\nname = \"local\"\ndriver = \"records\"\n\n\
+         [[services]]\nname = \"other\"\ndriver = \"records\"\n",
+    )
+    .expect("config");
+    let exe = std::env::current_exe().expect("exe");
+    let mut d = Berthd::start_program(
+        &exe,
+        &[(CONTROLLER_ROLE, "1")],
+        &["--config", &config.display().to_string()],
+        "warn",
+    );
+    let target = berthd_target(&d);
+    let started = Instant::now();
+    rt.block_on(create_batches(&target, n, 4));
+    let create = started.elapsed();
+    let (list, count) = rt.block_on(list_all(&target, "local"));
+    assert_eq!(count, n, "every created volume is listed");
+    let held_kib = rss_kib(d.pid());
+    // Start-up after a crash: kill -9, start, until it serves (sled's
+    // recovery, credentials, reconcile).
+    let restarted = Instant::now();
+    d.restart();
+    let start = restarted.elapsed();
+    let (list_after_start, count) = rt.block_on(list_all(&target, "local"));
+    assert_eq!(count, n, "every volume is listed after the restart");
+    let rss_after_start_kib = rss_kib(d.pid());
+    // A caller allowed only `other`, which holds none of them.
+    let token = berth_tests::tokens::issue(&d, &["outsider", "--services", "other"]);
+    let outsider = Target {
+        bearer: bearer(&token),
+        ..target.clone()
+    };
+    let none_p50 = rt.block_on(async {
+        let mut c = outsider.client().await;
+        let mut times = Vec::new();
+        for _ in 0..51 {
+            let call = Instant::now();
+            let page = c
+                .list_volumes(pb::ListVolumesRequest::default())
+                .await
+                .expect("list")
+                .into_inner();
+            times.push(call.elapsed());
+            assert!(page.volumes.is_empty(), "the outsider sees no volume");
+        }
+        times.sort();
+        times[times.len() / 2]
+    });
+    Scale {
+        volumes: n,
+        create,
+        list,
+        rss_kib: held_kib,
+        start,
+        list_after_start,
+        rss_after_start_kib,
+        none_p50,
+    }
+}
+
+/// Prints the scale figures as table rows.
+fn print_scale(big: &Scale) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mib = |k: u64| k as f64 / 1024.0;
+    let n = big.volumes;
+    let secs = |d: Duration| d.as_secs_f64();
+    println!(
+        "| scale: create {n} volumes through CreateVolumes ({BATCH} a call, 4 in flight; `records` driver) | {:.1} s ({:.0} /s) | fits the 10-minute run |",
+        secs(big.create),
+        n as f64 / secs(big.create)
+    );
+    println!(
+        "| scale: list all {n} volumes (10,000 a page) | {:.2} s | < 5 s |",
+        secs(big.list)
+    );
+    println!(
+        "| scale: berthd resident memory holding {n} volumes, after listing them | {:.1} MiB | < 600 MiB |",
+        mib(big.rss_kib)
+    );
+    println!(
+        "| scale: start-up with {n} volumes after kill -9 (until it serves; recovery, reconcile) | {:.2} s | < 5 s |",
+        secs(big.start)
+    );
+    println!(
+        "| scale: list all {n} volumes after that start | {:.2} s | < 5 s |",
+        secs(big.list_after_start)
+    );
+    println!(
+        "| scale: berthd resident memory after that start and listing | {:.1} MiB | < 600 MiB |",
+        mib(big.rss_after_start_kib)
+    );
+    println!(
+        "| scale: ListVolumes by a caller allowed none of them (median of 51) | {:.2} ms | < 5 ms |",
+        ms(big.none_p50)
+    );
 }
 
 struct Row {
@@ -635,7 +951,15 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
+    if std::env::var_os(CONTROLLER_ROLE).is_some() {
+        return run_controller();
+    }
+    bench();
+    std::process::ExitCode::SUCCESS
+}
+
+fn bench() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("oneshot") {
         oneshot(&args[2], &args[3], &args[4]);
@@ -669,6 +993,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // `BERTH_BENCH_ONLY=scale`: the scale figures alone.
+    if std::env::var("BERTH_BENCH_ONLY").is_ok_and(|v| v == "scale") {
+        let big = scale(&rt);
+        println!("| figure | Berth | target |");
+        println!("| --- | ---: | --- |");
+        print_scale(&big);
+        return;
+    }
     let mut rows = Vec::new();
 
     let (d, berth) = rt.block_on(start_berthd());
@@ -773,46 +1105,17 @@ fn main() {
         "<= 2.0",
         false,
     ));
+    eprintln!("measuring the fronts (CSI, etcd)...");
+    let csi = csi_front(&rt, &d);
     drop(d);
+    let etcd = etcd_front(&rt);
 
-    eprintln!("measuring 100,000 volumes...");
     let idle = Berthd::start_logging(&[], "warn");
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(idle.pid());
     drop(idle);
-    // A data dir seeded with 100,000 records, then berthd on it.
-    let seeded = tempfile::tempdir().expect("tempdir");
-    let data = seeded.path().join("data");
-    std::fs::create_dir_all(&data).expect("data");
-    seed_records(&data, BIG);
-    let big = Berthd::start_in(&data, &[], "error");
-    let target = berthd_target(&big);
-    let (page_time, count) = rt.block_on(async {
-        let mut c = target.client().await;
-        let start = Instant::now();
-        let mut token = String::new();
-        let mut count = 0usize;
-        loop {
-            let page = c
-                .list_volumes(pb::ListVolumesRequest {
-                    service: "local".into(),
-                    max_entries: 1000,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await
-                .expect("page")
-                .into_inner();
-            count += page.volumes.len();
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
-        }
-        (start.elapsed(), count)
-    });
-    assert_eq!(count, BIG, "every seeded volume is listed");
-    let big_rss = rss_kib(big.pid());
+    eprintln!("measuring {} volumes...", scale_volumes());
+    let big = scale(&rt);
     let mib = |k: u64| k as f64 / 1024.0;
 
     println!();
@@ -826,14 +1129,29 @@ fn main() {
     println!("| figure | Berth | target |");
     println!("| --- | ---: | --- |");
     println!(
-        "| 5. page through {BIG} volumes (1000 per page) | {:.0} ms | < 1000 ms |",
-        ms(page_time)
-    );
-    println!(
         "| 5. berthd resident memory, idle | {:.1} MiB | < 30 MiB |",
         mib(idle_rss)
     );
-    println!("| 5. berthd resident memory, holding {BIG} records after listing them | {:.1} MiB | < 150 MiB |", mib(big_rss));
+    print_scale(&big);
+    match csi {
+        Some((berth, reference)) => println!(
+            "| fronts: CSI CreateVolume p50, berth plugin csi (vfs) vs hostpathplugin, {CSI_CALLS} calls | {:.2} ms vs {:.2} ms = {:.2}x | <= 2x |",
+            ms(berth),
+            ms(reference),
+            berth.as_secs_f64() / reference.as_secs_f64()
+        ),
+        None => println!("| fronts: CSI CreateVolume p50 | skipped: no hostpathplugin | <= 2x |"),
+    }
+    match etcd {
+        Some((berth, puts)) => println!(
+            "| fronts: create+delete pairs/s on etcd (vfs, 32 in flight) vs etcd puts/s (32 in flight) | {berth:.1} /s vs {puts:.1} /s = {:.3} | |",
+            berth / puts
+        ),
+        None => println!("| fronts: create+delete pairs/s on etcd | skipped (see above) | |"),
+    }
+    println!(
+        "| fronts: `docker run -v` with a Berth volume vs Docker's `local` driver | not measured by this bench yet (see README) | |"
+    );
     match fsyncs {
         Some(n) => {
             println!("| 3. fsync calls per create+delete pair, 1 in flight (strace) | {n:.1} | |")

@@ -8,6 +8,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | this file | [`Berthd`] (start, restart, kill a controller), [`Run`] (a finished `berth`), [`home_env`], data-directory views, [`field_pairs`] of a JSON listing |
+//! | [`csi`] | `berth plugin csi` as a process, unix-socket channels, the reference `hostpathplugin`, CreateVolume's p50 |
 //! | [`etcd`] | a private `etcd` on loopback (plaintext or TLS) for the several-controllers suites, started and stopped by the test, with `berthd join` helpers; or why they skip |
 //! | [`grpc`] | plain tonic channels to a plaintext controller, with a bearer token |
 //! | [`node`] | root, mount points and loop devices for the node and Docker suites |
@@ -16,6 +17,7 @@
 //! | [`pty`] | `berth` on a pseudo-terminal (python3's `pty`): the trust prompt, progress bars |
 //! | [`tokens`] | the bootstrap admin token, issued tokens, a token's claims |
 
+pub mod csi;
 pub mod etcd;
 pub mod grpc;
 pub mod node;
@@ -49,6 +51,10 @@ pub fn home_env(cmd: &mut Command, home: &Path) {
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_DATA_HOME", home.join(".local/share"));
 }
+
+/// The line a controller logs (at `info`) once per start, when it has
+/// compared its records with its drivers' volumes in the background.
+pub const DRIFT_CHECKED: &str = "finished comparing the volume records with the drivers";
 
 /// How long a controller may take to start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,6 +115,11 @@ pub struct Berthd {
     /// `ulimit` arguments for the controller (e.g. `-n 64`), when a test
     /// sets its limits.
     ulimit: Option<String>,
+    /// The controller program and extra environment, when not `berthd`
+    /// (a custom controller binary embedding `berth-controller`).
+    program: Option<(PathBuf, Vec<(String, String)>)>,
+    /// How many times it was started.
+    launches: usize,
     _tmp: tempfile::TempDir,
     /// Everything the controller wrote to stderr so far (collected).
     log: std::sync::Arc<std::sync::Mutex<String>>,
@@ -164,11 +175,44 @@ impl Berthd {
         Self::start_at_limited(data_dir, args, log_filter, None)
     }
 
+    /// Starts a custom controller binary (one that embeds
+    /// `berth-controller` and takes berthd's arguments) with `env` added,
+    /// extra arguments and a log filter, as [`Berthd::start_logging`] starts
+    /// `berthd`.
+    pub fn start_program(
+        program: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+        log_filter: &str,
+    ) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_full(
+            None,
+            args,
+            log_filter,
+            None,
+            Some((program.to_owned(), env)),
+        )
+    }
+
     fn start_at_limited(
         data_dir: Option<&Path>,
         args: &[&str],
         log_filter: &str,
         ulimit: Option<&str>,
+    ) -> Self {
+        Self::start_full(data_dir, args, log_filter, ulimit, None)
+    }
+
+    fn start_full(
+        data_dir: Option<&Path>,
+        args: &[&str],
+        log_filter: &str,
+        ulimit: Option<&str>,
+        program: Option<(PathBuf, Vec<(String, String)>)>,
     ) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = tmp.path().join("home");
@@ -184,6 +228,8 @@ impl Berthd {
             args: args.iter().map(|s| s.to_string()).collect(),
             log_filter: log_filter.to_owned(),
             ulimit: ulimit.map(str::to_owned),
+            program,
+            launches: 0,
             _tmp: tmp,
             log: Default::default(),
         };
@@ -202,9 +248,15 @@ impl Berthd {
     }
 
     fn launch(&mut self, listen: &str) {
-        let mut cmd = match &self.ulimit {
-            None => Command::new(bin("berthd")),
-            Some(limits) => {
+        self.launches += 1;
+        let mut cmd = match (&self.ulimit, &self.program) {
+            (_, Some((program, env))) => {
+                let mut cmd = Command::new(program);
+                cmd.envs(env.iter().map(|(k, v)| (k, v)));
+                cmd
+            }
+            (None, None) => Command::new(bin("berthd")),
+            (Some(limits), None) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
                     .arg(format!("ulimit {limits} && exec \"$0\" \"$@\""))
@@ -238,6 +290,22 @@ impl Berthd {
     /// The controller's log so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits (at most `timeout`) until the controller, since its latest
+    /// start, has compared its records with its drivers ([`DRIFT_CHECKED`]
+    /// logged once for every start so far); whether it has.
+    pub fn wait_drift_checked(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.log().matches(DRIFT_CHECKED).count() >= self.launches {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Process id of the running controller.

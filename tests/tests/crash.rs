@@ -44,6 +44,11 @@ fn assert_consistent(d: &Berthd, records: &BTreeMap<String, Value>) {
             "{name}"
         );
     }
+    assert!(
+        d.wait_drift_checked(Duration::from_secs(10)),
+        "the controller did not compare its records with the driver:\n{}",
+        d.log()
+    );
     let log = d.log();
     for drift in ["no record of", "missing from its driver"] {
         assert!(

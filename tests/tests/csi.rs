@@ -14,27 +14,22 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_proto::csi::v1 as csi;
+use berth_tests::csi::{connect, create_p50, wait_line, Hostpath, Plugin, NODE};
 use berth_tests::Berthd;
 use csi::controller_client::ControllerClient;
 use csi::identity_client::IdentityClient;
 use csi::node_client::NodeClient;
 use csi::volume_capability::access_mode::Mode;
 use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
-/// How long a plugin (or the reference driver) may take to start serving.
-const START: Duration = Duration::from_secs(30);
 /// How long one csi-sanity run may take.
 const SANITY_BOUND: Duration = Duration::from_secs(900);
-/// The node id every plugin here runs with.
-const NODE: &str = "n1";
 const MIB: i64 = 1 << 20;
 
 fn s(path: &Path) -> &str {
@@ -67,134 +62,6 @@ impl Lab {
     fn plugin(&self, global: &[&str], extra: &[&str]) -> Plugin {
         Plugin::start(&self.d, self.work.path(), global, extra)
     }
-}
-
-/// A running `berth plugin csi`, stopped (SIGTERM, then SIGKILL) on drop.
-struct Plugin {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-fn wait_line(
-    child: &mut Child,
-    prefix: &'static str,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-) -> bool {
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    let out_log = std::sync::Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with(prefix) {
-                let _ = tx.send(());
-            }
-            if let Ok(mut l) = out_log.lock() {
-                l.push_str(&line);
-                l.push('\n');
-            }
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(mut l) = log.lock() {
-                l.push_str(&line);
-                l.push('\n');
-            }
-        }
-    });
-    rx.recv_timeout(START).is_ok()
-}
-
-impl Plugin {
-    fn start(d: &Berthd, dir: &Path, global: &[&str], extra: &[&str]) -> Self {
-        let socket = dir.join(format!(
-            "csi-{}.sock",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| t.as_nanos())
-                .unwrap_or(0)
-        ));
-        let endpoint = format!("unix://{}", s(&socket));
-        let mut args: Vec<&str> = global.to_vec();
-        let mount_root = dir.join("mounts");
-        args.extend(["plugin", "csi", "--endpoint", &endpoint, "--node-id", NODE]);
-        args.extend(["--mount-root", s(&mount_root)]);
-        args.extend_from_slice(extra);
-        let mut cmd = d.berth_cmd(&args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn berth plugin csi");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let up = wait_line(
-            &mut child,
-            "berth plugin csi listening on",
-            std::sync::Arc::clone(&log),
-        );
-        let mut me = Self {
-            child: Some(child),
-            socket,
-            log,
-        };
-        if !up {
-            me.stop();
-            panic!("the plugin did not start:\n{}", me.log());
-        }
-        me
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn endpoint(&self) -> String {
-        format!("unix://{}", s(&self.socket))
-    }
-
-    async fn channel(&self) -> Channel {
-        connect(&self.socket).await
-    }
-
-    /// SIGTERM, a bounded wait, then SIGKILL.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-}
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A gRPC channel over a unix socket.
-async fn connect(socket: &Path) -> Channel {
-    let path = socket.to_owned();
-    Endpoint::from_static("http://csi.invalid")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .expect("connect to the CSI socket")
 }
 
 fn mount_cap(mode: Mode) -> csi::VolumeCapability {
@@ -1343,43 +1210,6 @@ fn write_params(dir: &Path, service: &str) -> PathBuf {
     path
 }
 
-/// A running hostpathplugin (the reference driver), killed on drop.
-struct Hostpath(Child);
-
-impl Hostpath {
-    fn start(binary: &Path, dir: &Path) -> (Self, String) {
-        let socket = dir.join("hostpath.sock");
-        let endpoint = format!("unix://{}", s(&socket));
-        let child = Command::new(binary)
-            .arg("--endpoint")
-            .arg(&endpoint)
-            .arg("--nodeid")
-            .arg(NODE)
-            .arg("--statedir")
-            .arg(dir.join("hostpath-state"))
-            .arg("--drivername")
-            .arg("hostpath.csi.k8s.io")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn hostpathplugin");
-        let deadline = Instant::now() + START;
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "hostpathplugin did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (Self(child), endpoint)
-    }
-}
-
-impl Drop for Hostpath {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn csi_sanity_passes_on_vfs_and_image_services() {
     let Some(binary) = tool("BERTH_CSI_SANITY") else {
@@ -1415,31 +1245,6 @@ fn csi_sanity_passes_on_vfs_and_image_services() {
         let line = sanity(&binary, &endpoint, work.path(), &[]);
         println!("csi-sanity, hostpathplugin (reference): {line}");
     }
-}
-
-/// The p50 of `n` CreateVolume calls (each a new volume), then deletes them.
-async fn create_p50(channel: Channel, params: HashMap<String, String>, n: usize) -> Duration {
-    let mut c = ControllerClient::new(channel);
-    let mut times = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut req = create_req(&format!("p50-{i}"), None, MIB);
-        req.parameters = params.clone();
-        let t = Instant::now();
-        let v = c.create_volume(req).await.expect("create").into_inner();
-        times.push(t.elapsed());
-        ids.push(v.volume.expect("volume").volume_id);
-    }
-    for id in ids {
-        c.delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .expect("delete");
-    }
-    times.sort();
-    times[n / 2]
 }
 
 #[tokio::test]

@@ -632,6 +632,11 @@ fn creating_a_volume_keeps_the_metadata_of_one_named_like_its_temp_file() {
         assert_eq!(text.trim(), format!("size_bytes={size}"), "{name}");
     }
     d.restart();
+    assert!(
+        d.wait_drift_checked(std::time::Duration::from_secs(10)),
+        "the controller did not compare its records with the driver:\n{}",
+        d.log()
+    );
     let log = d.log();
     assert!(
         !log.contains("missing from its driver"),

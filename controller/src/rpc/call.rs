@@ -196,6 +196,7 @@ macro_rules! on_service {
 on_service!(
     pb::GetVolumeRequest,
     pb::CreateVolumeRequest,
+    pb::CreateVolumesRequest,
     pb::DeleteVolumeRequest,
     pb::AttachVolumeRequest,
     pb::DetachVolumeRequest,

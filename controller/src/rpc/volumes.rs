@@ -11,7 +11,7 @@ use crate::auth::{Authorizer, Identity};
 use crate::rpc::call::{Call, Gate};
 use crate::rpc::progress::{volume_done, volume_progress, watched, EventStream};
 use crate::volumes::store::{AttachmentRecord, VolumeKey, VolumeRecord};
-use crate::volumes::{self, AttachmentFilter, NewVolume, VolumeError, Volumes};
+use crate::volumes::{self, AttachmentFilter, NewVolume, VolumeError, VolumeSpec, Volumes};
 
 /// Page size when the request gives none, and the most one page may hold.
 pub const DEFAULT_PAGE: usize = 1000;
@@ -259,6 +259,45 @@ impl pb::volumes_server::Volumes for Api {
         })
         .await?;
         Ok(Response::new(self.measured(record).await))
+    }
+
+    async fn create_volumes(
+        &self,
+        request: Request<pb::CreateVolumesRequest>,
+    ) -> Result<Response<pb::CreateVolumesResponse>, Status> {
+        let req = self.gate.service(request)?.message;
+        let volumes = Arc::clone(&self.volumes);
+        let specs = req
+            .volumes
+            .into_iter()
+            .map(|v| VolumeSpec {
+                name: v.name,
+                size_bytes: v.size_bytes,
+                options: v.options.into_iter().collect(),
+            })
+            .collect();
+        let outcomes =
+            detached(async move { volumes.create_many(&req.service, specs).await }).await?;
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| {
+                use pb::create_volumes_result::Outcome;
+                let outcome = match outcome {
+                    Ok(record) => Outcome::Volume(to_proto(record)),
+                    Err(e) => {
+                        let status = Status::from(e);
+                        Outcome::Error(pb::ItemError {
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        })
+                    }
+                };
+                pb::CreateVolumesResult {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::CreateVolumesResponse { results }))
     }
 
     async fn delete_volume(

@@ -11,6 +11,12 @@
 //!    it touched nothing), drop the intent and flush; if the undo itself
 //!    fails, the intent stays for the next start to settle.
 //!
+//! A batch of creates ([`Journal::create_many`]) follows the same steps with
+//! one durable write for all its intents before the driver is called and
+//! one for all its records after, so a crash anywhere in a batch leaves
+//! intents that the next start undoes, and nothing of the batch is
+//! acknowledged.
+//!
 //! The journal speaks to its records through [`Records`]: the sled
 //! [`Store`](crate::volumes::store::Store) by default, etcd when asked. Every
 //! write carries the [`Fence`] of the lock the operation holds.
@@ -18,7 +24,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use berth_drivers::DriverError;
+use berth_drivers::{DriverError, DriverVolume};
 
 use crate::volumes::records::{Fence, Records};
 use crate::volumes::store::{Intent, Kind, SnapshotRecord, StoreError, VolumeKey, VolumeRecord};
@@ -125,6 +131,96 @@ impl Journal {
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.log.flush().await
+    }
+}
+
+/// One create of a journaled batch ([`Journal::create_many`]).
+pub struct Creating<'a, C, U> {
+    /// The lock the create holds.
+    pub fence: &'a Fence,
+    /// The volume's key.
+    pub key: &'a VolumeKey,
+    /// The record it will have; the driver's answer fills in its size and
+    /// fields.
+    pub record: VolumeRecord,
+    /// The driver's create.
+    pub call: C,
+    /// Removes what a failed `call` may have left.
+    pub undo: U,
+}
+
+impl Journal {
+    /// Runs a batch of creates: every intent is written in one batch and
+    /// flushed once, the driver is called for each volume in turn, then
+    /// every record (and the removal of every intent whose create failed and
+    /// was undone) is applied in one batch and flushed once. Returns each
+    /// create's outcome in `items` order; an error of the store fails the
+    /// whole batch, acknowledging none of it (the next start settles what
+    /// it left). A failed create whose undo also failed keeps its intent for
+    /// the next start, as in [`Journal::run`].
+    pub async fn create_many<C, U>(
+        &self,
+        items: Vec<Creating<'_, C, U>>,
+    ) -> Result<Vec<Result<VolumeRecord, DriverError>>, StoreError>
+    where
+        C: Future<Output = Result<DriverVolume, DriverError>>,
+        U: Future<Output = Result<(), DriverError>>,
+    {
+        let intents: Vec<Intent> = items
+            .iter()
+            .map(|item| Intent::Create {
+                record: item.record.clone(),
+            })
+            .collect();
+        let begun: Vec<(&Fence, &VolumeKey, &Intent)> = items
+            .iter()
+            .zip(&intents)
+            .map(|(item, intent)| (item.fence, item.key, intent))
+            .collect();
+        self.log.begin_many(&begun).await?;
+        self.log.flush().await?;
+        drop(begun);
+        let mut outcomes = Vec::with_capacity(items.len());
+        // (fence, key, record to set or None to drop the intent only)
+        let mut settled = Vec::with_capacity(items.len());
+        for item in items {
+            let Creating {
+                fence,
+                key,
+                mut record,
+                call,
+                undo,
+            } = item;
+            match call.await {
+                Ok(created) => {
+                    record.size_bytes = created.size_bytes;
+                    record.fields = created.fields;
+                    settled.push((fence, key, Some(record.clone())));
+                    outcomes.push(Ok(record));
+                }
+                Err(failed) => {
+                    if !untouched(&failed) {
+                        if let Err(e) = undo.await {
+                            tracing::warn!(service = %key.service, name = %key.name, op = "create", error = %e,
+                                "could not undo a failed create of a batch; it will be undone at the next start");
+                            outcomes.push(Err(failed));
+                            continue;
+                        }
+                    }
+                    // No record existed (the caller checked under the
+                    // lock), so removing it and the intent is abandoning.
+                    settled.push((fence, key, None));
+                    outcomes.push(Err(failed));
+                }
+            }
+        }
+        let commits: Vec<(&Fence, &VolumeKey, Option<&VolumeRecord>)> = settled
+            .iter()
+            .map(|(fence, key, record)| (*fence, *key, record.as_ref()))
+            .collect();
+        self.log.commit_volumes(&commits).await?;
+        self.log.flush().await?;
+        Ok(outcomes)
     }
 }
 

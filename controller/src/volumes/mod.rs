@@ -20,7 +20,7 @@ pub mod records;
 pub mod shared_storage;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -142,6 +142,20 @@ pub struct NewVolume {
     /// Restore this snapshot into the new volume.
     pub from_snapshot: Option<String>,
 }
+
+/// One volume of a batch create ([`Volumes::create_many`]), not yet
+/// validated.
+pub struct VolumeSpec {
+    /// The volume name.
+    pub name: String,
+    /// The size in bytes.
+    pub size_bytes: u64,
+    /// Driver options.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The most volumes one batch create takes.
+pub const MAX_BATCH: usize = 1000;
 
 /// Which volumes a listing keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -392,6 +406,120 @@ impl Volumes {
             }
         });
         self.run_create(&service, &fence, &key, record, call).await
+    }
+
+    /// Creates a batch of volumes in one service, each as [`Volumes::create`]
+    /// would (idempotent on its name), journaled together: one durable write
+    /// of the intents, one of the records ([`Journal::create_many`]).
+    /// Returns each volume's outcome in `specs` order; the call itself fails
+    /// only for an unknown service, an empty or too large batch, or a store
+    /// error (then nothing of the batch was acknowledged).
+    pub async fn create_many(
+        &self,
+        service: &str,
+        specs: Vec<VolumeSpec>,
+    ) -> Result<Vec<Result<VolumeRecord, VolumeError>>, VolumeError> {
+        let service = Arc::clone(self.service(service)?);
+        if specs.is_empty() {
+            return Err(VolumeError::InvalidArgument(
+                "no volumes given: name at least one volume to create".into(),
+            ));
+        }
+        if specs.len() > MAX_BATCH {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{} volumes given; one call creates at most {MAX_BATCH}: split the batch",
+                specs.len()
+            )));
+        }
+        let mut outcomes: Vec<Option<Result<VolumeRecord, VolumeError>>> =
+            specs.iter().map(|_| None).collect();
+        let mut first_at: BTreeMap<String, usize> = BTreeMap::new();
+        let mut valid = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let name = match Self::name("volume", &spec.name)
+                .and_then(|name| check_options(&spec.options).map(|()| name))
+            {
+                Ok(name) => name,
+                Err(e) => {
+                    outcomes[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            if let Some(first) = first_at.get(name.as_str()) {
+                outcomes[i] = Some(Err(VolumeError::InvalidArgument(format!(
+                    "volume {name} is named twice in this batch (items {first} and {i}); name each volume once"
+                ))));
+                continue;
+            }
+            first_at.insert(name.to_string(), i);
+            valid.push((i, name, spec));
+        }
+        // Locks in key order, as every operation holding several takes
+        // them, so batches and copies cannot deadlock one another.
+        valid.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+        let keys: Vec<VolumeKey> = valid
+            .iter()
+            .map(|(_, name, _)| VolumeKey::new(&service.name, name.as_str()))
+            .collect();
+        let mut guards = Vec::with_capacity(keys.len());
+        let mut fences = Vec::with_capacity(keys.len());
+        for key in &keys {
+            guards.push(self.locks.lock(key.clone()).await);
+            fences.push(self.store.lock(Kind::Volume, key, true).await?);
+        }
+        let mut creating = Vec::new();
+        let mut created_at = Vec::new();
+        for (j, (i, name, spec)) in valid.into_iter().enumerate() {
+            if let Some(existing) = self.store.get(&keys[j]).await? {
+                outcomes[i] = Some(Self::same(
+                    existing,
+                    &service,
+                    &name,
+                    spec.size_bytes,
+                    &spec.options,
+                    &None,
+                ));
+                continue;
+            }
+            let record = self.new_record(&service, &name, spec.size_bytes, spec.options, None);
+            let request = CreateRequest {
+                name: name.clone(),
+                size_bytes: spec.size_bytes,
+                options: record.options.clone(),
+            };
+            let (driver, undo_driver) = (Arc::clone(&service.driver), Arc::clone(&service.driver));
+            let call = timed(
+                &service,
+                "create",
+                async move { driver.create(&request).await },
+            );
+            let undo = async move { undo_driver.delete(&name).await };
+            creating.push(journal::Creating {
+                fence: &fences[j],
+                key: &keys[j],
+                record,
+                call,
+                undo,
+            });
+            created_at.push(i);
+        }
+        if !creating.is_empty() {
+            let done = self.journal.create_many(creating).await?;
+            for (i, outcome) in created_at.into_iter().zip(done) {
+                outcomes[i] = Some(outcome.map_err(driver_error(&service)));
+            }
+        }
+        drop(guards);
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(VolumeError::InvalidArgument(
+                        "this item was not examined; retry it".into(),
+                    ))
+                })
+            })
+            .collect())
     }
 
     /// Creates `name` as a copy of `source` in the same service.
@@ -858,32 +986,90 @@ impl Volumes {
             self.settle(&key, intent.kind(), Scan::Start).await?;
         }
         self.store.flush().await?;
+        Ok(())
+    }
 
+    /// Compares each service's records with the volumes its driver holds and
+    /// warns of every difference: a volume the driver holds without a
+    /// record, a record whose volume the driver lacks. Only warns; changes
+    /// nothing.
+    ///
+    /// The controller runs it in the background once it serves, so start-up
+    /// does not grow with the number of volumes. Because operations run
+    /// meanwhile, each difference is looked at again under the volume's lock
+    /// (the record, and the driver's own answer for that name) and reported
+    /// only if it is still there. Logs one line per service saying how much
+    /// it compared, and one when it is done.
+    pub async fn report_drift(&self) {
         for service in self.catalog.iter() {
-            let known: BTreeSet<String> = self
-                .store
-                .volume_names(&service.name)
-                .await?
-                .into_iter()
-                .collect();
-            match service.driver.list().await {
-                Ok(held) => {
-                    for volume in held.iter().filter(|v| !known.contains(v.name.as_str())) {
-                        tracing::warn!(service = %service.name, volume = %volume.name,
-                            "the driver holds a volume the controller has no record of; it is not listed");
-                    }
-                    let held: BTreeSet<&str> = held.iter().map(|v| v.name.as_str()).collect();
-                    for name in known.iter().filter(|n| !held.contains(n.as_str())) {
-                        tracing::warn!(service = %service.name, volume = %name,
-                            "a recorded volume is missing from its driver");
-                    }
-                }
+            // The driver first: a driver that cannot list costs nothing more.
+            let mut held: Vec<String> = match service.driver.list().await {
+                Ok(held) => held.into_iter().map(|v| v.name.to_string()).collect(),
                 Err(e) => {
-                    tracing::warn!(service = %service.name, error = %e, "cannot list the driver's volumes")
+                    tracing::warn!(service = %service.name, error = %e, "cannot list the driver's volumes");
+                    continue;
+                }
+            };
+            held.sort_unstable();
+            let known = match self.store.volume_names(&service.name).await {
+                Ok(known) => known,
+                Err(e) => {
+                    tracing::warn!(service = %service.name, error = %e, "cannot read the volume records to compare them with the driver");
+                    continue;
+                }
+            };
+            // Both in byte order of the name: walk them side by side.
+            let (mut h, mut k) = (held.iter().peekable(), known.iter().peekable());
+            let mut differ = Vec::new();
+            loop {
+                match (h.peek(), k.peek()) {
+                    (Some(a), Some(b)) if a == b => {
+                        h.next();
+                        k.next();
+                    }
+                    (Some(a), Some(b)) if a < b => differ.extend(h.next()),
+                    (Some(_), None) => differ.extend(h.next()),
+                    (_, Some(_)) => differ.extend(k.next()),
+                    (None, None) => break,
                 }
             }
+            let mut reported = 0usize;
+            for name in differ {
+                if self.still_differs(service, name).await {
+                    reported += 1;
+                }
+            }
+            tracing::info!(service = %service.name, records = known.len(), held = held.len(), differences = reported,
+                "compared the volume records with the driver's volumes");
         }
-        Ok(())
+        tracing::info!("finished comparing the volume records with the drivers");
+    }
+
+    /// Whether `name` still differs between the records and the driver,
+    /// looked at under its lock; warns if it does.
+    async fn still_differs(&self, service: &Service, name: &str) -> bool {
+        let Ok(volume) = VolumeName::parse(name) else {
+            return false;
+        };
+        let key = VolumeKey::new(&service.name, name);
+        let _guard = self.locks.lock(key.clone()).await;
+        let Ok(_fence) = self.store.lock(Kind::Volume, &key, false).await else {
+            // Under way on another controller: not a difference to report.
+            return false;
+        };
+        let recorded = matches!(self.store.get(&key).await, Ok(Some(_)));
+        let held = match service.driver.get(&volume).await {
+            Ok(held) => held.is_some(),
+            Err(_) => return false,
+        };
+        match (recorded, held) {
+            (false, true) => tracing::warn!(service = %service.name, volume = %name,
+                "the driver holds a volume the controller has no record of; it is not listed"),
+            (true, false) => tracing::warn!(service = %service.name, volume = %name,
+                "a recorded volume is missing from its driver"),
+            _ => return false,
+        }
+        true
     }
 
     /// Settles the intent of one object left by an operation that ended

@@ -92,6 +92,27 @@ pub trait Records: Send + Sync + 'static {
         key: &VolumeKey,
         change: Change<'_>,
     ) -> Result<(), StoreError>;
+    /// Records the intents of a batch (durable after [`Records::flush`]),
+    /// each as [`Records::begin`] would. A store that can write them in one
+    /// atomic batch does; the default writes them one by one.
+    async fn begin_many(&self, items: &[(&Fence, &VolumeKey, &Intent)]) -> Result<(), StoreError> {
+        for (fence, key, intent) in items {
+            self.begin(fence, key, intent).await?;
+        }
+        Ok(())
+    }
+    /// Sets (`Some`) or removes (`None`) the volume records of a batch and
+    /// drops their volume intents, each as [`Records::commit`] would; a
+    /// store that can apply them in one atomic batch does.
+    async fn commit_volumes(
+        &self,
+        items: &[(&Fence, &VolumeKey, Option<&VolumeRecord>)],
+    ) -> Result<(), StoreError> {
+        for (fence, key, record) in items {
+            self.commit(fence, key, Change::Volume(*record)).await?;
+        }
+        Ok(())
+    }
     /// Drops an intent without changing any record.
     async fn abandon(&self, fence: &Fence, kind: Kind, key: &VolumeKey) -> Result<(), StoreError>;
     /// Makes everything written so far durable.
@@ -176,6 +197,17 @@ impl Records for Store {
             Change::Volume(record) => Store::commit(self, key, record),
             Change::Snapshot(record) => Store::commit_snapshot(self, key, record),
         }
+    }
+
+    async fn begin_many(&self, items: &[(&Fence, &VolumeKey, &Intent)]) -> Result<(), StoreError> {
+        Store::begin_many(self, items.iter().map(|(_, key, intent)| (*key, *intent)))
+    }
+
+    async fn commit_volumes(
+        &self,
+        items: &[(&Fence, &VolumeKey, Option<&VolumeRecord>)],
+    ) -> Result<(), StoreError> {
+        Store::commit_many(self, items.iter().map(|(_, key, record)| (*key, *record)))
     }
 
     async fn abandon(&self, _fence: &Fence, kind: Kind, key: &VolumeKey) -> Result<(), StoreError> {
