@@ -7,6 +7,12 @@
 //! is `berthd` on its defaults: TLS, authentication, the sled store, a `vfs`
 //! service. Both are driven by the same client code (`berth_client::connect`
 //! plus a bearer token). Prints a table: figure, Berth, ceiling, ratio.
+//! The fronts put Berth behind its plugins beside their peers: CSI's
+//! hostpathplugin, Docker's `local` volume driver (a private dockerd, as the
+//! Docker suite starts it), etcd's own put rate.
+//!
+//! `BERTH_BENCH_ONLY=scale` or `BERTH_BENCH_ONLY=docker` runs only those
+//! figures.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -19,6 +25,7 @@ use berth_client::connect::{self, ServerTrust};
 use berth_client::pinning::{Fingerprint, PinSource};
 use berth_client::session::Bearer;
 use berth_proto::v1 as pb;
+use berth_tests::docker::{busybox, DockerPlugin, Dockerd, MountSweep, PluginSpec};
 use berth_tests::{bin, Berthd};
 use tonic::transport::Channel;
 
@@ -565,6 +572,182 @@ fn csi_front(rt: &tokio::runtime::Runtime, d: &Berthd) -> Option<(Duration, Dura
     }))
 }
 
+/// How many `docker run`s on an existing volume each Docker median is
+/// taken over (per driver, alternating).
+const DOCKER_RUNS: usize = 15;
+/// How many fresh volumes each first-use median is taken over.
+const DOCKER_FIRST_USES: usize = 5;
+
+/// What the Docker figure measured: medians of wall time.
+struct DockerFront {
+    /// `docker run --rm -v VOL:/data IMAGE true`, VOL a Berth volume.
+    berth_run: Duration,
+    /// The same, VOL a volume of Docker's `local` driver.
+    local_run: Duration,
+    /// `docker volume create` (Berth) and that first run.
+    berth_first: Duration,
+    /// `docker volume create` (`local`) and that first run.
+    local_first: Duration,
+}
+
+/// `docker run --rm -v VOL:/data IMAGE true` through a private dockerd
+/// (`berth_tests::docker`), VOL a Berth volume (`berth plugin docker`
+/// against `d`'s `local` vfs service, with the admin token) or a volume of
+/// Docker's `local` driver: the median of [`DOCKER_RUNS`] runs each on a
+/// volume created beforehand (alternating the two), and of
+/// [`DOCKER_FIRST_USES`] `docker volume create` + first run. `Err` (one
+/// line) where Docker cannot run here or a step fails; whatever it started
+/// is stopped, and the spec file removed, either way.
+fn docker_front(d: &Berthd) -> Result<DockerFront, String> {
+    let busybox =
+        busybox().ok_or("busybox is not installed (Debian: apt-get install busybox-static)")?;
+    // Short paths: unix socket names are limited to 108 bytes.
+    let work = tempfile::Builder::new()
+        .prefix("bbd")
+        .tempdir_in("/tmp")
+        .map_err(|e| format!("tempdir: {e}"))?;
+    let mount_root = work.path().join("mnt");
+    // Dropped after the engine and the plugin: unmounts whatever the
+    // plugin left under its mount root, before the directory goes.
+    let _sweep = MountSweep(mount_root.clone());
+    let dockerd = Dockerd::start()?;
+    // The plugin's config: a private mount root and an instance, then the
+    // client config berthd installed for this user (host, pin, token).
+    let client = d.home.join(".config/berth/config.toml");
+    let client = std::fs::read_to_string(&client)
+        .map_err(|e| format!("cannot read {}: {e}", client.display()))?;
+    let config = work.path().join("plugin.toml");
+    std::fs::write(
+        &config,
+        format!("mount_root = {mount_root:?}\ninstance = \"bench-node\"\n{client}"),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let socket = work.path().join("p.sock");
+    let plugin = DockerPlugin::start(d, &config, &socket, &work.path().join("plugin.log"))?;
+    let spec = PluginSpec::install("berth-bench", &socket)?;
+    let volumes = berth_tests::vfs_root(d);
+    let measured = docker_runs(&dockerd, &busybox, spec.name(), &volumes);
+    // The engine first: its containers' unmounts still reach the plugin.
+    drop(dockerd);
+    drop(spec);
+    drop(plugin);
+    measured
+}
+
+/// The timed part of [`docker_front`], against a running engine whose
+/// Berth plugin is called `driver`, its volumes' directories in `volumes`.
+fn docker_runs(
+    dockerd: &Dockerd,
+    busybox: &Path,
+    driver: &str,
+    volumes: &Path,
+) -> Result<DockerFront, String> {
+    let image = dockerd.busybox_image(busybox)?;
+    let timed = |args: &[&str]| -> Result<Duration, String> {
+        let start = Instant::now();
+        dockerd.run(args)?;
+        Ok(start.elapsed())
+    };
+    let run = |volume: &str| -> Result<Duration, String> {
+        let mount = format!("{volume}:/data");
+        timed(&["run", "--rm", "-v", &mount, &image, "true"])
+    };
+    // The engine's first container is slower than any after it.
+    dockerd.run(&["run", "--rm", &image, "true"])?;
+    let (mut berth_first, mut local_first) = (Vec::new(), Vec::new());
+    for i in 0..DOCKER_FIRST_USES {
+        let berth = format!("berth-{i}");
+        let create = ["volume", "create", "-d", driver, "--opt", "service=local"];
+        let took = timed(&[&create[..], &[berth.as_str()]].concat())?;
+        berth_first.push(took + run(&berth)?);
+        let local = format!("local-{i}");
+        let took = timed(&["volume", "create", &local])?;
+        local_first.push(took + run(&local)?);
+    }
+    let (mut berth_run, mut local_run) = (Vec::new(), Vec::new());
+    for _ in 0..DOCKER_RUNS {
+        berth_run.push(run("berth-0")?);
+        local_run.push(run("local-0")?);
+    }
+    // The runs went through Berth: a container's write lands in the vfs
+    // service's directory of the volume.
+    let write = "echo probe > /data/probe";
+    dockerd.run(&[
+        "run",
+        "--rm",
+        "-v",
+        "berth-0:/data",
+        &image,
+        "sh",
+        "-c",
+        write,
+    ])?;
+    let probe = volumes.join("berth-0").join("probe");
+    match std::fs::read_to_string(&probe) {
+        Ok(text) if text == "probe\n" => {}
+        other => {
+            return Err(format!(
+                "a container's write to the Berth volume is not in {}: {other:?}",
+                probe.display()
+            ))
+        }
+    }
+    for i in 0..DOCKER_FIRST_USES {
+        let (berth, local) = (format!("berth-{i}"), format!("local-{i}"));
+        if let Err(e) = dockerd.run(&["volume", "rm", &berth, &local]) {
+            eprintln!("after the Docker figure: {e}");
+        }
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    Ok(DockerFront {
+        berth_run: median(berth_run),
+        local_run: median(local_run),
+        berth_first: median(berth_first),
+        local_first: median(local_first),
+    })
+}
+
+/// Prints the Docker figure's rows (or why it was skipped).
+fn print_docker(docker: &Result<DockerFront, String>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match docker {
+        Ok(f) => {
+            println!(
+                "| fronts: `docker run --rm -v VOL:/data IMG true`, VOL an existing Berth (vfs) volume vs a `local` driver volume, median of {DOCKER_RUNS} | {:.0} ms vs {:.0} ms = {:.2}x | |",
+                ms(f.berth_run),
+                ms(f.local_run),
+                f.berth_run.as_secs_f64() / f.local_run.as_secs_f64()
+            );
+            println!(
+                "| fronts: `docker volume create` + first `docker run -v`, Berth (vfs) vs `local`, median of {DOCKER_FIRST_USES} | {:.0} ms vs {:.0} ms = {:.2}x | |",
+                ms(f.berth_first),
+                ms(f.local_first),
+                f.berth_first.as_secs_f64() / f.local_first.as_secs_f64()
+            );
+        }
+        Err(why) => println!(
+            "| fronts: `docker run -v` with a Berth volume vs Docker's `local` driver | skipped: {why} | |"
+        ),
+    }
+}
+
+/// [`docker_front`], saying on stderr why when it was skipped.
+fn measure_docker(d: &Berthd) -> Result<DockerFront, String> {
+    let started = Instant::now();
+    let measured = docker_front(d);
+    eprintln!(
+        "the Docker figure took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(why) = &measured {
+        eprintln!("skipped the Docker figure: {why}");
+    }
+    measured
+}
+
 /// Durable create+delete pairs/s, 32 in flight, on a berthd whose records
 /// are in etcd (`--store etcd://`, `vfs` service), and etcd's own put rate
 /// from a bare etcd client at the same concurrency; `None` (with one line)
@@ -1001,6 +1184,16 @@ fn bench() {
         print_scale(&big);
         return;
     }
+    // `BERTH_BENCH_ONLY=docker`: the Docker figure alone.
+    if std::env::var("BERTH_BENCH_ONLY").is_ok_and(|v| v == "docker") {
+        let d = Berthd::start_logging(&[], "warn");
+        let docker = measure_docker(&d);
+        drop(d);
+        println!("| figure | Berth vs peer = ratio | target |");
+        println!("| --- | ---: | --- |");
+        print_docker(&docker);
+        return;
+    }
     let mut rows = Vec::new();
 
     let (d, berth) = rt.block_on(start_berthd());
@@ -1105,8 +1298,9 @@ fn bench() {
         "<= 2.0",
         false,
     ));
-    eprintln!("measuring the fronts (CSI, etcd)...");
+    eprintln!("measuring the fronts (CSI, Docker, etcd)...");
     let csi = csi_front(&rt, &d);
+    let docker = measure_docker(&d);
     drop(d);
     let etcd = etcd_front(&rt);
 
@@ -1149,9 +1343,7 @@ fn bench() {
         ),
         None => println!("| fronts: create+delete pairs/s on etcd | skipped (see above) | |"),
     }
-    println!(
-        "| fronts: `docker run -v` with a Berth volume vs Docker's `local` driver | not measured by this bench yet (see README) | |"
-    );
+    print_docker(&docker);
     match fsyncs {
         Some(n) => {
             println!("| 3. fsync calls per create+delete pair, 1 in flight (strace) | {n:.1} | |")

@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | this file | [`Berthd`] (start, restart, kill a controller), [`Run`] (a finished `berth`), [`home_env`], data-directory views, [`field_pairs`] of a JSON listing |
 //! | [`csi`] | `berth plugin csi` as a process, unix-socket channels, the reference `hostpathplugin`, CreateVolume's p50 |
+//! | [`docker`] | a private Docker Engine (its own data root, exec root, socket), a busybox image imported without a registry, the plugin's spec file and `berth plugin docker` as a process, each undone on drop; for the Docker suite and the benchmark |
 //! | [`etcd`] | a private `etcd` on loopback (plaintext or TLS) for the several-controllers suites, started and stopped by the test, with `berthd join` helpers; or why they skip |
 //! | [`grpc`] | plain tonic channels to a plaintext controller, with a bearer token |
 //! | [`node`] | root, mount points and loop devices for the node and Docker suites |
@@ -18,6 +19,7 @@
 //! | [`tokens`] | the bootstrap admin token, issued tokens, a token's claims |
 
 pub mod csi;
+pub mod docker;
 pub mod etcd;
 pub mod grpc;
 pub mod node;

@@ -4,7 +4,9 @@
 //! storage driver) with a tiny image imported from Debian's
 //! `busybox-static` (no registry is reachable). Docker finds the plugin
 //! (`berth plugin docker`) through a uniquely named spec file in
-//! `/etc/docker/plugins/`, removed afterwards even on failure.
+//! `/etc/docker/plugins/`, removed afterwards even on failure. The engine,
+//! the image, the spec file and the plugin process are
+//! `berth_tests::docker`'s (the benchmark uses them too).
 //!
 //! Covered: create with `--opt size`, two `docker run`s writing and reading
 //! back, `docker volume ls`, the bytes in Berth's image, two containers at
@@ -21,313 +23,18 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_tests::node::{
-    can_run, file_holds, is_root, loops_of, mounts_under, tool_exists, NodeLab,
-};
+use berth_tests::docker::{busybox, stop, DockerPlugin, Dockerd, PluginSpec};
+use berth_tests::node::{can_run, file_holds, is_root, loops_of, tool_exists, NodeLab};
 use serde_json::Value;
 
-/// How long one docker command may take.
-const DOCKER_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Sends SIGTERM, waits up to `grace`, then SIGKILL.
-fn stop(child: &mut Child, grace: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Runs a command, killing it after `timeout`.
-fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(o) = out.as_mut() {
-            let _ = o.read_to_end(&mut v);
-        }
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_end(&mut v);
-        }
-        v
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
-
-/// The docker CLI matching Debian's daemon, else whatever is on PATH.
-fn docker_cli() -> Option<PathBuf> {
-    ["/usr/bin/docker", "/usr/local/bin/docker"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// Debian's static busybox.
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// A private Docker Engine.
-struct Dockerd {
-    child: Child,
-    dir: tempfile::TempDir,
-    cli: PathBuf,
-}
-
-impl Dockerd {
-    fn start() -> Result<Self, String> {
-        if !is_root() {
-            return Err("dockerd needs root".into());
-        }
-        if !tool_exists("dockerd") {
-            return Err("dockerd is not installed (Debian: apt-get install docker.io)".into());
-        }
-        let cli = docker_cli().ok_or("the docker CLI is not installed")?;
-        // Short paths: unix socket names are limited to 108 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("bdk")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("tempdir: {e}"))?;
-        let p = |rel: &str| dir.path().join(rel);
-        std::fs::write(p("daemon.json"), "{}").map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(p("dockerd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("dockerd")
-            .arg("--config-file")
-            .arg(p("daemon.json"))
-            .arg("--data-root")
-            .arg(p("data"))
-            .arg("--exec-root")
-            .arg(p("x"))
-            .arg("-H")
-            .arg(format!("unix://{}", p("d.sock").display()))
-            .arg("--pidfile")
-            .arg(p("d.pid"))
-            .args([
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-                "--storage-driver=vfs",
-                "--userland-proxy=false",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot run dockerd: {e}"))?;
-        let log_path = p("dockerd.log");
-        let mut me = Self { child, dir, cli };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if me
-                .docker(&["info", "--format", "{{.ServerVersion}}"])
-                .status
-                .success()
-            {
-                return Ok(me);
-            }
-            if Instant::now() > deadline || matches!(me.child.try_wait(), Ok(Some(_))) {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let last = log.lines().last().unwrap_or("").to_owned();
-                return Err(format!("dockerd did not start: {last}"));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(&self.cli);
-        cmd.env(
-            "DOCKER_HOST",
-            format!("unix://{}", self.dir.path().join("d.sock").display()),
-        )
-        .env("DOCKER_CONFIG", self.dir.path().join("cli"))
-        .args(args);
-        run_bounded(cmd, DOCKER_TIMEOUT)
-    }
-
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    #[track_caller]
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(!out.status.success(), "docker {args:?} should have failed");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    /// Imports a busybox-only image and returns its name.
-    fn busybox_image(&self, busybox: &Path) -> String {
-        let root = self.dir.path().join("img/bin");
-        std::fs::create_dir_all(&root).expect("image dir");
-        std::fs::copy(busybox, root.join("busybox")).expect("copy busybox");
-        for applet in ["sh", "cat", "echo", "sleep", "true", "ls", "test"] {
-            std::os::unix::fs::symlink("busybox", root.join(applet)).expect("symlink");
-        }
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(self.dir.path().join("img"))
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tar");
-        let name = "berth-test-busybox:1";
-        let mut import = Command::new(&self.cli);
-        import
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}", self.dir.path().join("d.sock").display()),
-            )
-            .env("DOCKER_CONFIG", self.dir.path().join("cli"))
-            .args(["import", "-", name])
-            .stdin(tar.stdout.take().expect("tar stdout"))
-            .stdout(Stdio::null());
-        let status = import.status().expect("docker import");
-        let tarred = tar.wait().expect("tar");
-        assert!(tarred.success() && status.success(), "docker import failed");
-        name.to_owned()
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let ids = self.docker(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = self.docker(&["rm", "-f", id]);
-        }
-        stop(&mut self.child, Duration::from_secs(30));
-        // dockerd's own containerd, should it outlive dockerd.
-        let pidfile = self.dir.path().join("x/containerd/containerd.pid");
-        if let Ok(pid) = std::fs::read_to_string(pidfile) {
-            let pid = pid.trim();
-            if !pid.is_empty() && Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-            }
-        }
-        // dockerd binds its data root onto itself (and mounts layers and
-        // container state below); one that failed half-way leaves them.
-        for mount in mounts_under(self.dir.path()).into_iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(&mount).status();
-        }
-    }
-}
-
-/// The plugin's spec file, removed on drop.
-struct Spec(PathBuf);
-
-impl Drop for Spec {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A running `berth plugin docker`, stopped on drop.
-struct PluginProc {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl PluginProc {
-    fn start(lab: &NodeLab, config: &Path, socket: &Path) -> Self {
-        let log = lab.work.path().join("plugin.log");
-        let mut cmd = lab.d.berth_cmd(&[
-            "--config",
-            &config.display().to_string(),
-            "--timeout",
-            "3s",
-            "plugin",
-            "docker",
-            "--socket",
-            &socket.display().to_string(),
-        ]);
-        cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("plugin log"));
-        let child = cmd.spawn().expect("spawn plugin");
-        let me = Self {
-            child: Some(child),
-            socket: socket.to_owned(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if UnixStream::connect(socket).is_ok() {
-                return me;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the plugin did not start: {}", me.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for PluginProc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop(&mut child, Duration::from_secs(10));
-        }
-    }
+/// Starts `berth plugin docker` against the lab's controller, its log in
+/// the lab's directory.
+fn start_plugin(lab: &NodeLab, config: &Path, socket: &Path) -> DockerPlugin {
+    DockerPlugin::start(&lab.d, config, socket, &lab.work.path().join("plugin.log"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One POST to the plugin socket, as Docker sends it, with a bounded wait.
@@ -390,7 +97,9 @@ fn docker_uses_berth_volumes_through_the_plugin() {
             return;
         }
     };
-    let image = dockerd.busybox_image(&busybox().expect("busybox"));
+    let image = dockerd
+        .busybox_image(&busybox().expect("busybox"))
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // The plugin's credential may use `img` only (raw images), not `fs`.
     let lab = NodeLab::start();
@@ -417,24 +126,15 @@ fn docker_uses_berth_volumes_through_the_plugin() {
     // A stale socket (nobody listening) is replaced.
     let socket = lab.work.path().join("plugin.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
-    let mut plugin = PluginProc::start(&lab, &config, &socket);
+    let mut plugin = start_plugin(&lab, &config, &socket);
     let mode = std::fs::metadata(&socket)
         .expect("socket")
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o660);
 
-    let name = format!(
-        "berth-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
-    std::fs::create_dir_all("/etc/docker/plugins").expect("plugins dir");
-    let spec = Spec(PathBuf::from(format!("/etc/docker/plugins/{name}.spec")));
-    std::fs::write(&spec.0, format!("unix://{}\n", socket.display())).expect("spec file");
+    let spec = PluginSpec::install("berth-test", &socket).unwrap_or_else(|e| panic!("{e}"));
+    let name = spec.name().to_owned();
 
     // Create, write, read back, list.
     dockerd.ok(&["volume", "create", "-d", &name, "--opt", "size=64MiB", "v1"]);
@@ -484,7 +184,7 @@ fn docker_uses_berth_volumes_through_the_plugin() {
     assert_eq!(dockerd.ok(&["exec", &c2, "cat", "/data/f"]).trim(), "hi");
     // A restarted plugin keeps the count: the mount stays until c2 stops.
     drop(plugin);
-    plugin = PluginProc::start(&lab, &config, &socket);
+    plugin = start_plugin(&lab, &config, &socket);
     assert_eq!(holders(&lab, "v1"), 1);
     assert_eq!(dockerd.ok(&["exec", &c2, "cat", "/data/g"]).trim(), "two");
     dockerd.ok(&["rm", "-f", &c2]);
