@@ -11,7 +11,7 @@
 //! hostpathplugin, Docker's `local` volume driver (a private dockerd, as the
 //! Docker suite starts it), etcd's own put rate.
 //!
-//! `BERTH_BENCH_ONLY=scale` or `BERTH_BENCH_ONLY=docker` runs only those
+//! `BERTH_BENCH_ONLY=scale`, `=docker` or `=csi` runs only those
 //! figures.
 
 use std::io::Write as _;
@@ -408,13 +408,20 @@ async fn create_delete_rate(target: &Target, tasks: usize, conns: usize) -> Meas
     meter.finish().await
 }
 
-/// fsync-class system calls (fsync, fdatasync, syncfs) berthd makes per
+/// fsync-class system calls (fsync, fdatasync, syncfs, and sync_file_range,
+/// which is how sled flushes its log on Linux) berthd makes per
 /// acknowledged create+delete pair, one pair at a time, counted by strace
 /// attached to the running process; `None` without strace (or ptrace).
 async fn fsyncs_per_pair(target: &Target, pid: u32, pairs: u64) -> Option<f64> {
     let out = tempfile::NamedTempFile::new().expect("strace output");
     let mut strace = Command::new("strace")
-        .args(["-f", "-c", "-e", "trace=fsync,fdatasync,syncfs", "-o"])
+        .args([
+            "-f",
+            "-c",
+            "-e",
+            "trace=fsync,fdatasync,syncfs,sync_file_range",
+            "-o",
+        ])
         .arg(out.path())
         .args(["-p", &pid.to_string()])
         .stdout(std::process::Stdio::null())
@@ -452,7 +459,9 @@ async fn fsyncs_per_pair(target: &Target, pid: u32, pairs: u64) -> Option<f64> {
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields.last() {
-                Some(&("fsync" | "fdatasync" | "syncfs")) => fields.get(3)?.parse::<u64>().ok(),
+                Some(&("fsync" | "fdatasync" | "syncfs" | "sync_file_range")) => {
+                    fields.get(3)?.parse::<u64>().ok()
+                }
                 _ => None,
             }
         })
@@ -543,10 +552,51 @@ fn rss_kib(pid: u32) -> u64 {
 /// How many CreateVolume calls each CSI p50 is taken over.
 const CSI_CALLS: usize = 101;
 
+/// The CSI figure: CreateVolume p50 through `berth plugin csi`, straight
+/// to `berthd` (the same volume request, without the plugin), and through
+/// the reference hostpathplugin.
+struct CsiFront {
+    plugin: Duration,
+    direct: Duration,
+    reference: Duration,
+}
+
+/// The p50 of `n` creates of the volume `berth plugin csi` asks for (1 MiB
+/// on `local`), sent straight to `berthd` over one kept connection, then
+/// deleted: what the plugin's own path adds is the difference.
+async fn direct_create_p50(target: &Target, n: usize) -> Duration {
+    let mut c = target.client().await;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        c.create_volume(pb::CreateVolumeRequest {
+            service: "local".into(),
+            name: format!("direct-{i}"),
+            size_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+        times.push(t.elapsed());
+    }
+    for i in 0..n {
+        c.delete_volume(pb::DeleteVolumeRequest {
+            service: "local".into(),
+            name: format!("direct-{i}"),
+            force: false,
+        })
+        .await
+        .expect("delete");
+    }
+    times.sort();
+    times[n / 2]
+}
+
 /// CreateVolume p50 through `berth plugin csi` (against `d`'s `local`
-/// vfs service) and through the reference hostpathplugin, both over their
-/// unix sockets; `None` (with one line) without the hostpathplugin.
-fn csi_front(rt: &tokio::runtime::Runtime, d: &Berthd) -> Option<(Duration, Duration)> {
+/// vfs service), straight to `d`, and through the reference
+/// hostpathplugin, the CSI ones over their unix sockets; `None` (with one
+/// line) without the hostpathplugin.
+fn csi_front(rt: &tokio::runtime::Runtime, d: &Berthd) -> Option<CsiFront> {
     use berth_tests::csi::{connect, create_p50, Hostpath, Plugin};
     let hostpath = std::env::var_os("BERTH_CSI_HOSTPATH")
         .map(std::path::PathBuf::from)
@@ -565,10 +615,16 @@ fn csi_front(rt: &tokio::runtime::Runtime, d: &Berthd) -> Option<(Duration, Dura
     let (_reference, endpoint) = Hostpath::start(&hostpath, work.path());
     let socket = std::path::PathBuf::from(endpoint.trim_start_matches("unix://"));
     let params = std::collections::HashMap::from([("service".to_owned(), "local".to_owned())]);
+    let target = berthd_target(d);
     Some(rt.block_on(async {
-        let berth = create_p50(plugin.channel().await, params, CSI_CALLS).await;
+        let plugin = create_p50(plugin.channel().await, params, CSI_CALLS).await;
+        let direct = direct_create_p50(&target, CSI_CALLS).await;
         let reference = create_p50(connect(&socket).await, Default::default(), CSI_CALLS).await;
-        (berth, reference)
+        CsiFront {
+            plugin,
+            direct,
+            reference,
+        }
     }))
 }
 
@@ -746,6 +802,20 @@ fn measure_docker(d: &Berthd) -> Result<DockerFront, String> {
         eprintln!("skipped the Docker figure: {why}");
     }
     measured
+}
+
+fn print_csi(csi: Option<&CsiFront>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match csi {
+        Some(f) => println!(
+            "| fronts: CSI CreateVolume p50, berth plugin csi (vfs) vs hostpathplugin, {CSI_CALLS} calls (the same create straight to berthd: {:.2} ms) | {:.2} ms vs {:.2} ms = {:.2}x | <= 2x |",
+            ms(f.direct),
+            ms(f.plugin),
+            ms(f.reference),
+            f.plugin.as_secs_f64() / f.reference.as_secs_f64()
+        ),
+        None => println!("| fronts: CSI CreateVolume p50 | skipped: no hostpathplugin | <= 2x |"),
+    }
 }
 
 /// Durable create+delete pairs/s, 32 in flight, on a berthd whose records
@@ -1194,6 +1264,16 @@ fn bench() {
         print_docker(&docker);
         return;
     }
+    // `BERTH_BENCH_ONLY=csi`: the CSI figure alone (on a berthd seeded
+    // as for the whole run).
+    if std::env::var("BERTH_BENCH_ONLY").is_ok_and(|v| v == "csi") {
+        let (d, _) = rt.block_on(start_berthd());
+        let csi = csi_front(&rt, &d);
+        println!("| figure | Berth | target |");
+        println!("| --- | ---: | --- |");
+        print_csi(csi.as_ref());
+        return;
+    }
     let mut rows = Vec::new();
 
     let (d, berth) = rt.block_on(start_berthd());
@@ -1327,15 +1407,7 @@ fn bench() {
         mib(idle_rss)
     );
     print_scale(&big);
-    match csi {
-        Some((berth, reference)) => println!(
-            "| fronts: CSI CreateVolume p50, berth plugin csi (vfs) vs hostpathplugin, {CSI_CALLS} calls | {:.2} ms vs {:.2} ms = {:.2}x | <= 2x |",
-            ms(berth),
-            ms(reference),
-            berth.as_secs_f64() / reference.as_secs_f64()
-        ),
-        None => println!("| fronts: CSI CreateVolume p50 | skipped: no hostpathplugin | <= 2x |"),
-    }
+    print_csi(csi.as_ref());
     match etcd {
         Some((berth, puts)) => println!(
             "| fronts: create+delete pairs/s on etcd (vfs, 32 in flight) vs etcd puts/s (32 in flight) | {berth:.1} /s vs {puts:.1} /s = {:.3} | |",
@@ -1346,7 +1418,7 @@ fn bench() {
     print_docker(&docker);
     match fsyncs {
         Some(n) => {
-            println!("| 3. fsync calls per create+delete pair, 1 in flight (strace) | {n:.1} | |")
+            println!("| 3. fsync-class calls (with sled's sync_file_range) per create+delete pair, 1 in flight (strace) | {n:.1} | |")
         }
         None => println!(
             "| 3. fsync calls per create+delete pair, 1 in flight | strace not available | |"
