@@ -29,6 +29,12 @@ use berth_tests::docker::{busybox, DockerPlugin, Dockerd, MountSweep, PluginSpec
 use berth_tests::{bin, Berthd};
 use tonic::transport::Channel;
 
+/// berthd's allocator: this binary also runs as the scale figures'
+/// controller (berthd with one more driver), which should allocate as
+/// berthd does. The client role uses it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long each throughput figure runs.
 const RUN: Duration = Duration::from_secs(3);
 const VOLUMES_LISTED: usize = 10;
@@ -993,31 +999,147 @@ async fn create_batches(target: &Target, n: usize, in_flight: usize) {
     }
 }
 
-/// Pages through every volume of `service` (10,000 a page): the time and
-/// how many were listed.
+/// The codec of [`list_all`]'s calls: the request encoded as usual, the
+/// answer handed back undecoded, so that the next page can be asked for
+/// (its token read) before this one is decoded.
+#[derive(Clone, Copy, Default)]
+struct UndecodedAnswer;
+
+/// Encodes a `ListVolumesRequest` with prost.
+struct RequestEncoder;
+
+/// Takes the answer's bytes as they are.
+struct BytesDecoder;
+
+impl tonic::codec::Encoder for RequestEncoder {
+    type Item = pb::ListVolumesRequest;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: pb::ListVolumesRequest,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::Message::encode(&item, dst)
+            .map_err(|e| tonic::Status::internal(format!("encoding the request: {e}")))
+    }
+}
+
+impl tonic::codec::Decoder for BytesDecoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl tonic::codec::Codec for UndecodedAnswer {
+    type Encode = pb::ListVolumesRequest;
+    type Decode = bytes::Bytes;
+    type Encoder = RequestEncoder;
+    type Decoder = BytesDecoder;
+    fn encoder(&mut self) -> RequestEncoder {
+        RequestEncoder
+    }
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}
+
+/// `ListVolumesResponse` with only its token: decoding it skips the
+/// volumes (one length prefix each) without building them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TokenOnly {
+    #[prost(string, tag = "2")]
+    next_page_token: String,
+}
+
+/// Pages through every volume of `service` (10,000 a page): the time until
+/// the last page is decoded, and how many were listed. Each page is
+/// decoded (every volume built, as `berth volume list` does) on another
+/// thread while the next one is fetched with the token the page carries:
+/// the pages still follow one another through the cursor, but the
+/// client's decoding of one overlaps the controller's reading of the next.
 async fn list_all(target: &Target, service: &str) -> (Duration, usize) {
-    let mut c = target.client().await;
+    let trust = ServerTrust::Pinned {
+        fingerprint: target.pin,
+        source: PinSource::Flag,
+    };
+    let channel = connect::connect(&target.host, &trust, None, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        target.bearer.clone(),
+    ))
+    .max_decoding_message_size(64 << 20);
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/berth.v1.Volumes/ListVolumes");
     let start = Instant::now();
     let mut token = String::new();
     let mut count = 0usize;
+    // The page being decoded.
+    let mut decoding: Option<tokio::task::JoinHandle<Decoded>> = None;
+    let mut last_name: Option<String> = None;
     loop {
-        let page = c
-            .list_volumes(pb::ListVolumesRequest {
-                service: service.into(),
-                max_entries: 10_000,
-                page_token: token,
-                ..Default::default()
-            })
+        grpc.ready().await.expect("channel ready");
+        let raw = grpc
+            .unary(
+                tonic::Request::new(pb::ListVolumesRequest {
+                    service: service.into(),
+                    max_entries: 10_000,
+                    page_token: token,
+                    ..Default::default()
+                }),
+                path.clone(),
+                UndecodedAnswer,
+            )
             .await
             .expect("page")
             .into_inner();
-        count += page.volumes.len();
-        if page.next_page_token.is_empty() {
+        token = <TokenOnly as prost::Message>::decode(raw.clone())
+            .expect("page token")
+            .next_page_token;
+        let page = tokio::task::spawn_blocking(move || {
+            let page = <pb::ListVolumesResponse as prost::Message>::decode(raw).expect("page");
+            let first = page.volumes.first().map(|v| v.name.clone());
+            let last = page.volumes.last().map(|v| v.name.clone());
+            (page.volumes.len(), first, last)
+        });
+        // The page before this one was decoded meanwhile: count it, and
+        // check that the pages follow one another in name order.
+        if let Some(earlier) = decoding.replace(page) {
+            count += decoded(earlier.await.expect("decoding task"), &mut last_name);
+        }
+        if token.is_empty() {
             break;
         }
-        token = page.next_page_token;
+    }
+    if let Some(earlier) = decoding.take() {
+        count += decoded(earlier.await.expect("decoding task"), &mut last_name);
     }
     (start.elapsed(), count)
+}
+
+/// A page [`list_all`] decoded: how many volumes, its first and last names.
+type Decoded = (usize, Option<String>, Option<String>);
+
+/// One decoded page of [`list_all`]: its count, after checking that it
+/// starts after the previous page's last name.
+fn decoded((listed, first, last): Decoded, last_name: &mut Option<String>) -> usize {
+    if let (Some(first), Some(before)) = (&first, &*last_name) {
+        assert!(
+            first > before,
+            "page starting at {first} repeats or goes back before {before}"
+        );
+    }
+    if last.is_some() {
+        *last_name = last;
+    }
+    listed
 }
 
 const BATCH: usize = 1000;
