@@ -91,6 +91,26 @@ pub fn bin_dir() -> &'static Path {
         if cfg!(feature = "etcd") {
             build.args(["--features", "berth-controller/etcd"]);
         }
+        // Without the variables cargo sets for this test's own package:
+        // build scripts (ring's) that watch them would otherwise see them
+        // change between this build and the test's, and both builds would
+        // recompile half the tree every run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&key.as_ref())
+            {
+                build.env_remove(key.as_ref());
+            }
+        }
         let status = build.status().expect("run cargo build");
         assert!(status.success(), "building berthd and berth failed");
         dir
