@@ -11,7 +11,7 @@
 //! hostpathplugin, Docker's `local` volume driver (a private dockerd, as the
 //! Docker suite starts it), etcd's own put rate.
 //!
-//! `BERTH_BENCH_ONLY=scale`, `=docker` or `=csi` runs only those
+//! `BERTH_BENCH_ONLY=scale`, `=unary`, `=cli`, `=docker` or `=csi` runs only those
 //! figures.
 
 use std::io::Write as _;
@@ -230,6 +230,12 @@ fn nodelay(
 async fn start_berthd() -> (Berthd, Target) {
     let d = Berthd::start_logging(&[], "warn");
     let target = berthd_target(&d);
+    seed(&target).await;
+    (d, target)
+}
+
+/// Creates the volumes the unary figures list.
+async fn seed(target: &Target) {
     let mut c = target.client().await;
     for i in 0..VOLUMES_LISTED {
         c.create_volume(pb::CreateVolumeRequest {
@@ -241,7 +247,6 @@ async fn start_berthd() -> (Berthd, Target) {
         .await
         .expect("seed volume");
     }
-    (d, target)
 }
 
 fn berthd_target(d: &Berthd) -> Target {
@@ -1215,8 +1220,8 @@ fn scale(rt: &tokio::runtime::Runtime) -> Scale {
 
 /// Prints the scale figures as table rows.
 fn print_scale(big: &Scale) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mib = |k: u64| k as f64 / 1024.0;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let n = big.volumes;
     let secs = |d: Duration| d.as_secs_f64();
     println!(
@@ -1326,83 +1331,58 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn main() -> std::process::ExitCode {
-    if std::env::var_os(CONTROLLER_ROLE).is_some() {
-        return run_controller();
-    }
-    bench();
-    std::process::ExitCode::SUCCESS
+/// The ceiling server in a process of its own (this executable run as
+/// `e2e ceiling`), as `berthd` is: stopped when dropped.
+struct CeilingProcess {
+    child: std::process::Child,
 }
 
-fn bench() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("oneshot") {
-        oneshot(&args[2], &args[3], &args[4]);
-        return;
+impl Drop for CeilingProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    // `e2e calls HOST PIN TOKEN N`: N sequential ListVolumes calls on one
-    // connection, to drive a controller under a profiler.
-    if args.get(1).map(String::as_str) == Some("calls") {
-        let n: usize = args[5].parse().expect("count");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            let target = Target {
-                host: args[2].clone(),
-                pin: args[3].parse().expect("pin"),
-                bearer: bearer(&args[4]),
-            };
-            let mut c = target.client().await;
-            for _ in 0..n {
-                c.list_volumes(list_request()).await.expect("list");
-            }
-        });
-        return;
-    }
-    // `cargo bench` passes `--bench`; nothing else is accepted.
-    let started = Instant::now();
-    let _ = bin("berthd"); // builds the binaries once, in this profile
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    // `BERTH_BENCH_ONLY=scale`: the scale figures alone.
-    if std::env::var("BERTH_BENCH_ONLY").is_ok_and(|v| v == "scale") {
-        let big = scale(&rt);
-        println!("| figure | Berth | target |");
-        println!("| --- | ---: | --- |");
-        print_scale(&big);
-        return;
-    }
-    // `BERTH_BENCH_ONLY=docker`: the Docker figure alone.
-    if std::env::var("BERTH_BENCH_ONLY").is_ok_and(|v| v == "docker") {
-        let d = Berthd::start_logging(&[], "warn");
-        let docker = measure_docker(&d);
-        drop(d);
-        println!("| figure | Berth vs peer = ratio | target |");
-        println!("| --- | ---: | --- |");
-        print_docker(&docker);
-        return;
-    }
-    // `BERTH_BENCH_ONLY=csi`: the CSI figure alone (on a berthd seeded
-    // as for the whole run).
-    if std::env::var("BERTH_BENCH_ONLY").is_ok_and(|v| v == "csi") {
-        let (d, _) = rt.block_on(start_berthd());
-        let csi = csi_front(&rt, &d);
-        println!("| figure | Berth | target |");
-        println!("| --- | ---: | --- |");
-        print_csi(csi.as_ref());
-        return;
-    }
-    let mut rows = Vec::new();
+}
 
-    let (d, berth) = rt.block_on(start_berthd());
-    let ceiling = rt.block_on(start_ceiling());
+/// Starts the ceiling in its own process; returns it and its target.
+fn start_ceiling_process() -> (CeilingProcess, Target) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .arg("ceiling")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the ceiling");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the ceiling's address");
+    let process = CeilingProcess { child };
+    let (host, pin) = line.trim().split_once(' ').expect("HOST PIN");
+    let target = Target {
+        host: host.to_owned(),
+        pin: pin.parse().expect("pin"),
+        bearer: bearer("not-checked-by-the-ceiling"),
+    };
+    (process, target)
+}
+
+/// Figures 1 and 2: unary calls and new connections, Berth and the ceiling.
+/// The ceiling runs in a process of its own, like `berthd`, so that both
+/// servers share the two cores with the client the same way;
+/// `BERTH_BENCH_CEILING=inproc` serves it from the benchmark's own runtime
+/// instead (as before issue 18's second round).
+fn unary_figures(rt: &tokio::runtime::Runtime, berth: &Target, rows: &mut Vec<Row>) {
+    let (_process, ceiling) = if std::env::var("BERTH_BENCH_CEILING").is_ok_and(|v| v == "inproc") {
+        (None, rt.block_on(start_ceiling()))
+    } else {
+        let (process, target) = start_ceiling_process();
+        (Some(process), target)
+    };
     eprintln!("measuring unary calls...");
     for (tasks, conns, label) in [(1, 1, "1 caller"), (64, 4, "64 in flight / 4 conns")] {
-        let b = rt.block_on(unary_rate(&berth, tasks, conns)).per_second;
+        let b = rt.block_on(unary_rate(berth, tasks, conns)).per_second;
         let c = rt.block_on(unary_rate(&ceiling, tasks, conns)).per_second;
         rows.push(row(
             &format!("1. ListVolumes(10) calls/s, {label}"),
@@ -1414,7 +1394,7 @@ fn bench() {
         ));
     }
     eprintln!("measuring new connections...");
-    let b = rt.block_on(connection_rate(&berth, 4));
+    let b = rt.block_on(connection_rate(berth, 4));
     let c = rt.block_on(connection_rate(&ceiling, 4));
     rows.push(row(
         "2. new TLS connections + 1 call /s, 4 at a time",
@@ -1424,29 +1404,11 @@ fn bench() {
         ">= 0.9",
         true,
     ));
+}
 
-    eprintln!("measuring durable create+delete...");
-    let disk_dir = d.data_dir.join("volumes");
-    let mut creates_loaded = None;
-    for (tasks, conns) in [(1, 1), (32, 4)] {
-        let measured = rt.block_on(create_delete_rate(&berth, tasks, conns));
-        let c = fsync_rate(&disk_dir, tasks);
-        rows.push(row(
-            &format!("3. create+delete pairs/s (vs 4 KiB write+fsync rounds/s), {tasks} in flight"),
-            measured.per_second,
-            c,
-            "/s",
-            if tasks == 32 { ">= 0.5" } else { "" },
-            true,
-        ));
-        if tasks == 32 {
-            creates_loaded = Some(measured);
-        }
-    }
-    let fsyncs = rt.block_on(fsyncs_per_pair(&berth, d.pid(), 100));
-    eprintln!("measuring latency under load...");
-    let lists_loaded = rt.block_on(unary_rate(&berth, 32, 4));
-
+/// Figure 4: a cold `berth volume list` against the one-shot floor, with
+/// the pin in the config and in the sled trust store.
+fn cli_figures(d: &Berthd, berth: &Target, rows: &mut Vec<Row>) {
     eprintln!("measuring cold CLI processes...");
     let token = std::fs::read_to_string(d.data_dir.join("auth/admin.token")).expect("token");
     let floor = median_wall(21, || {
@@ -1500,6 +1462,176 @@ fn bench() {
         "<= 2.0",
         false,
     ));
+}
+
+fn main() -> std::process::ExitCode {
+    if std::env::var_os(CONTROLLER_ROLE).is_some() {
+        return run_controller();
+    }
+    bench();
+    std::process::ExitCode::SUCCESS
+}
+
+fn bench() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("oneshot") {
+        oneshot(&args[2], &args[3], &args[4]);
+        return;
+    }
+    // `e2e calls HOST PIN TOKEN N`: N sequential ListVolumes calls on one
+    // connection, to drive a controller under a profiler.
+    if args.get(1).map(String::as_str) == Some("calls") {
+        let n: usize = args[5].parse().expect("count");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let target = Target {
+                host: args[2].clone(),
+                pin: args[3].parse().expect("pin"),
+                bearer: bearer(&args[4]),
+            };
+            let mut c = target.client().await;
+            for _ in 0..n {
+                c.list_volumes(list_request()).await.expect("list");
+            }
+        });
+        return;
+    }
+    // `e2e handshakes HOST PIN TOKEN N`: N new connections, one after
+    // another, each with one ListVolumes call, to drive either side of a
+    // handshake under a profiler.
+    if args.get(1).map(String::as_str) == Some("handshakes") {
+        let n: usize = args[5].parse().expect("count");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let target = Target {
+                host: args[2].clone(),
+                pin: args[3].parse().expect("pin"),
+                bearer: bearer(&args[4]),
+            };
+            for _ in 0..n {
+                let mut c = target.client().await;
+                c.list_volumes(list_request()).await.expect("list");
+            }
+        });
+        return;
+    }
+    // `e2e ceiling`: the ceiling server alone, to run under a profiler; it
+    // prints `HOST PIN` and serves until its standard input closes.
+    if args.get(1).map(String::as_str) == Some("ceiling") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let target = start_ceiling().await;
+            println!("{} {}", target.host, target.pin);
+            let _ = tokio::task::spawn_blocking(|| {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            })
+            .await;
+        });
+        return;
+    }
+    // `e2e seed HOST PIN TOKEN`: the 10 volumes the unary figures list, on a
+    // controller started by hand (for profiling).
+    if args.get(1).map(String::as_str) == Some("seed") {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(seed(&Target {
+            host: args[2].clone(),
+            pin: args[3].parse().expect("pin"),
+            bearer: bearer(&args[4]),
+        }));
+        return;
+    }
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let started = Instant::now();
+    let _ = bin("berthd"); // builds the binaries once, in this profile
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // `BERTH_BENCH_ONLY=scale`: the scale figures alone; `=unary`: figures
+    // 1 and 2 alone; `=cli`: figure 4 alone.
+    let only = std::env::var("BERTH_BENCH_ONLY").ok();
+    let only = only.as_deref();
+    if only == Some("scale") {
+        let big = scale(&rt);
+        println!("| figure | Berth | target |");
+        println!("| --- | ---: | --- |");
+        print_scale(&big);
+        return;
+    }
+    // `BERTH_BENCH_ONLY=docker`: the Docker figure alone.
+    if only == Some("docker") {
+        let d = Berthd::start_logging(&[], "warn");
+        let docker = measure_docker(&d);
+        drop(d);
+        println!("| figure | Berth vs peer = ratio | target |");
+        println!("| --- | ---: | --- |");
+        print_docker(&docker);
+        return;
+    }
+    // `BERTH_BENCH_ONLY=csi`: the CSI figure alone (on a berthd seeded
+    // as for the whole run).
+    if only == Some("csi") {
+        let (d, _) = rt.block_on(start_berthd());
+        let csi = csi_front(&rt, &d);
+        println!("| figure | Berth | target |");
+        println!("| --- | ---: | --- |");
+        print_csi(csi.as_ref());
+        return;
+    }
+    let mut rows = Vec::new();
+
+    let (d, berth) = rt.block_on(start_berthd());
+    if only != Some("cli") {
+        unary_figures(&rt, &berth, &mut rows);
+    }
+    if only == Some("unary") {
+        print_table(&rows);
+        return;
+    }
+    let mut creates_loaded = None;
+    let mut fsyncs = None;
+    let mut lists_loaded = None;
+    if only.is_none() {
+        eprintln!("measuring durable create+delete...");
+        let disk_dir = d.data_dir.join("volumes");
+        for (tasks, conns) in [(1, 1), (32, 4)] {
+            let measured = rt.block_on(create_delete_rate(&berth, tasks, conns));
+            let c = fsync_rate(&disk_dir, tasks);
+            rows.push(row(
+                &format!(
+                    "3. create+delete pairs/s (vs 4 KiB write+fsync rounds/s), {tasks} in flight"
+                ),
+                measured.per_second,
+                c,
+                "/s",
+                if tasks == 32 { ">= 0.5" } else { "" },
+                true,
+            ));
+            if tasks == 32 {
+                creates_loaded = Some(measured);
+            }
+        }
+        fsyncs = rt.block_on(fsyncs_per_pair(&berth, d.pid(), 100));
+        eprintln!("measuring latency under load...");
+        lists_loaded = Some(rt.block_on(unary_rate(&berth, 32, 4)));
+    }
+    cli_figures(&d, &berth, &mut rows);
+    if only == Some("cli") {
+        print_table(&rows);
+        return;
+    }
     eprintln!("measuring the fronts (CSI, Docker, etcd)...");
     let csi = csi_front(&rt, &d);
     let docker = measure_docker(&d);
@@ -1513,6 +1645,7 @@ fn bench() {
     eprintln!("measuring {} volumes...", scale_volumes());
     let big = scale(&rt);
     let mib = |k: u64| k as f64 / 1024.0;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
 
     println!();
     println!(
@@ -1555,7 +1688,7 @@ fn bench() {
             creates_loaded.as_ref(),
             "",
         ),
-        ("ListVolumes(10)", Some(&lists_loaded), "p99 <= 10x p50"),
+        ("ListVolumes(10)", lists_loaded.as_ref(), "p99 <= 10x p50"),
     ] {
         let Some(m) = measured else { continue };
         let (p50, p99) = (m.percentile(50.0), m.percentile(99.0));

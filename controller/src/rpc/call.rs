@@ -131,10 +131,11 @@ impl Gate {
         &self.authz
     }
 
-    fn open<T>(request: Request<T>) -> Result<(Call<T>, Option<Arc<CallInfo>>), Status> {
-        let info = request.extensions().get::<Arc<CallInfo>>().cloned();
-        let who = request.extensions().get::<Identity>().cloned();
-        let method = request.extensions().get::<Method>().cloned();
+    fn open<T>(mut request: Request<T>) -> Result<(Call<T>, Option<Arc<CallInfo>>), Status> {
+        // Taken, not cloned: the request is the handler's from here on.
+        let info = request.extensions_mut().remove::<Arc<CallInfo>>();
+        let who = request.extensions_mut().remove::<Identity>();
+        let method = request.extensions_mut().remove::<Method>();
         match (who, method) {
             (Some(who), Some(Method(method))) => Ok((
                 Call {

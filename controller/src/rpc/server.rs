@@ -392,12 +392,17 @@ struct CallInFlight(Arc<Activity>);
 
 impl Drop for CallInFlight {
     fn drop(&mut self) {
-        {
+        let idle = {
             let mut state = self.0.lock();
             state.0 = state.0.saturating_sub(1);
             state.1 = Instant::now();
+            state.0 == 0
+        };
+        // Only the last call's end can make the connection idle: waking the
+        // connection's task at every other end was a wake-up per call.
+        if idle {
+            self.0.ended.notify_waiters();
         }
-        self.0.ended.notify_waiters();
     }
 }
 
