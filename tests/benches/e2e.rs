@@ -29,12 +29,6 @@ use berth_tests::docker::{busybox, DockerPlugin, Dockerd, MountSweep, PluginSpec
 use berth_tests::{bin, Berthd};
 use tonic::transport::Channel;
 
-/// berthd's allocator: this binary also runs as the scale figures'
-/// controller (berthd with one more driver), which should allocate as
-/// berthd does. The client role uses it too.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// How long each throughput figure runs.
 const RUN: Duration = Duration::from_secs(3);
 const VOLUMES_LISTED: usize = 10;
