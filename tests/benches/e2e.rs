@@ -1466,6 +1466,24 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
+/// A single-threaded runtime for the by-hand modes (`calls`,
+/// `handshakes`, `seed`).
+fn one_shot_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
+/// The controller named by the by-hand modes' `HOST PIN TOKEN` arguments.
+fn target_from_args(args: &[String]) -> Target {
+    Target {
+        host: args[2].clone(),
+        pin: args[3].parse().expect("pin"),
+        bearer: bearer(&args[4]),
+    }
+}
+
 fn bench() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("oneshot") {
@@ -1473,43 +1491,20 @@ fn bench() {
         return;
     }
     // `e2e calls HOST PIN TOKEN N`: N sequential ListVolumes calls on one
-    // connection, to drive a controller under a profiler.
-    if args.get(1).map(String::as_str) == Some("calls") {
+    // connection, to drive a controller under a profiler. `e2e handshakes
+    // HOST PIN TOKEN N`: N new connections, one after another, each with one
+    // ListVolumes call, to drive either side of a handshake under a profiler.
+    let mode = args.get(1).map(String::as_str);
+    if mode == Some("calls") || mode == Some("handshakes") {
         let n: usize = args[5].parse().expect("count");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            let target = Target {
-                host: args[2].clone(),
-                pin: args[3].parse().expect("pin"),
-                bearer: bearer(&args[4]),
-            };
+        let reconnect = mode == Some("handshakes");
+        one_shot_runtime().block_on(async {
+            let target = target_from_args(&args);
             let mut c = target.client().await;
-            for _ in 0..n {
-                c.list_volumes(list_request()).await.expect("list");
-            }
-        });
-        return;
-    }
-    // `e2e handshakes HOST PIN TOKEN N`: N new connections, one after
-    // another, each with one ListVolumes call, to drive either side of a
-    // handshake under a profiler.
-    if args.get(1).map(String::as_str) == Some("handshakes") {
-        let n: usize = args[5].parse().expect("count");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            let target = Target {
-                host: args[2].clone(),
-                pin: args[3].parse().expect("pin"),
-                bearer: bearer(&args[4]),
-            };
-            for _ in 0..n {
-                let mut c = target.client().await;
+            for i in 0..n {
+                if reconnect && i > 0 {
+                    c = target.client().await;
+                }
                 c.list_volumes(list_request()).await.expect("list");
             }
         });
@@ -1535,15 +1530,7 @@ fn bench() {
     // `e2e seed HOST PIN TOKEN`: the 10 volumes the unary figures list, on a
     // controller started by hand (for profiling).
     if args.get(1).map(String::as_str) == Some("seed") {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(seed(&Target {
-            host: args[2].clone(),
-            pin: args[3].parse().expect("pin"),
-            bearer: bearer(&args[4]),
-        }));
+        one_shot_runtime().block_on(seed(&target_from_args(&args)));
         return;
     }
     // `cargo bench` passes `--bench`; nothing else is accepted.
