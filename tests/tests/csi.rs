@@ -1131,8 +1131,58 @@ fn tool(var: &str) -> Option<PathBuf> {
     Some(path)
 }
 
-/// Runs csi-sanity against `endpoint` and returns its summary line.
+/// One finished (or cut off) csi-sanity run.
+struct SanityRun {
+    /// `Ran N of M Specs ... -- P Passed | F Failed ...`.
+    line: String,
+    /// It exited within the bound, successfully, with no failed spec.
+    passed: bool,
+    /// It exited within the bound.
+    finished: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl SanityRun {
+    /// The one failure is csi-sanity's own connect race: before csi-test
+    /// 128ada30 (May 2026), `utils.Connect` could wait for a state change
+    /// from READY after the connection had become ready, and time out after
+    /// a minute without any call reaching the driver. The tool in
+    /// `../shared/tools` predates the fix.
+    fn only_the_connect_race(&self) -> bool {
+        self.finished
+            && self.line.contains(" 1 Failed")
+            && self.stdout.contains("connecting to CSI driver")
+            && self.stdout.contains("Connection timed out")
+    }
+}
+
+/// Runs csi-sanity against `endpoint` and returns its summary line; runs it
+/// once more when the only failure was csi-sanity's connect race (said in
+/// one line).
 fn sanity(sanity: &Path, endpoint: &str, work: &Path, extra: &[&str]) -> String {
+    let mut run = sanity_once(sanity, endpoint, work, extra);
+    if run.only_the_connect_race() {
+        println!(
+            "csi-sanity timed out in its own connect loop (a race fixed upstream in csi-test 128ada30); running it again: {}",
+            run.line
+        );
+        run = sanity_once(sanity, endpoint, work, extra);
+    }
+    assert!(
+        run.finished,
+        "csi-sanity did not finish within {SANITY_BOUND:?}:\n{}",
+        run.stdout
+    );
+    assert!(
+        run.passed,
+        "csi-sanity failed against {endpoint}: {}\n{}\n{}",
+        run.line, run.stdout, run.stderr
+    );
+    run.line
+}
+
+fn sanity_once(sanity: &Path, endpoint: &str, work: &Path, extra: &[&str]) -> SanityRun {
     let mut cmd = Command::new(sanity);
     cmd.arg("--csi.endpoint")
         .arg(endpoint)
@@ -1193,15 +1243,13 @@ fn sanity(sanity: &Path, endpoint: &str, work: &Path, extra: &[&str]) -> String 
         .unwrap_or("")
         .to_owned();
     let line = format!("{ran} -- {summary}");
-    assert!(
-        status.is_some(),
-        "csi-sanity did not finish within {SANITY_BOUND:?}:\n{text}"
-    );
-    assert!(
-        summary.contains(" 0 Failed") && status.is_some_and(|s| s.success()),
-        "csi-sanity failed against {endpoint}: {line}\n{text}\n{errors}"
-    );
-    line
+    SanityRun {
+        passed: summary.contains(" 0 Failed") && status.is_some_and(|st| st.success()),
+        finished: status.is_some(),
+        line,
+        stdout: text,
+        stderr: errors,
+    }
 }
 
 fn write_params(dir: &Path, service: &str) -> PathBuf {
@@ -1298,4 +1346,35 @@ async fn create_volume_p50_against_hostpath() {
         direct[N / 2].as_secs_f64() * 1e3,
         reference.as_secs_f64() * 1e3
     );
+}
+
+#[test]
+fn only_csi_sanitys_connect_race_is_run_again() {
+    // What the race printed in a full run (2026-12-03), trimmed.
+    let raced = "Will run 91 of 92 specs\n\
+        • [FAILED] [60.058 seconds]\n\
+        GroupController Service [BeforeEach] CreateVolumeGroupSnapshot should fail when no name is provided\n\
+        STEP: connecting to CSI driver @ 12/03/26 19:58:54.016\n\
+        [FAILED] Unexpected error:\n\
+        Connection timed out\n";
+    let run = |line: &str, stdout: &str, finished: bool| SanityRun {
+        line: line.to_owned(),
+        passed: false,
+        finished,
+        stdout: stdout.to_owned(),
+        stderr: String::new(),
+    };
+    let one = "Ran 68 of 92 Specs -- FAIL! -- 67 Passed | 1 Failed | 1 Pending | 23 Skipped";
+    let two = "Ran 68 of 92 Specs -- FAIL! -- 66 Passed | 2 Failed | 1 Pending | 23 Skipped";
+    assert!(run(one, raced, true).only_the_connect_race());
+    // Another failure beside it, a failure of Berth's, or a run cut off:
+    // no second chance.
+    assert!(!run(two, raced, true).only_the_connect_race());
+    assert!(!run(
+        one,
+        "[FAILED] CreateVolume should fail when no name is provided\n",
+        true
+    )
+    .only_the_connect_race());
+    assert!(!run(one, raced, false).only_the_connect_race());
 }
