@@ -175,6 +175,18 @@ fn metrics_are_served_counted_and_logged_as_json() {
     // Anything but /metrics is 404.
     assert!(get(addr, "/").0.starts_with("HTTP/1.1 404"));
 
+    // The log reaches the test through a pipe and a reader thread: wait
+    // (bounded) for alice's refusal, the last line checked below, before
+    // reading it (once it did not arrive in time under load).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .log()
+        .lines()
+        .any(|l| l.contains("\"alice\"") && l.contains("\"denied\""))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Every log line is one JSON object with the four fixed keys.
     let log = d.log();
     let lines: Vec<Value> = log
