@@ -315,6 +315,22 @@ fn berthd(home: &Path, args: &[&str]) -> std::process::Output {
         .expect("run berthd")
 }
 
+/// Runs `berthd check-config --config PATH` (home `home`) and asserts it was
+/// refused with one line on stderr and nothing on stdout (`what` names the
+/// case in failures); returns that line.
+#[track_caller]
+fn check_config_refusal(home: &Path, path: &Path, what: &str) -> String {
+    let out = berthd(
+        home,
+        &["check-config", "--config", path.to_str().expect("utf-8")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what} passed: {err}");
+    assert!(out.stdout.is_empty(), "{what}");
+    assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    err
+}
+
 #[test]
 fn metrics_on_a_non_loopback_address_need_the_explicit_flag() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -380,14 +396,7 @@ fn check_config_says_ok_or_the_one_error_and_creates_nothing() {
     for (name, text, expect) in bad {
         let path = write(name, text);
         files.push(path.clone());
-        let out = berthd(
-            tmp.path(),
-            &["check-config", "--config", path.to_str().expect("utf-8")],
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name} passed");
-        assert!(out.stdout.is_empty(), "{name}");
-        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        let err = check_config_refusal(tmp.path(), &path, name);
         assert!(
             err.starts_with("error: ") && err.contains(expect),
             "{name}: {err}"
@@ -448,14 +457,7 @@ fn check_config_refuses_bad_driver_options() {
             ),
         )
         .expect("write");
-        let out = berthd(
-            tmp.path(),
-            &["check-config", "--config", path.to_str().expect("utf-8")],
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{service} passed: {err}");
-        assert!(out.stdout.is_empty(), "{service}");
-        assert_eq!(err.lines().count(), 1, "{service}: {err}");
+        let err = check_config_refusal(tmp.path(), &path, service);
         assert!(
             err.contains(&format!("service \"{service}\"")) && err.contains(option),
             "{service}: {err}"
