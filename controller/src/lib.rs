@@ -42,6 +42,7 @@
 //! | [`volumes::backend`] | choosing the store: sled (default) or etcd (`--store`, feature `etcd`) |
 //! | [`volumes::shared_storage`] | whether a driver's storage is shared between controllers (the local-`vfs`-root warning) |
 //! | [`volumes::store`] | durable records and intents (sled) |
+//! | [`volumes::encoding`] | the stored form of records and intents (binary; earlier releases' JSON read), for every store |
 //! | [`volumes::catalog`] | configured services bound to built drivers |
 //! | [`volumes::locks`] | per-volume serialisation |
 //! | [`hosted`] | drivers served by another process, put behind Berth |

@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "etcd")]
+use berth_controller::volumes::encoding::{decode, encode};
+#[cfg(feature = "etcd")]
+use berth_controller::volumes::store::{Intent, VolumeRecord};
 use berth_tests::etcd::{start_joined, Etcd};
 use berth_tests::{listed, volume_dirs, Berthd};
 
@@ -240,7 +244,7 @@ fn etcd_down_fails_fast_and_recovers_when_it_returns() {
 async fn etcd_keys(
     etcd: &mut etcd_client::Client,
     prefix: &str,
-) -> std::collections::BTreeMap<String, String> {
+) -> std::collections::BTreeMap<String, Vec<u8>> {
     let resp = etcd
         .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
         .await
@@ -250,7 +254,7 @@ async fn etcd_keys(
         .map(|kv| {
             (
                 String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
+                kv.value().to_vec(),
             )
         })
         .collect()
@@ -289,8 +293,8 @@ fn a_dead_controllers_intents_are_settled_by_a_running_one_within_ttl_plus_5s() 
             .id();
         let held = etcd_client::PutOptions::new().with_lease(lease);
         for (name, op) in [("ghost", "create"), ("doomed", "delete")] {
-            let raw = &records[&record(name)];
-            let rec: serde_json::Value = serde_json::from_str(raw).expect("record JSON");
+            let key = record(name);
+            let rec: VolumeRecord = decode(key.as_bytes(), &records[&key]).expect("record");
             etcd.put(
                 format!("/berth/locks/volumes/local/{name}"),
                 "a controller that died",
@@ -301,10 +305,15 @@ fn a_dead_controllers_intents_are_settled_by_a_running_one_within_ttl_plus_5s() 
             if op == "create" {
                 etcd.delete(record(name), None).await.expect("drop record");
             }
-            let intent = serde_json::json!({"op": op, "record": rec}).to_string();
-            etcd.put(format!("/berth/intents/volumes/local/{name}"), intent, None)
-                .await
-                .expect("intent");
+            // In this version's (binary) form: the dead controller is one
+            // of these.
+            let intent = match op {
+                "create" => Intent::Create { record: rec },
+                _ => Intent::Delete { record: rec },
+            };
+            let intent_key = format!("/berth/intents/volumes/local/{name}");
+            let intent = encode(intent_key.as_bytes(), &intent).expect("encode");
+            etcd.put(intent_key, intent, None).await.expect("intent");
         }
         Instant::now()
     });
@@ -373,8 +382,10 @@ fn an_operation_settles_a_left_over_intent_on_its_volume_first() {
             .await
             .expect("connect to etcd");
         let records = etcd_keys(&mut etcd, "/berth/volumes/local/").await;
-        let rec: serde_json::Value =
-            serde_json::from_str(&records["/berth/volumes/local/doomed"]).expect("record");
+        let key = "/berth/volumes/local/doomed";
+        let rec: VolumeRecord = decode(key.as_bytes(), &records[key]).expect("record");
+        // As an earlier release wrote intents (JSON): still read.
+        let rec = serde_json::to_value(rec).expect("JSON");
         let intent = serde_json::json!({"op": "delete", "record": rec}).to_string();
         etcd.put("/berth/intents/volumes/local/doomed", intent, None)
             .await

@@ -2,13 +2,16 @@
 //! one catalogue.
 //!
 //! ```text
-//! <prefix>/volumes/<service>/<name>            -> VolumeRecord (JSON)
-//! <prefix>/snapshots/<service>/<name>          -> SnapshotRecord (JSON)
-//! <prefix>/intents/volumes/<service>/<name>    -> Intent (JSON)
-//! <prefix>/intents/snapshots/<service>/<name>  -> Intent (JSON)
+//! <prefix>/volumes/<service>/<name>            -> VolumeRecord
+//! <prefix>/snapshots/<service>/<name>          -> SnapshotRecord
+//! <prefix>/intents/volumes/<service>/<name>    -> Intent
+//! <prefix>/intents/snapshots/<service>/<name>  -> Intent
 //! <prefix>/locks/volumes/<service>/<name>      -> controller id, bound to its lease
 //! <prefix>/locks/snapshots/<service>/<name>    -> controller id, bound to its lease
 //! ```
+//!
+//! Values are in the form [`crate::volumes::encoding`] defines, as in the
+//! sled store (binary; the JSON of earlier releases is read).
 //!
 //! Each controller holds one lease (TTL `--etcd-lease-ttl`, default 10 s),
 //! kept alive in the background. An operation takes the object's lock: a
@@ -31,8 +34,8 @@ use std::time::Duration;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use serde::{de::DeserializeOwned, Serialize};
 
+use crate::volumes::encoding::{decode, encode, Stored};
 use crate::volumes::journal::Change;
 use crate::volumes::records::{Fence, FenceToken, KeepSnapshot, KeepVolume, Records};
 use crate::volumes::store::{
@@ -244,12 +247,12 @@ impl EtcdStore {
         Ok(granted.id())
     }
 
-    async fn read<T: DeserializeOwned>(&self, key: String) -> Result<Option<T>, StoreError> {
+    async fn read<T: Stored>(&self, key: String) -> Result<Option<T>, StoreError> {
         let mut kv = self.client.kv_client();
         let resp = bounded(self.timeout, kv.get(key.clone(), None)).await?;
         resp.kvs()
             .first()
-            .map(|kv| decode(&key, kv.value()))
+            .map(|kv| decode(key.as_bytes(), kv.value()))
             .transpose()
     }
 
@@ -295,10 +298,7 @@ impl EtcdStore {
         }
     }
 
-    async fn list<T: DeserializeOwned>(
-        &self,
-        prefix: String,
-    ) -> Result<Vec<(String, T)>, StoreError> {
+    async fn list<T: Stored>(&self, prefix: String) -> Result<Vec<(String, T)>, StoreError> {
         let mut kv = self.client.kv_client();
         let resp = bounded(
             self.timeout,
@@ -308,7 +308,7 @@ impl EtcdStore {
         let mut out = Vec::new();
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let value = decode(&key, kv.value())?;
+            let value = decode(kv.key(), kv.value())?;
             out.push((key, value));
         }
         Ok(out)
@@ -375,20 +375,6 @@ impl Drop for Release {
             let _ = tokio::time::timeout(timeout, kv.txn(txn)).await;
         });
     }
-}
-
-fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|source| StoreError::Encode {
-        key: key.to_owned(),
-        source,
-    })
-}
-
-fn decode<T: DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(raw).map_err(|source| StoreError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
 }
 
 fn sorted<'a>(services: &[&'a str]) -> Vec<&'a str> {
@@ -477,7 +463,7 @@ impl Records for EtcdStore {
     ) -> Result<(), StoreError> {
         let kind = intent.kind();
         let k = self.intent_key(kind, key);
-        let v = encode(&k, intent)?;
+        let v = encode(k.as_bytes(), intent)?;
         let mut compares = vec![];
         if matches!(
             intent,
@@ -512,11 +498,15 @@ impl Records for EtcdStore {
         key: &VolumeKey,
         change: Change<'_>,
     ) -> Result<(), StoreError> {
-        let (kind, value) = match change {
-            Change::Volume(r) => (Kind::Volume, r.map(|r| encode(&key.name, r)).transpose()?),
-            Change::Snapshot(r) => (Kind::Snapshot, r.map(|r| encode(&key.name, r)).transpose()?),
+        let kind = match change {
+            Change::Volume(_) => Kind::Volume,
+            Change::Snapshot(_) => Kind::Snapshot,
         };
         let rk = self.record_key(kind, key);
+        let value = match change {
+            Change::Volume(r) => r.map(|r| encode(rk.as_bytes(), r)).transpose()?,
+            Change::Snapshot(r) => r.map(|r| encode(rk.as_bytes(), r)).transpose()?,
+        };
         let record_op = match value {
             Some(v) => TxnOp::put(rk.clone(), v, None),
             None => TxnOp::delete(rk.clone(), None),
@@ -607,8 +597,7 @@ impl Records for EtcdStore {
                         return Ok(page);
                     }
                     examined += 1;
-                    let k = String::from_utf8_lossy(entry.key()).into_owned();
-                    let record: VolumeRecord = decode(&k, entry.value())?;
+                    let record: VolumeRecord = decode(entry.key(), entry.value())?;
                     let key = VolumeKey::new(&record.service, &record.name);
                     if !keep(&record) {
                         page.next = Some(key);

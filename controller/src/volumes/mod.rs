@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod encoding;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod journal;

@@ -4,11 +4,14 @@
 //! that produced it change in one atomic batch:
 //!
 //! ```text
-//! v\0<service>\0<name>  -> VolumeRecord (JSON)    the volumes the controller acknowledged
-//! i\0<service>\0<name>  -> Intent (JSON)          an operation under way on that volume
-//! s\0<service>\0<name>  -> SnapshotRecord (JSON)  the snapshots
-//! j\0<service>\0<name>  -> Intent (JSON)          an operation under way on that snapshot
+//! v\0<service>\0<name>  -> VolumeRecord    the volumes the controller acknowledged
+//! i\0<service>\0<name>  -> Intent          an operation under way on that volume
+//! s\0<service>\0<name>  -> SnapshotRecord  the snapshots
+//! j\0<service>\0<name>  -> Intent          an operation under way on that snapshot
 //! ```
+//!
+//! Values are in the form [`crate::volumes::encoding`] defines (binary,
+//! reading the JSON of earlier releases).
 //!
 //! An intent is written and flushed before the driver is called; the record
 //! change and the intent's removal are applied together afterwards. At
@@ -23,6 +26,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 
 use serde::{Deserialize, Serialize};
+
+use crate::volumes::encoding::{decode, encode, FormatError, Stored};
 
 /// What the controller knows about one volume.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,21 +184,21 @@ pub enum StoreError {
     /// A database operation failed.
     #[error("volume database error: {0}")]
     Db(#[from] sled::Error),
-    /// A record could not be serialised; nothing was written.
-    #[error("cannot encode entry {key:?} for the volume database: {source}")]
+    /// A record could not be encoded; nothing was written.
+    #[error("cannot encode entry {key:?} for the record store: {source}; nothing was written (this is a bug: report it)")]
     Encode {
         /// The entry's key.
         key: String,
-        /// What serde said.
-        source: serde_json::Error,
+        /// What prost said.
+        source: prost::EncodeError,
     },
-    /// An entry does not decode.
-    #[error("corrupt entry {key:?} in the volume database: {source}")]
+    /// An entry cannot be read.
+    #[error("corrupt entry {key:?} in the record store: {source}")]
     Corrupt {
         /// The entry's key.
         key: String,
-        /// What serde said.
-        source: serde_json::Error,
+        /// Why it cannot be read, and what to do.
+        source: FormatError,
     },
     /// A shared store did not answer in time or cannot be reached; nothing
     /// was acknowledged. Retry later.
@@ -406,11 +411,7 @@ impl Store {
         self.get_kind(Kind::Snapshot, key)
     }
 
-    fn get_kind<T: for<'de> Deserialize<'de>>(
-        &self,
-        kind: Kind,
-        key: &VolumeKey,
-    ) -> Result<Option<T>, StoreError> {
+    fn get_kind<T: Stored>(&self, kind: Kind, key: &VolumeKey) -> Result<Option<T>, StoreError> {
         let k = key.encode(kind.record());
         self.tree.get(&k)?.map(|raw| decode(&k, &raw)).transpose()
     }
@@ -483,7 +484,7 @@ impl Store {
         self.commit_kind(Kind::Snapshot, key, record)
     }
 
-    fn commit_kind<T: Serialize>(
+    fn commit_kind<T: Stored>(
         &self,
         kind: Kind,
         key: &VolumeKey,
@@ -510,8 +511,8 @@ impl Store {
             for entry in self.tree.scan_prefix([kind.intent(), 0]) {
                 let (k, v) = entry?;
                 let key = VolumeKey::decode(&k).ok_or_else(|| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    source: serde::de::Error::custom("bad key"),
+                    key: crate::volumes::encoding::key_name(&k),
+                    source: FormatError::BadKey,
                 })?;
                 out.push((key, decode(&k, &v)?));
             }
@@ -657,20 +658,6 @@ fn sorted<'a>(services: &[&'a str]) -> Vec<&'a str> {
     sorted.sort_unstable();
     sorted.dedup();
     sorted
-}
-
-fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|source| StoreError::Encode {
-        key: String::from_utf8_lossy(key).replace('\0', "/"),
-        source,
-    })
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(raw).map_err(|source| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).replace('\0', "/"),
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -821,6 +808,100 @@ mod tests {
             store.commits.done.load(SeqCst),
         );
         assert_eq!(done, taken, "every ticket is covered by a finished flush");
+    }
+
+    /// A data directory an earlier release wrote (JSON values) is read,
+    /// listed, changed and deleted; what this version writes is binary.
+    #[test]
+    fn json_of_earlier_releases_is_read_listed_and_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let old = |name: &str| {
+            format!(
+                r#"{{"id":"id-{name}","name":"{name}","service":"s","driver":"vfs","size_bytes":1,"created_at_ms":0,"options":{{"size":"1"}},"fields":{{}}}}"#
+            )
+        };
+        for name in ["a", "b", "c"] {
+            store
+                .tree
+                .insert(VolumeKey::new("s", name).encode(b'v'), old(name).as_bytes())
+                .expect("insert old JSON");
+        }
+        let intent = r#"{"op":"create","record":{"id":"id-d","name":"d","service":"s","driver":"vfs","size_bytes":1,"created_at_ms":0,"options":{},"fields":{},"attachments":[],"source":null}}"#;
+        store
+            .tree
+            .insert(VolumeKey::new("s", "d").encode(b'i'), intent.as_bytes())
+            .expect("insert old intent");
+        let snap = r#"{"id":"x","name":"snap","service":"s","volume":"a","size_bytes":1,"created_at_ms":0}"#;
+        store
+            .tree
+            .insert(VolumeKey::new("s", "snap").encode(b's'), snap.as_bytes())
+            .expect("insert old snapshot");
+
+        let page = store.page(&["s"], None, 10, 100, |_| true).expect("page");
+        assert_eq!(names(&page), ["a", "b", "c"]);
+        assert_eq!(page.records[0].options["size"], "1");
+        let intents = store.intents().expect("intents");
+        assert_eq!(intents.len(), 1);
+        assert_eq!(intents[0].1.op(), "create");
+        let snaps = store.snapshots(&["s"], |_| true).expect("snapshots");
+        assert_eq!(snaps[0].volume, "a");
+
+        // Changed: written back in the binary form, read the same.
+        let key = VolumeKey::new("s", "b");
+        let mut b = store.get(&key).expect("get").expect("b");
+        b.size_bytes = 2;
+        store.commit(&key, Some(&b)).expect("commit");
+        let raw = store.tree.get(key.encode(b'v')).expect("raw").expect("b");
+        assert_eq!(raw[0], crate::volumes::encoding::BINARY);
+        assert_eq!(store.get(&key).expect("get"), Some(b));
+        // Deleted, and the intent settled.
+        store
+            .commit(&VolumeKey::new("s", "a"), None)
+            .expect("delete");
+        store
+            .commit(&VolumeKey::new("s", "d"), Some(&record("s", "d")))
+            .expect("commit d");
+        let page = store.page(&["s"], None, 10, 100, |_| true).expect("page");
+        assert_eq!(names(&page), ["b", "c", "d"]);
+        assert!(store.intents().expect("intents").is_empty());
+    }
+
+    #[test]
+    fn corrupt_values_are_refused_with_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .commit(&VolumeKey::new("s", "good"), Some(&record("s", "good")))
+            .expect("commit");
+        store
+            .tree
+            .insert(
+                VolumeKey::new("s", "bad").encode(b'v'),
+                &[0x01, 0x0a, 0x7f][..],
+            )
+            .expect("insert");
+        let corrupt = |e: StoreError| match e {
+            StoreError::Corrupt { key, .. } => key,
+            other => panic!("not Corrupt: {other}"),
+        };
+        let err = store.get(&VolumeKey::new("s", "bad")).expect_err("bad");
+        assert!(err.to_string().contains("\"v/s/bad\""), "{err}");
+        assert_eq!(corrupt(err), "v/s/bad");
+        let err = store
+            .page(&["s"], None, 10, 100, |_| true)
+            .expect_err("page");
+        assert_eq!(corrupt(err), "v/s/bad");
+        store
+            .tree
+            .insert(VolumeKey::new("s", "v").encode(b'i'), &b"{not json"[..])
+            .expect("insert");
+        assert_eq!(corrupt(store.intents().expect_err("intents")), "i/s/v");
+        // The good record is still read.
+        assert!(store
+            .get(&VolumeKey::new("s", "good"))
+            .expect("get")
+            .is_some());
     }
 
     #[test]
