@@ -16,13 +16,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
 
+    // Protobuf maps as BTreeMap: the controller's records keep them in
+    // BTreeMaps, so a record becomes its wire form by moving them (a
+    // HashMap was rebuilt, hashed, for every volume of every listing), and
+    // the client prints them in key order without sorting.
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .btree_map(".")
         .compile_fds(fds)?;
 
     // CSI v1 (package `csi.v1`) for `berth plugin csi`; a descriptor set of
-    // its own, so berthd's reflection does not list CSI services.
+    // its own, so berthd's reflection does not list CSI services. Its maps
+    // stay HashMaps: the CSI front and its tests build them as such, and no
+    // hot path converts them.
     let csi = protox::compile(["proto/csi/v1/csi.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)

@@ -46,7 +46,7 @@ fn status(v: &pb::Volume) -> &'static str {
 
 /// A volume as a JSON object with the fields of the volume record.
 pub fn volume_json(v: &pb::Volume) -> Value {
-    let sorted = |m: &std::collections::HashMap<String, String>| {
+    let sorted = |m: &std::collections::BTreeMap<String, String>| {
         m.iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect::<serde_json::Map<_, _>>()
@@ -172,9 +172,7 @@ pub fn volume_detail(v: &pb::Volume) -> String {
         t.add_row(vec!["source".into(), v.source.clone()]);
     }
     t.add_row(vec!["driver".into(), v.driver.clone()]);
-    let mut fields: Vec<_> = v.fields.iter().collect();
-    fields.sort();
-    for (k, value) in fields {
+    for (k, value) in &v.fields {
         t.add_row(vec![k.clone(), value.clone()]);
     }
     render(&t)

@@ -6,7 +6,7 @@
 //! to fix it), and that nothing changed (a listing of paths, modes, owners
 //! and link targets before and after, the volume list, the vfs root).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -479,10 +479,10 @@ async fn oversized_options_are_refused_and_never_echoed_in_full() {
     let mut client = pb::volumes_client::VolumesClient::new(admin_channel(&d).await);
     let root = vfs_root(&d);
     let (dirs_before, meta_before) = (volume_dirs(&root), vfs_metadata(&root));
-    let one = |k: String, v: String| HashMap::from([(k, v)]);
-    let many: HashMap<String, String> =
+    let one = |k: String, v: String| BTreeMap::from([(k, v)]);
+    let many: BTreeMap<String, String> =
         (0..33).map(|i| (format!("k{i}"), "v".to_owned())).collect();
-    let cases: Vec<(&str, HashMap<String, String>)> = vec![
+    let cases: Vec<(&str, BTreeMap<String, String>)> = vec![
         // 1 MiB: well inside the 4 MiB gRPC message limit both sides allow.
         (
             "a 1 MiB mode value",

@@ -1,6 +1,6 @@
 //! The endpoints of Docker's volume plugin protocol.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -97,7 +97,7 @@ struct CreateRequest {
     #[serde(rename = "Name", default)]
     name: String,
     #[serde(rename = "Opts", default)]
-    opts: Option<HashMap<String, String>>,
+    opts: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -46,7 +46,7 @@ pub(crate) struct Published {
 
 impl Published {
     /// Reads the attachment's fields; `None` without a volume id.
-    pub fn from_fields(fields: &std::collections::HashMap<String, String>) -> Option<Self> {
+    pub fn from_fields(fields: &BTreeMap<String, String>) -> Option<Self> {
         let volume_id = fields.get(VOLUME_ID)?.clone();
         let with = |prefix: &str| {
             fields

@@ -791,7 +791,7 @@ impl Node {
         key: &str,
         path: &Path,
         request: &MountRequest,
-        fields: &std::collections::HashMap<String, String>,
+        fields: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), NodeError> {
         let endpoint = csi::endpoint_for(&self.csi_plugins, &request.service, key)?.to_owned();
         let published =

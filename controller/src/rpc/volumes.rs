@@ -90,9 +90,9 @@ pub fn to_proto(record: VolumeRecord) -> pb::Volume {
         driver: record.driver,
         size_bytes: record.size_bytes,
         created_at: Some(prost_types::Timestamp::from(created)),
-        options: record.options.into_iter().collect(),
+        options: record.options,
         status: status as i32,
-        fields: record.fields.into_iter().collect(),
+        fields: record.fields,
         attachments: record
             .attachments
             .into_iter()
@@ -107,7 +107,7 @@ fn attachment_to_proto(a: AttachmentRecord) -> pb::Attachment {
     pb::Attachment {
         instance: a.instance,
         device: a.device,
-        fields: a.fields.into_iter().collect(),
+        fields: a.fields,
     }
 }
 
@@ -252,7 +252,7 @@ impl pb::volumes_server::Volumes for Api {
                     service: req.service,
                     name: req.name,
                     size_bytes: req.size_bytes,
-                    options: req.options.into_iter().collect(),
+                    options: req.options,
                     from_snapshot: (!req.from_snapshot.is_empty()).then_some(req.from_snapshot),
                 })
                 .await
@@ -273,7 +273,7 @@ impl pb::volumes_server::Volumes for Api {
             .map(|v| VolumeSpec {
                 name: v.name,
                 size_bytes: v.size_bytes,
-                options: v.options.into_iter().collect(),
+                options: v.options,
             })
             .collect();
         let outcomes =
@@ -355,7 +355,7 @@ impl pb::volumes_server::Volumes for Api {
                     service: req.service,
                     name: req.name,
                     size_bytes: req.size_bytes,
-                    options: req.options.into_iter().collect(),
+                    options: req.options,
                     from_snapshot: (!req.from_snapshot.is_empty()).then_some(req.from_snapshot),
                 };
                 let record = api.volumes.create_with_progress(new, progress).await?;
