@@ -180,10 +180,19 @@ impl Layout {
     }
 
     fn remove_meta(&self, dir: &Path, name: &VolumeName) -> DriverResult<()> {
+        if self.unlink_meta(dir, name)? {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the metadata file of `name` in `dir`, not yet durably;
+    /// whether there was one.
+    fn unlink_meta(&self, dir: &Path, name: &VolumeName) -> DriverResult<bool> {
         let path = meta::child(dir, name.as_str())?;
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(DriverError::io(format!("removing {}", path.display()), e)),
         }
     }
@@ -296,8 +305,18 @@ impl FileStore for Layout {
         let dir = adoptable(&data)?;
         dir.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| DriverError::io(format!("setting the mode of {}", data.display()), e))?;
+        // Both entries are made before either directory is synced, and both
+        // are synced before returning: what the create made is durable when
+        // it returns, as before. On a journaling filesystem (ext4, xfs) the
+        // metadata file's own fsync commits the `mkdir` with it, so the
+        // root's sync finds nothing left to commit: one journal commit fewer
+        // per create than syncing the root first. The order of the two
+        // becoming durable does not matter: a crash before the create is
+        // acknowledged leaves its intent, and the next start undoes
+        // whatever part of it survived.
+        let volume = self.record(request)?;
         sync_dir(&self.root)?;
-        self.record(request)
+        Ok(volume)
     }
 
     /// Creates `request.name` holding a copy of `source` (a directory).
@@ -346,10 +365,28 @@ impl FileStore for Layout {
         let data = meta::child(&self.root, name.as_str())?;
         // symlink_metadata: whatever is there (a link too) is moved to the
         // trash as it is; nothing is followed.
-        if fs::symlink_metadata(&data).is_ok() {
-            self.discard(&data)?;
+        let doomed = match fs::symlink_metadata(&data) {
+            Ok(_) => Some(self.hide(&data)?),
+            Err(_) => None,
+        };
+        let unlinked = self.unlink_meta(&self.meta, name)?;
+        // Both changes are made before either directory is synced, and both
+        // are synced before returning: the delete is durable when it
+        // returns, as before. On a journaling filesystem the first sync
+        // commits both changes (one transaction), so the second finds
+        // nothing left to commit: one journal commit per delete instead of
+        // two. A crash before the delete is acknowledged leaves its intent,
+        // and the next start finishes it whatever part survived.
+        if doomed.is_some() {
+            sync_dir(&self.root)?;
         }
-        self.remove_meta(&self.meta, name)
+        if unlinked {
+            sync_dir(&self.meta)?;
+        }
+        if let Some(doomed) = doomed {
+            self.remove_doomed(&doomed);
+        }
+        Ok(())
     }
 
     fn create_snapshot(
