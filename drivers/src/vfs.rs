@@ -124,8 +124,27 @@ impl Layout {
         self.volume(&request.name, request.size_bytes)
     }
 
-    /// Moves `path` to the trash (atomically out of sight), then deletes it.
+    /// Moves `path` to the trash (atomically out of sight) and makes that
+    /// durable, then deletes it.
     fn discard(&self, path: &Path) -> DriverResult<()> {
+        let doomed = self.hide(path)?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        self.remove_doomed(&doomed);
+        Ok(())
+    }
+
+    /// Moves `path` to the trash, atomically out of sight, and returns its
+    /// place there; not yet durable (sync `path`'s parent).
+    ///
+    /// Only the volume's leaving its parent must be durable. The trash
+    /// entry is not synced: if it is lost in a crash the data is gone, which
+    /// is what a delete wants (a rename is one journal transaction on
+    /// journaling filesystems such as ext4 and xfs, so syncing the source
+    /// commits the target too); whatever survives in the trash is emptied at
+    /// start.
+    fn hide(&self, path: &Path) -> DriverResult<PathBuf> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -137,29 +156,48 @@ impl Layout {
                 e,
             )
         })?;
-        // Only the volume's leaving its parent must be durable. The trash
-        // entry is not synced: if it is lost in a crash the data is gone,
-        // which is what a delete wants (a rename is one journal transaction
-        // on journaling filesystems such as ext4 and xfs, so syncing the source commits
-        // the target too); whatever survives in the trash is emptied at
-        // start. One fsync fewer per remove.
-        if let Some(parent) = path.parent() {
-            sync_dir(parent)?;
+        Ok(doomed)
+    }
+
+    /// Deletes one entry this operation moved to the trash, and only that:
+    /// the other entries there belong to deletes running now (sweeping them
+    /// too raced those deletes, each warning about the entries another had
+    /// just removed) or to a removal that failed, which the next start
+    /// retries. Best effort: a failure is logged.
+    fn remove_doomed(&self, doomed: &Path) {
+        let gone = match fs::symlink_metadata(doomed) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(doomed),
+            Ok(_) => fs::remove_file(doomed),
+            Err(e) => Err(e),
+        };
+        match gone {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %doomed.display(), error = %e, "could not clear a deleted volume's data; it goes at the next start")
+            }
         }
-        self.empty(&self.trash);
-        Ok(())
     }
 
     fn remove_meta(&self, dir: &Path, name: &VolumeName) -> DriverResult<()> {
+        if self.unlink_meta(dir, name)? {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the metadata file of `name` in `dir`, not yet durably;
+    /// whether there was one.
+    fn unlink_meta(&self, dir: &Path, name: &VolumeName) -> DriverResult<bool> {
         let path = meta::child(dir, name.as_str())?;
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(DriverError::io(format!("removing {}", path.display()), e)),
         }
     }
 
-    /// Best effort: what fails to go now goes at the next delete or start.
+    /// Best effort: what fails to go now goes at the next start.
     fn empty(&self, dir: &Path) {
         let Ok(entries) = fs::read_dir(dir) else {
             return;
@@ -267,8 +305,18 @@ impl FileStore for Layout {
         let dir = adoptable(&data)?;
         dir.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| DriverError::io(format!("setting the mode of {}", data.display()), e))?;
+        // Both entries are made before either directory is synced, and both
+        // are synced before returning: what the create made is durable when
+        // it returns, as before. On a journaling filesystem (ext4, xfs) the
+        // metadata file's own fsync commits the `mkdir` with it, so the
+        // root's sync finds nothing left to commit: one journal commit fewer
+        // per create than syncing the root first. The order of the two
+        // becoming durable does not matter: a crash before the create is
+        // acknowledged leaves its intent, and the next start undoes
+        // whatever part of it survived.
+        let volume = self.record(request)?;
         sync_dir(&self.root)?;
-        self.record(request)
+        Ok(volume)
     }
 
     /// Creates `request.name` holding a copy of `source` (a directory).
@@ -317,10 +365,28 @@ impl FileStore for Layout {
         let data = meta::child(&self.root, name.as_str())?;
         // symlink_metadata: whatever is there (a link too) is moved to the
         // trash as it is; nothing is followed.
-        if fs::symlink_metadata(&data).is_ok() {
-            self.discard(&data)?;
+        let doomed = match fs::symlink_metadata(&data) {
+            Ok(_) => Some(self.hide(&data)?),
+            Err(_) => None,
+        };
+        let unlinked = self.unlink_meta(&self.meta, name)?;
+        // Both changes are made before either directory is synced, and both
+        // are synced before returning: the delete is durable when it
+        // returns, as before. On a journaling filesystem the first sync
+        // commits both changes (one transaction), so the second finds
+        // nothing left to commit: one journal commit per delete instead of
+        // two. A crash before the delete is acknowledged leaves its intent,
+        // and the next start finishes it whatever part survived.
+        if doomed.is_some() {
+            sync_dir(&self.root)?;
         }
-        self.remove_meta(&self.meta, name)
+        if unlinked {
+            sync_dir(&self.meta)?;
+        }
+        if let Some(doomed) = doomed {
+            self.remove_doomed(&doomed);
+        }
+        Ok(())
     }
 
     fn create_snapshot(
@@ -375,6 +441,37 @@ mod tests {
             size_bytes: size,
             options: BTreeMap::new(),
         }
+    }
+
+    /// A delete removes its own data from the trash and nothing else there:
+    /// the other entries belong to deletes running at the same time (which
+    /// each remove their own) or wait for the next start. Sweeping the whole
+    /// trash on every delete raced concurrent deletes, and each lost race
+    /// logged a warning.
+    #[tokio::test]
+    async fn a_delete_clears_only_its_own_trash_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = VfsDriver::open(dir.path()).expect("open");
+        let v = driver.create(&request("gone", 1)).await.expect("create");
+        fs::write(dir.path().join("gone/file"), b"x").expect("write");
+        let trash = dir.path().join(".berth/trash");
+        let other = trash.join("other.1.1");
+        fs::create_dir(&other).expect("another delete's entry");
+        driver.delete(&v.name).await.expect("delete");
+        assert!(!dir.path().join("gone").exists());
+        let left: Vec<_> = fs::read_dir(&trash)
+            .expect("trash")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(
+            left,
+            vec![other],
+            "the delete's own data is gone, and only it"
+        );
+        // The next start empties what is left.
+        drop(driver);
+        VfsDriver::open(dir.path()).expect("reopen");
+        assert_eq!(fs::read_dir(&trash).expect("trash").count(), 0);
     }
 
     #[tokio::test]

@@ -11,8 +11,8 @@
 //! hostpathplugin, Docker's `local` volume driver (a private dockerd, as the
 //! Docker suite starts it), etcd's own put rate.
 //!
-//! `BERTH_BENCH_ONLY=scale`, `=unary`, `=cli`, `=docker` or `=csi` runs only those
-//! figures.
+//! `BERTH_BENCH_ONLY=scale`, `=unary`, `=cli`, `=durable`, `=docker` or
+//! `=csi` runs only those figures.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -274,6 +274,8 @@ fn run_text(cmd: &mut Command) -> String {
 struct Meter {
     done: Arc<AtomicU64>,
     start: Instant,
+    /// How long its tasks run.
+    run: Duration,
     handles: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
 }
 
@@ -297,9 +299,15 @@ impl Measured {
 
 impl Meter {
     fn start() -> Self {
+        Self::start_for(RUN)
+    }
+
+    /// A meter whose tasks run for `run` instead of RUN.
+    fn start_for(run: Duration) -> Self {
         Self {
             done: Arc::new(AtomicU64::new(0)),
             start: Instant::now(),
+            run,
             handles: Vec::new(),
         }
     }
@@ -310,7 +318,7 @@ impl Meter {
     where
         F: std::future::Future<Output = Vec<Duration>> + Send + 'static,
     {
-        let task = task(self.start + RUN, Arc::clone(&self.done));
+        let task = task(self.start + self.run, Arc::clone(&self.done));
         self.handles.push(tokio::spawn(task));
     }
 
@@ -378,9 +386,14 @@ async fn connection_rate(target: &Target, tasks: usize) -> f64 {
 
 /// Acknowledged (durable) create + delete pairs per second, with the time of
 /// each CreateVolume call.
-async fn create_delete_rate(target: &Target, tasks: usize, conns: usize) -> Measured {
+async fn create_delete_rate(
+    target: &Target,
+    tasks: usize,
+    conns: usize,
+    run: Duration,
+) -> Measured {
     let clients = clients(target, conns).await;
-    let mut meter = Meter::start();
+    let mut meter = Meter::start_for(run);
     for t in 0..tasks {
         let mut c = clients[t % conns].clone();
         meter.spawn(|deadline, done| async move {
@@ -498,6 +511,127 @@ fn fsync_rate(dir: &Path, tasks: usize) -> f64 {
         t.join().expect("thread");
     }
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A `berthd` whose data directory, and so its `vfs` root and sled store,
+/// are on tmpfs (a fresh directory under `/dev/shm`), where `fsync` and
+/// sled's `sync_file_range` cost nothing: the same path as on disk without
+/// the disk. Stopped, then its directory removed, when dropped (fields drop
+/// in order).
+struct TmpfsBerthd {
+    _berthd: Berthd,
+    _dir: tempfile::TempDir,
+}
+
+impl TmpfsBerthd {
+    /// Starts it; `None`, said in one line, without a writable `/dev/shm`.
+    fn start() -> Option<(Self, Target)> {
+        let dir = match tempfile::Builder::new()
+            .prefix("berth-bench-")
+            .tempdir_in("/dev/shm")
+        {
+            Ok(dir) => dir,
+            Err(e) => {
+                eprintln!("skipping figure 3 on tmpfs: cannot make a directory in /dev/shm: {e}");
+                return None;
+            }
+        };
+        let berthd = Berthd::start_in(&dir.path().join("data"), &[], "warn");
+        let target = berthd_target(&berthd);
+        Some((
+            Self {
+                _berthd: berthd,
+                _dir: dir,
+            },
+            target,
+        ))
+    }
+}
+
+/// Figure 3's figures besides its table rows.
+struct Durable {
+    /// The pair rate and CreateVolume times at 32 in flight, on disk.
+    loaded: Measured,
+    /// fsync-class calls per pair, 1 in flight, when strace runs.
+    fsyncs: Option<f64>,
+    /// (in flight, pairs/s on disk, pairs/s on tmpfs), when tmpfs is there.
+    tmpfs: Vec<(usize, f64, f64)>,
+}
+
+/// Figure 3: durable create+delete pairs on `d` against the disk's 4 KiB
+/// write+fsync rounds, at 1 and 32 in flight, and the same pairs on a
+/// second `berthd` on tmpfs against the same disk rounds: what the path
+/// reaches when syncing costs nothing, so whether the disk or the CPU
+/// limits it. Pushes the table rows; returns the rest.
+fn durable_figures(
+    rt: &tokio::runtime::Runtime,
+    d: &Berthd,
+    berth: &Target,
+    rows: &mut Vec<Row>,
+) -> Durable {
+    eprintln!("measuring durable create+delete (on disk, then on tmpfs)...");
+    let tmpfs = TmpfsBerthd::start();
+    let disk_dir = d.data_dir.join("volumes");
+    let mut loaded = None;
+    let mut compared = Vec::new();
+    for (tasks, conns) in [(1, 1), (32, 4)] {
+        let measured = rt.block_on(create_delete_rate(berth, tasks, conns, RUN));
+        let c = fsync_rate(&disk_dir, tasks);
+        rows.push(row(
+            &format!("3. create+delete pairs/s (vs 4 KiB write+fsync rounds/s), {tasks} in flight"),
+            measured.per_second,
+            c,
+            "/s",
+            if tasks == 32 { ">= 0.5" } else { "" },
+            true,
+        ));
+        if let Some((_, target)) = &tmpfs {
+            let on_tmpfs = rt.block_on(create_delete_rate(target, tasks, conns, RUN));
+            rows.push(row(
+                &format!(
+                    "3. the same pairs on tmpfs (no fsync cost; vs the disk's rounds), {tasks} in flight"
+                ),
+                on_tmpfs.per_second,
+                c,
+                "/s",
+                "",
+                true,
+            ));
+            compared.push((tasks, measured.per_second, on_tmpfs.per_second));
+        }
+        if tasks == 32 {
+            loaded = Some(measured);
+        }
+    }
+    drop(tmpfs);
+    let fsyncs = rt.block_on(fsyncs_per_pair(berth, d.pid(), 100));
+    Durable {
+        loaded: loaded.expect("measured at 32 in flight"),
+        fsyncs,
+        tmpfs: compared,
+    }
+}
+
+/// Figure 3's lines of the second table: disk against tmpfs, and the
+/// fsync-class calls per pair.
+fn print_durable(durable: &Durable) {
+    if durable.tmpfs.is_empty() {
+        println!("| 3. create+delete pairs/s, disk vs tmpfs | skipped (no /dev/shm) | |");
+    }
+    for (tasks, disk, tmpfs) in &durable.tmpfs {
+        println!(
+            "| 3. create+delete pairs/s on disk vs on tmpfs (what syncing costs), {tasks} in flight | {disk:.1} /s vs {tmpfs:.1} /s = {:.2} | |",
+            disk / tmpfs
+        );
+    }
+    match durable.fsyncs {
+        Some(n) => {
+            println!("| 3. fsync-class calls (with sled's sync_file_range) per create+delete pair, 1 in flight (strace) | {n:.1} | |")
+        }
+        None => println!(
+            "| 3. fsync calls per create+delete pair, 1 in flight | strace not available | |"
+        ),
+    }
 }
 
 /// Median wall time of `runs` runs of a command.
@@ -843,7 +977,9 @@ fn etcd_front(rt: &tokio::runtime::Runtime) -> Option<(f64, f64)> {
     .expect("config");
     let d = Berthd::start_logging(&["--config", &config.display().to_string()], "warn");
     let target = berthd_target(&d);
-    let berth = rt.block_on(create_delete_rate(&target, 32, 4)).per_second;
+    let berth = rt
+        .block_on(create_delete_rate(&target, 32, 4, RUN))
+        .per_second;
     drop(d);
     let puts = rt.block_on(async {
         let client = etcd_client::Client::connect([etcd.endpoint()], None)
@@ -1510,6 +1646,21 @@ fn bench() {
         });
         return;
     }
+    // `e2e pairs HOST PIN TOKEN IN_FLIGHT SECONDS`: durable create+delete
+    // pairs (figure 3's loop: IN_FLIGHT tasks over up to 4 connections) for
+    // SECONDS, to drive a controller under a profiler; prints pairs/s.
+    if mode == Some("pairs") {
+        let tasks: usize = args[5].parse().expect("in flight");
+        let seconds: u64 = args[6].parse().expect("seconds");
+        let measured = one_shot_runtime().block_on(create_delete_rate(
+            &target_from_args(&args),
+            tasks,
+            tasks.clamp(1, 4),
+            Duration::from_secs(seconds),
+        ));
+        println!("{:.1} pairs/s", measured.per_second);
+        return;
+    }
     // `e2e ceiling`: the ceiling server alone, to run under a profiler; it
     // prints `HOST PIN` and serves until its standard input closes.
     if args.get(1).map(String::as_str) == Some("ceiling") {
@@ -1571,6 +1722,20 @@ fn bench() {
         print_csi(csi.as_ref());
         return;
     }
+    // `BERTH_BENCH_ONLY=durable`: figure 3 alone (on disk and on tmpfs).
+    if only == Some("durable") {
+        let (d, berth) = rt.block_on(start_berthd());
+        let mut rows = Vec::new();
+        let durable = durable_figures(&rt, &d, &berth, &mut rows);
+        drop(d);
+        print_table(&rows);
+        println!();
+        println!("| figure | Berth | target |");
+        println!("| --- | ---: | --- |");
+        print_durable(&durable);
+        print_latency(Some(&durable.loaded), None);
+        return;
+    }
     let mut rows = Vec::new();
 
     let (d, berth) = rt.block_on(start_berthd());
@@ -1581,30 +1746,10 @@ fn bench() {
         print_table(&rows);
         return;
     }
-    let mut creates_loaded = None;
-    let mut fsyncs = None;
+    let mut durable = None;
     let mut lists_loaded = None;
     if only.is_none() {
-        eprintln!("measuring durable create+delete...");
-        let disk_dir = d.data_dir.join("volumes");
-        for (tasks, conns) in [(1, 1), (32, 4)] {
-            let measured = rt.block_on(create_delete_rate(&berth, tasks, conns));
-            let c = fsync_rate(&disk_dir, tasks);
-            rows.push(row(
-                &format!(
-                    "3. create+delete pairs/s (vs 4 KiB write+fsync rounds/s), {tasks} in flight"
-                ),
-                measured.per_second,
-                c,
-                "/s",
-                if tasks == 32 { ">= 0.5" } else { "" },
-                true,
-            ));
-            if tasks == 32 {
-                creates_loaded = Some(measured);
-            }
-        }
-        fsyncs = rt.block_on(fsyncs_per_pair(&berth, d.pid(), 100));
+        durable = Some(durable_figures(&rt, &d, &berth, &mut rows));
         eprintln!("measuring latency under load...");
         lists_loaded = Some(rt.block_on(unary_rate(&berth, 32, 4)));
     }
@@ -1626,7 +1771,6 @@ fn bench() {
     eprintln!("measuring {} volumes...", scale_volumes());
     let big = scale(&rt);
     let mib = |k: u64| k as f64 / 1024.0;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
 
     println!();
     println!(
@@ -1652,24 +1796,24 @@ fn bench() {
         None => println!("| fronts: create+delete pairs/s on etcd | skipped (see above) | |"),
     }
     print_docker(&docker);
-    match fsyncs {
-        Some(n) => {
-            println!("| 3. fsync-class calls (with sled's sync_file_range) per create+delete pair, 1 in flight (strace) | {n:.1} | |")
-        }
-        None => println!(
-            "| 3. fsync calls per create+delete pair, 1 in flight | strace not available | |"
-        ),
+    if let Some(durable) = &durable {
+        print_durable(durable);
     }
+    print_latency(durable.as_ref().map(|d| &d.loaded), lists_loaded.as_ref());
+    println!();
+    println!("ratios: Berth / ceiling (higher is better for rates, lower for times)");
+}
+
+/// The latency table: CreateVolume (from figure 3's run at 32 in flight)
+/// and ListVolumes under load, each when measured.
+fn print_latency(creates: Option<&Measured>, lists: Option<&Measured>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!();
     println!("| latency at 32 in flight / 4 conns | rate | p50 | p99 | p99/p50 | target |");
     println!("| --- | ---: | ---: | ---: | ---: | --- |");
     for (label, measured, target) in [
-        (
-            "CreateVolume (rate: create+delete pairs/s)",
-            creates_loaded.as_ref(),
-            "",
-        ),
-        ("ListVolumes(10)", lists_loaded.as_ref(), "p99 <= 10x p50"),
+        ("CreateVolume (rate: create+delete pairs/s)", creates, ""),
+        ("ListVolumes(10)", lists, "p99 <= 10x p50"),
     ] {
         let Some(m) = measured else { continue };
         let (p50, p99) = (m.percentile(50.0), m.percentile(99.0));
@@ -1681,6 +1825,4 @@ fn bench() {
             p99.as_secs_f64() / p50.as_secs_f64().max(f64::MIN_POSITIVE)
         );
     }
-    println!();
-    println!("ratios: Berth / ceiling (higher is better for rates, lower for times)");
 }

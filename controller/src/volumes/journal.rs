@@ -6,7 +6,8 @@
 //!    next start ([`crate::volumes::Volumes::reconcile`]);
 //! 2. call the driver;
 //! 3. on success, apply the record change and drop the intent in one atomic
-//!    batch, and flush before answering;
+//!    batch, and flush before answering ([`Records::commit_durably`]: the
+//!    sled store applies concurrent operations' commits in one batch);
 //! 4. on failure, undo what the driver may have made (unless the error says
 //!    it touched nothing), drop the intent and flush; if the undo itself
 //!    fails, the intent stays for the next start to settle.
@@ -87,9 +88,8 @@ impl Journal {
             Ok(done) => {
                 let (record, value) = settle(done);
                 self.log
-                    .commit(fence, key, Rec::change(record.as_ref()))
+                    .commit_durably(fence, key, Rec::change(record.as_ref()))
                     .await?;
-                self.log.flush().await?;
                 Ok(value)
             }
             Err(failed) => {

@@ -92,6 +92,19 @@ pub trait Records: Send + Sync + 'static {
         key: &VolumeKey,
         change: Change<'_>,
     ) -> Result<(), StoreError>;
+    /// [`Records::commit`] followed by [`Records::flush`]: returns once the
+    /// change, and everything written before it, is durable. A store that
+    /// can share one write and one flush among concurrent callers does (the
+    /// sled store: [`Store::commit_durably`]).
+    async fn commit_durably(
+        &self,
+        fence: &Fence,
+        key: &VolumeKey,
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
+        self.commit(fence, key, change).await?;
+        self.flush().await
+    }
     /// Records the intents of a batch (durable after [`Records::flush`]),
     /// each as [`Records::begin`] would. A store that can write them in one
     /// atomic batch does; the default writes them one by one.
@@ -196,6 +209,20 @@ impl Records for Store {
         match change {
             Change::Volume(record) => Store::commit(self, key, record),
             Change::Snapshot(record) => Store::commit_snapshot(self, key, record),
+        }
+    }
+
+    async fn commit_durably(
+        &self,
+        _fence: &Fence,
+        key: &VolumeKey,
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
+        match change {
+            Change::Volume(record) => Store::commit_durably(self, Kind::Volume, key, record).await,
+            Change::Snapshot(record) => {
+                Store::commit_durably(self, Kind::Snapshot, key, record).await
+            }
         }
     }
 

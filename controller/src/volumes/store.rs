@@ -288,15 +288,58 @@ pub struct Store {
 /// Batching is kept: while one flush runs, the callers that arrive queue on
 /// the mutex, and the first of them to get it flushes for all of them (its
 /// `upto` covers every ticket taken before its flush started).
+///
+/// Commits ([`Store::commit_durably`]) are grouped too: a caller does not
+/// apply its record change itself but queues it, with its ticket, and
+/// whoever flushes next applies every queued change in one sled batch
+/// before its flush. Each change stays atomic (its record and its intent
+/// are in one batch), and its caller returns only once a flush that
+/// followed the batch's application has finished. This matters because
+/// every sled batch rolls sled's log buffer twice (two log writes, each
+/// handed to sled's I/O threads, which all wake for each): one batch per
+/// group instead of one per operation.
+///
+/// Why a commit is never reported durable before it is: a ticket and its
+/// change are queued under the `queued` lock, and the leader takes the queue
+/// and reads its `upto` under that lock, so every commit ticket that `upto`
+/// covers had its change taken by this leader or an earlier one. The
+/// leader's whole turn (apply, flush, publish `done`) runs on a blocking
+/// thread that owns the `flushing` lock, so a leader whose caller is
+/// cancelled still finishes its turn before the next one starts. If
+/// applying a batch fails, its changes are not in the store: their tickets
+/// go to `failed`, which every caller checks along with `done`, so none of
+/// them returns success. A caller cancelled while its change is still
+/// queued takes it back (its lock on the object is released with it, so a
+/// change applied later could overwrite the next operation's).
 struct GroupCommit {
     /// The last ticket handed out; tickets start at 1.
     tickets: AtomicU64,
     /// The highest ticket a finished flush covers.
     done: AtomicU64,
     /// Held by the one caller that is flushing, queued on by the others.
-    flushing: tokio::sync::Mutex<()>,
+    flushing: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Record changes waiting for the next flush to apply them.
+    queued: std::sync::Mutex<Queued>,
     /// Told about every flush that succeeded (the metrics), once set.
     hook: std::sync::OnceLock<FlushHook>,
+}
+
+/// The commits waiting for a leader ([`GroupCommit`]).
+#[derive(Default)]
+struct Queued {
+    /// Each waiting commit's ticket and writes, in ticket order.
+    changes: Vec<(u64, Writes)>,
+    /// Tickets whose changes a failed batch did not apply, with why.
+    failed: std::collections::HashMap<u64, String>,
+}
+
+/// Locks a std mutex; a panic elsewhere cannot leave [`Queued`] half
+/// changed (each change is one push, retain or take), so a poisoned lock is
+/// used as it is.
+fn lock_queued(queued: &std::sync::Mutex<Queued>) -> std::sync::MutexGuard<'_, Queued> {
+    queued
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What one group-commit flush did, for [`Store::on_flush`].
@@ -312,44 +355,144 @@ pub struct FlushStats {
 /// A function told about each flush.
 pub type FlushHook = std::sync::Arc<dyn Fn(FlushStats) + Send + Sync>;
 
+/// A queued commit's claim on its change: dropped before its caller is
+/// covered (the caller was cancelled), it takes the change back out of the
+/// queue if no leader has taken it yet.
+struct Claim<'a> {
+    commits: &'a GroupCommit,
+    ticket: Option<u64>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket {
+            lock_queued(&self.commits.queued)
+                .changes
+                .retain(|(t, _)| *t != ticket);
+        }
+    }
+}
+
 impl GroupCommit {
     fn new() -> Self {
         Self {
             tickets: AtomicU64::new(0),
             done: AtomicU64::new(0),
-            flushing: tokio::sync::Mutex::new(()),
+            flushing: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            queued: std::sync::Mutex::new(Queued::default()),
             hook: std::sync::OnceLock::new(),
         }
     }
 
-    async fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
+    async fn flush(
+        self: &std::sync::Arc<Self>,
+        db: &sled::Db,
+        tree: &sled::Tree,
+    ) -> Result<(), StoreError> {
         // Taken after the caller's writes, so a flush that starts later
         // covers them.
         let ticket = self.tickets.fetch_add(1, SeqCst) + 1;
-        if self.done.load(SeqCst) >= ticket {
-            return Ok(());
+        self.until_covered(db, tree, ticket).await
+    }
+
+    /// Queues `writes` for the next flush to apply in its batch, and
+    /// returns once they are applied and durable.
+    async fn commit(
+        self: &std::sync::Arc<Self>,
+        db: &sled::Db,
+        tree: &sled::Tree,
+        writes: Writes,
+    ) -> Result<(), StoreError> {
+        let ticket = {
+            let mut queued = lock_queued(&self.queued);
+            let ticket = self.tickets.fetch_add(1, SeqCst) + 1;
+            queued.changes.push((ticket, writes));
+            ticket
+        };
+        let mut claim = Claim {
+            commits: self,
+            ticket: Some(ticket),
+        };
+        let outcome = self.until_covered(db, tree, ticket).await;
+        claim.ticket = None;
+        outcome
+    }
+
+    /// The outcome for `ticket` once a flush covers it: the error of a
+    /// failed batch that held its change, else success.
+    fn covered(&self, ticket: u64) -> Option<Result<(), StoreError>> {
+        let failed = lock_queued(&self.queued).failed.remove(&ticket);
+        if let Some(why) = failed {
+            return Some(Err(StoreError::Db(sled::Error::ReportableBug(why))));
         }
-        let _leader = self.flushing.lock().await;
-        if self.done.load(SeqCst) >= ticket {
+        (self.done.load(SeqCst) >= ticket).then_some(Ok(()))
+    }
+
+    async fn until_covered(
+        self: &std::sync::Arc<Self>,
+        db: &sled::Db,
+        tree: &sled::Tree,
+        ticket: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(outcome) = self.covered(ticket) {
+            return outcome;
+        }
+        let leader = std::sync::Arc::clone(&self.flushing).lock_owned().await;
+        if let Some(outcome) = self.covered(ticket) {
             // A flush that started after our ticket finished while we queued.
-            return Ok(());
+            return outcome;
         }
-        // Every write made before this load is covered by the flush below.
-        let upto = self.tickets.load(SeqCst);
+        // A blocking flush on a blocking thread: sled 0.34's flush_async can
+        // deadlock under concurrent use (sled#1308). The turn owns the lock,
+        // so if this caller is cancelled while it waits, the turn still
+        // ends (publishing what it did) before the next caller's begins.
+        let (commits, db, tree) = (std::sync::Arc::clone(self), db.clone(), tree.clone());
+        tokio::task::spawn_blocking(move || {
+            let outcome = commits.turn(&db, &tree, ticket);
+            drop(leader);
+            outcome
+        })
+        .await
+        .map_err(|e| {
+            StoreError::Db(sled::Error::ReportableBug(format!(
+                "flush task failed: {e}"
+            )))
+        })?
+    }
+
+    /// One leader's turn, holding the `flushing` lock: applies the queued
+    /// changes in one batch, flushes, publishes what it covered.
+    fn turn(&self, db: &sled::Db, tree: &sled::Tree, ticket: u64) -> Result<(), StoreError> {
+        // Every write made, and every commit queued, before this point is
+        // covered by the flush below.
+        let (changes, upto) = {
+            let mut queued = lock_queued(&self.queued);
+            (
+                std::mem::take(&mut queued.changes),
+                self.tickets.load(SeqCst),
+            )
+        };
         let before = self.done.load(SeqCst);
         let started = std::time::Instant::now();
-        // A blocking flush on a blocking thread: sled 0.34's flush_async can
-        // deadlock under concurrent use (sled#1308). If this caller is
-        // cancelled while it waits, the lock is released with the guard and
-        // the next caller in the queue flushes for itself.
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| {
-                StoreError::Db(sled::Error::ReportableBug(format!(
-                    "flush task failed: {e}"
-                )))
-            })??;
+        if !changes.is_empty() {
+            let mut batch = sled::Batch::default();
+            let mut tickets = Vec::with_capacity(changes.len());
+            for (t, writes) in changes {
+                add_writes(&mut batch, writes);
+                tickets.push(t);
+            }
+            if let Err(e) = tree.apply_batch(batch) {
+                // Never applied: each of these callers fails (the other
+                // callers' writes are in the store; the next flush retries).
+                let why = format!("a batch of record changes could not be applied: {e}");
+                let mut queued = lock_queued(&self.queued);
+                for t in tickets.into_iter().filter(|t| *t != ticket) {
+                    queued.failed.insert(t, why.clone());
+                }
+                return Err(StoreError::Db(e));
+            }
+        }
+        db.flush()?;
         self.done.fetch_max(upto, SeqCst);
         if let Some(hook) = self.hook.get() {
             hook(FlushStats {
@@ -398,7 +541,22 @@ impl Store {
     /// Makes everything written so far durable (sharing the flush with
     /// concurrent callers).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.commits.flush(&self.db).await
+        self.commits.flush(&self.db, &self.tree).await
+    }
+
+    /// Like [`commit`](Self::commit) (or [`commit_snapshot`](Self::commit_snapshot)
+    /// for [`Kind::Snapshot`]) followed by [`flush`](Self::flush), with
+    /// concurrent callers' changes applied in one sled batch before one
+    /// flush (see [`GroupCommit`]): returns once the change, and everything
+    /// written before it, is durable.
+    pub async fn commit_durably<T: Stored>(
+        &self,
+        kind: Kind,
+        key: &VolumeKey,
+        record: Option<&T>,
+    ) -> Result<(), StoreError> {
+        let writes = commit_writes(kind, key, record)?;
+        self.commits.commit(&self.db, &self.tree, writes).await
     }
 
     /// A volume record.
@@ -491,15 +649,7 @@ impl Store {
         record: Option<&T>,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        match record {
-            Some(record) => {
-                let k = key.encode(kind.record());
-                let v = encode(&k, record)?;
-                batch.insert(k, v)
-            }
-            None => batch.remove(key.encode(kind.record())),
-        }
-        batch.remove(key.encode(kind.intent()));
+        add_writes(&mut batch, commit_writes(kind, key, record)?);
         self.tree.apply_batch(batch)?;
         Ok(())
     }
@@ -632,6 +782,34 @@ impl Store {
     }
 }
 
+/// Key writes: a value to set, or `None` to remove the key.
+type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// The writes that set (or remove, with `None`) the record of `key` and
+/// drop its intent.
+fn commit_writes<T: Stored>(
+    kind: Kind,
+    key: &VolumeKey,
+    record: Option<&T>,
+) -> Result<Writes, StoreError> {
+    let k = key.encode(kind.record());
+    let v = match record {
+        Some(record) => Some(encode(&k, record)?),
+        None => None,
+    };
+    Ok(vec![(k, v), (key.encode(kind.intent()), None)])
+}
+
+/// Adds `writes` to `batch`, in order.
+fn add_writes(batch: &mut sled::Batch, writes: Writes) {
+    for (k, v) in writes {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+}
+
 /// One page of a volume listing; see [`Store::page`].
 #[derive(Debug, Default)]
 pub struct Page {
@@ -663,6 +841,7 @@ fn sorted<'a>(services: &[&'a str]) -> Vec<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn record(service: &str, name: &str) -> VolumeRecord {
         VolumeRecord {
@@ -902,6 +1081,105 @@ mod tests {
             .get(&VolumeKey::new("s", "good"))
             .expect("get")
             .is_some());
+    }
+
+    /// Concurrent durable commits are applied in shared batches and each
+    /// returns with its record in place and its intent gone, in the store
+    /// and after reopening it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_durable_commits_all_land() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let name = format!("v{i}");
+                    let key = VolumeKey::new("s", &name);
+                    let rec = record("s", &name);
+                    store
+                        .begin(
+                            &key,
+                            &Intent::Create {
+                                record: rec.clone(),
+                            },
+                        )
+                        .expect("begin");
+                    store.flush().await.expect("flush");
+                    store
+                        .commit_durably(Kind::Volume, &key, Some(&rec))
+                        .await
+                        .expect("commit");
+                    // Durable commits of a removal too.
+                    if i % 2 == 0 {
+                        store
+                            .begin(&key, &Intent::Delete { record: rec })
+                            .expect("begin");
+                        store
+                            .commit_durably::<VolumeRecord>(Kind::Volume, &key, None)
+                            .await
+                            .expect("commit a removal");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let check = |store: &Store| {
+            assert!(store.intents().expect("intents").is_empty());
+            for i in 0..32 {
+                let got = store
+                    .get(&VolumeKey::new("s", &format!("v{i}")))
+                    .expect("get");
+                assert_eq!(got.is_some(), i % 2 == 1, "v{i}");
+            }
+        };
+        check(&store);
+        assert!(lock_queued(&store.commits.queued).changes.is_empty());
+        drop(store);
+        check(&Store::open(dir.path()).expect("reopen"));
+    }
+
+    /// A commit whose caller is cancelled while it waits for a leader takes
+    /// its change back: its lock on the volume is gone with it, so a change
+    /// applied later could overwrite the next operation's. Its intent stays
+    /// for the next start to settle, as for any interrupted operation.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_commit_is_not_applied_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let key = VolumeKey::new("s", "v");
+        let rec = record("s", "v");
+        store
+            .begin(
+                &key,
+                &Intent::Create {
+                    record: rec.clone(),
+                },
+            )
+            .expect("begin");
+        // Hold the leader's lock so the commit waits in the queue.
+        let held = Arc::clone(&store.commits.flushing).lock_owned().await;
+        let waiting = {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { store.commit_durably(Kind::Volume, &key, Some(&rec)).await })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lock_queued(&store.commits.queued).changes.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commit never queued"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        waiting.abort();
+        assert!(waiting.await.is_err(), "the commit was cancelled");
+        assert!(lock_queued(&store.commits.queued).changes.is_empty());
+        drop(held);
+        store.flush().await.expect("flush");
+        assert_eq!(store.get(&key).expect("get"), None);
+        assert_eq!(store.intents().expect("intents").len(), 1);
     }
 
     #[test]
