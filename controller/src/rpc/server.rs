@@ -128,13 +128,27 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(limits.max_connections as usize)),
         stopping: watch::channel(false).0,
     });
-    // The accept loop runs inside this select: when the signal comes it is
-    // dropped, and the listening socket with it, so new clients are refused
-    // at once rather than left waiting.
+    // The accept loop is a task of its own, on the runtime's workers: the
+    // connection tasks it spawns then start from a worker's own queue, and
+    // no accept waits for the thread that called `run` (berthd's main
+    // thread, in `block_on`) to be woken. When the signal comes the task
+    // is aborted and awaited, so the listening socket is closed (new
+    // clients refused at once) before the connections are told to stop.
+    let mut accepting = AcceptTask(tokio::spawn(accept_loop(listener, Arc::clone(&server))));
     tokio::select! {
         () = shutdown => {}
-        never = accept_loop(listener, Arc::clone(&server)) => match never {},
+        ended = &mut accepting.0 => {
+            // The loop never returns; only a panic ends it, and that panic
+            // is the server's, as when the loop ran inside this function.
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
     }
+    accepting.0.abort();
+    let _ = (&mut accepting.0).await;
     server.stopping.send_replace(true);
     // Every connection (handshakes included) holds a permit until it ends.
     let _all = server
@@ -143,6 +157,17 @@ pub async fn run(
         .await
         .ok();
     Ok(())
+}
+
+/// The accept loop's task, aborted when dropped (when [`run`] is dropped
+/// before it returns, as the controller does after its shutdown grace), so
+/// the listening socket never outlives the server.
+struct AcceptTask(tokio::task::JoinHandle<Infallible>);
+
+impl Drop for AcceptTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What every connection task shares.
