@@ -140,10 +140,9 @@ pub async fn run(
         ended = &mut accepting.0 => {
             // The loop never returns; only a panic ends it, and that panic
             // is the server's, as when the loop ran inside this function.
-            if let Err(e) = ended {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
+            let Err(e) = ended;
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
             }
         }
     }
