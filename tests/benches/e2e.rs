@@ -655,7 +655,8 @@ fn median_wall(runs: usize, mut make: impl FnMut() -> Command) -> Duration {
 }
 
 /// The one-shot floor: this binary re-run as a minimal client process doing
-/// one TLS call with a current-thread runtime.
+/// one TLS call with a current-thread runtime: the `ListVolumes` that
+/// `berth volume list` makes (with usage).
 fn oneshot(host: &str, pin: &str, token: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -668,8 +669,13 @@ fn oneshot(host: &str, pin: &str, token: &str) {
             bearer: bearer(token),
         };
         let mut c = target.client().await;
+        // The request `berth volume list` sends (its USED column asks for
+        // usage), so both sides of figure 4 ask the server for the same work.
         let page = c
-            .list_volumes(list_request())
+            .list_volumes(pb::ListVolumesRequest {
+                with_usage: true,
+                ..list_request()
+            })
             .await
             .expect("list")
             .into_inner();

@@ -128,13 +128,26 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(limits.max_connections as usize)),
         stopping: watch::channel(false).0,
     });
-    // The accept loop runs inside this select: when the signal comes it is
-    // dropped, and the listening socket with it, so new clients are refused
-    // at once rather than left waiting.
+    // The accept loop is a task of its own, on the runtime's workers: the
+    // connection tasks it spawns then start from a worker's own queue, and
+    // no accept waits for the thread that called `run` (berthd's main
+    // thread, in `block_on`) to be woken. When the signal comes the task
+    // is aborted and awaited, so the listening socket is closed (new
+    // clients refused at once) before the connections are told to stop.
+    let mut accepting = AcceptTask(tokio::spawn(accept_loop(listener, Arc::clone(&server))));
     tokio::select! {
         () = shutdown => {}
-        never = accept_loop(listener, Arc::clone(&server)) => match never {},
+        ended = &mut accepting.0 => {
+            // The loop never returns; only a panic ends it, and that panic
+            // is the server's, as when the loop ran inside this function.
+            let Err(e) = ended;
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
     }
+    accepting.0.abort();
+    let _ = (&mut accepting.0).await;
     server.stopping.send_replace(true);
     // Every connection (handshakes included) holds a permit until it ends.
     let _all = server
@@ -143,6 +156,17 @@ pub async fn run(
         .await
         .ok();
     Ok(())
+}
+
+/// The accept loop's task, aborted when dropped (when [`run`] is dropped
+/// before it returns, as the controller does after its shutdown grace), so
+/// the listening socket never outlives the server.
+struct AcceptTask(tokio::task::JoinHandle<Infallible>);
+
+impl Drop for AcceptTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What every connection task shares.
@@ -637,6 +661,85 @@ mod tests {
         assert_eq!(parse("5x"), None);
         assert_eq!(parse("-5S"), None);
         assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    /// The accept loop must not need the thread that drives [`run`]: that
+    /// thread is berthd's main thread, in `block_on`, and waking it for
+    /// every accept cost each new connection two cross-thread hand-offs.
+    /// Here the driving thread stops polling after start-up and a client
+    /// still gets its call answered.
+    #[test]
+    fn connections_are_served_while_the_thread_driving_the_server_is_blocked() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let options = crate::Options {
+            data_dir: data.path().join("data"),
+            config: None,
+            security: crate::Security::DangerousPlaintext,
+            limits: Default::default(),
+            store: Default::default(),
+        };
+        let (controller, listener) = rt.block_on(async {
+            let controller = crate::Controller::open_with(
+                &options,
+                None,
+                &berth_drivers::DriverRegistry::with_builtin(),
+            )
+            .await
+            .expect("controller");
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            (controller, listener)
+        });
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (blocked_tx, blocked_rx) = std::sync::mpsc::channel::<()>();
+        let handle = rt.handle().clone();
+        let driver = std::thread::spawn(move || {
+            handle.block_on(async move {
+                let serve = controller.run(listener, async {
+                    let _ = stop_rx.await;
+                });
+                tokio::pin!(serve);
+                // Start-up: the server polled for a while, then this thread
+                // blocks without polling it until the client is done.
+                let started =
+                    tokio::time::timeout(Duration::from_millis(300), serve.as_mut()).await;
+                if let Ok(ended) = started {
+                    panic!("the server stopped on its own: {ended:?}");
+                }
+                let _ = blocked_tx.send(());
+                let _ = release_rx.recv();
+                serve.await.expect("server");
+            });
+        });
+        blocked_rx.recv().expect("the server started");
+        let answered = rt.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .connect_timeout(Duration::from_secs(5))
+                .connect_lazy();
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                health.check(tonic_health::pb::HealthCheckRequest::default()),
+            )
+            .await
+        });
+        let _ = release_tx.send(());
+        let _ = stop_tx.send(());
+        driver.join().expect("driver thread");
+        let answer = answered.expect("no answer within 5 s while the driving thread was blocked");
+        // Any gRPC answer (health is open, or refused without a token) shows
+        // the connection was accepted and served; only a transport failure
+        // would not.
+        if let Err(status) = answer {
+            assert_ne!(status.code(), tonic::Code::Unavailable, "{status}");
+        }
     }
 
     #[test]
