@@ -294,6 +294,13 @@ fn a_dead_controllers_intents_are_settled_by_a_running_one_within_ttl_plus_5s() 
         let held = etcd_client::PutOptions::new().with_lease(lease);
         for (name, op) in [("ghost", "create"), ("doomed", "delete")] {
             let key = record(name);
+            // Written as JSON, the form every release reads: controllers of
+            // two releases may share one etcd during a rolling upgrade.
+            assert_eq!(
+                records[&key].first(),
+                Some(&b'{'),
+                "{key} is not stored as JSON in etcd"
+            );
             let rec: VolumeRecord = decode(key.as_bytes(), &records[&key]).expect("record");
             etcd.put(
                 format!("/berth/locks/volumes/local/{name}"),

@@ -115,6 +115,7 @@ impl From<StoreError> for Status {
             StoreError::Open { .. }
             | StoreError::Db(_)
             | StoreError::Encode { .. }
+            | StoreError::EncodeJson { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Backend(_) => Status::internal(message),
         }

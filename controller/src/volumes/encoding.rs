@@ -12,6 +12,15 @@
 //! formats; a value starting with one is refused as written by a newer
 //! version, never guessed at.
 //!
+//! The sled store writes the binary form ([`encode`]): a data directory is
+//! one controller's, and an earlier `berthd` cannot read it back once this
+//! one has written (no downgrade). The etcd store writes JSON
+//! ([`encode_json`]): controllers of two releases may share one etcd while
+//! they are upgraded one at a time, and the earlier one reads only JSON.
+//! A later format must take a new format byte (or a JSON change readable
+//! by this version): protobuf skips fields it does not know, so a new field
+//! under [`BINARY`] would be dropped silently by this version.
+//!
 //! Why binary: listing a page decoded every record's JSON, 79k of the 266k
 //! instructions of a `ListVolumes(10)` call (issue 18); the binary form
 //! decodes without parsing text or escapes.
@@ -47,6 +56,10 @@ pub enum FormatError {
     /// An intent names no operation.
     #[error("the intent names no operation; restore it from a backup or remove the entry")]
     NoOperation,
+    /// A binary value lacks a field every record has (it was cut short or
+    /// damaged): read as empty, it would name no volume.
+    #[error("its binary form has no {0}; restore it from a backup or remove the entry")]
+    Missing(&'static str),
     /// A key is not `<kind>/<service>/<name>`.
     #[error("the key is not <kind>/<service>/<name>; remove the entry")]
     BadKey,
@@ -74,6 +87,17 @@ pub fn encode<T: Stored>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
         source,
     })?;
     Ok(out)
+}
+
+/// `value` in the JSON form every release reads, earlier ones included.
+/// The etcd store writes this form: controllers of different releases may
+/// share one etcd during a rolling upgrade, and an earlier release cannot
+/// read the binary form. `key` names the entry in the error.
+pub fn encode_json<T: Stored>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::EncodeJson {
+        key: key_name(key),
+        source,
+    })
 }
 
 /// The value stored under `key`, in whichever form it was written.
@@ -107,7 +131,7 @@ mod wire {
 
     /// A type with a stored form: its message, to it and back. Values of
     /// earlier releases are read with its `Deserialize` (JSON).
-    pub trait Form: Sized + for<'de> serde::Deserialize<'de> {
+    pub trait Form: Sized + serde::Serialize + for<'de> serde::Deserialize<'de> {
         /// The protobuf message it is stored as.
         type Wire: Message + Default;
         /// Its stored form.
@@ -217,6 +241,7 @@ mod wire {
         }
 
         fn from_wire(w: VolumeWire) -> Result<Self, FormatError> {
+            required(&[("id", &w.id), ("name", &w.name), ("service", &w.service)])?;
             Ok(VolumeRecord {
                 id: w.id,
                 name: w.name,
@@ -255,6 +280,12 @@ mod wire {
         }
 
         fn from_wire(w: SnapshotWire) -> Result<Self, FormatError> {
+            required(&[
+                ("id", &w.id),
+                ("name", &w.name),
+                ("service", &w.service),
+                ("volume", &w.volume),
+            ])?;
             Ok(SnapshotRecord {
                 id: w.id,
                 name: w.name,
@@ -263,6 +294,16 @@ mod wire {
                 size_bytes: w.size_bytes,
                 created_at_ms: w.created_at_ms,
             })
+        }
+    }
+
+    /// Refuses a record whose naming fields decoded empty: protobuf leaves
+    /// out empty strings, so a value cut short reads as one with no id or
+    /// name, which every record has (JSON refuses it as a missing field).
+    fn required(fields: &[(&'static str, &String)]) -> Result<(), FormatError> {
+        match fields.iter().find(|(_, value)| value.is_empty()) {
+            Some((name, _)) => Err(FormatError::Missing(name)),
+            None => Ok(()),
         }
     }
 
@@ -411,5 +452,47 @@ mod tests {
         }
         let err = decode::<Intent>(key, &[BINARY]).expect_err("an intent without op");
         assert!(err.to_string().contains("no operation"), "{err}");
+    }
+
+    /// A binary value cut short before its naming fields reads as a record
+    /// with an empty id or name (protobuf leaves empty strings out); it is
+    /// refused, as JSON refuses a missing field.
+    #[test]
+    fn a_binary_record_without_its_names_is_corrupt() {
+        let key = b"v\0fs\0short";
+        let whole = encode(key, &volume()).expect("encode");
+        let err = decode::<VolumeRecord>(key, &whole[..1]).expect_err("a cut-short record");
+        assert!(err.to_string().contains("has no id"), "{err}");
+        let nameless = VolumeRecord {
+            name: String::new(),
+            ..volume()
+        };
+        let raw = encode(key, &nameless).expect("encode");
+        let err = decode::<VolumeRecord>(key, &raw).expect_err("a nameless record");
+        assert!(err.to_string().contains("has no name"), "{err}");
+        let snapshot = SnapshotRecord {
+            id: "i".into(),
+            name: "n".into(),
+            service: "s".into(),
+            volume: String::new(),
+            size_bytes: 0,
+            created_at_ms: 0,
+        };
+        let raw = encode(key, &snapshot).expect("encode");
+        let err = decode::<SnapshotRecord>(key, &raw).expect_err("no volume");
+        assert!(err.to_string().contains("has no volume"), "{err}");
+    }
+
+    /// What the etcd store writes is JSON that reads back the same, and
+    /// that an earlier release's plain `serde_json` reads too.
+    #[test]
+    fn the_json_form_round_trips_and_is_plain_json() {
+        let key = b"v\0fs\0j";
+        let record = volume();
+        let raw = encode_json(key, &record).expect("encode");
+        assert_eq!(raw.first(), Some(&b'{'));
+        assert_eq!(decode::<VolumeRecord>(key, &raw).expect("decode"), record);
+        let old: VolumeRecord = serde_json::from_slice(&raw).expect("plain serde_json");
+        assert_eq!(old, record);
     }
 }

@@ -10,8 +10,10 @@
 //! <prefix>/locks/snapshots/<service>/<name>    -> controller id, bound to its lease
 //! ```
 //!
-//! Values are in the form [`crate::volumes::encoding`] defines, as in the
-//! sled store (binary; the JSON of earlier releases is read).
+//! Values are written as JSON ([`crate::volumes::encoding::encode_json`]),
+//! the form every release reads, so that controllers of two releases can
+//! share one etcd during a rolling upgrade; the binary form the sled store
+//! writes is read too ([`crate::volumes::encoding::decode`]).
 //!
 //! Each controller holds one lease (TTL `--etcd-lease-ttl`, default 10 s),
 //! kept alive in the background. An operation takes the object's lock: a
@@ -35,7 +37,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 
-use crate::volumes::encoding::{decode, encode, Stored};
+use crate::volumes::encoding::{decode, encode_json, Stored};
 use crate::volumes::journal::Change;
 use crate::volumes::records::{Fence, FenceToken, KeepSnapshot, KeepVolume, Records};
 use crate::volumes::store::{
@@ -463,7 +465,7 @@ impl Records for EtcdStore {
     ) -> Result<(), StoreError> {
         let kind = intent.kind();
         let k = self.intent_key(kind, key);
-        let v = encode(k.as_bytes(), intent)?;
+        let v = encode_json(k.as_bytes(), intent)?;
         let mut compares = vec![];
         if matches!(
             intent,
@@ -504,8 +506,8 @@ impl Records for EtcdStore {
         };
         let rk = self.record_key(kind, key);
         let value = match change {
-            Change::Volume(r) => r.map(|r| encode(rk.as_bytes(), r)).transpose()?,
-            Change::Snapshot(r) => r.map(|r| encode(rk.as_bytes(), r)).transpose()?,
+            Change::Volume(r) => r.map(|r| encode_json(rk.as_bytes(), r)).transpose()?,
+            Change::Snapshot(r) => r.map(|r| encode_json(rk.as_bytes(), r)).transpose()?,
         };
         let record_op = match value {
             Some(v) => TxnOp::put(rk.clone(), v, None),

@@ -192,6 +192,16 @@ pub enum StoreError {
         /// What prost said.
         source: prost::EncodeError,
     },
+    /// A record could not be written as JSON (the shared etcd store's
+    /// form, see [`crate::volumes::encoding::encode_json`]); nothing was
+    /// written.
+    #[error("cannot encode entry {key:?} as JSON for the record store: {source}; nothing was written (this is a bug: report it)")]
+    EncodeJson {
+        /// The entry's key.
+        key: String,
+        /// What serde_json said.
+        source: serde_json::Error,
+    },
     /// An entry cannot be read.
     #[error("corrupt entry {key:?} in the record store: {source}")]
     Corrupt {
