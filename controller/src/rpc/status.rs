@@ -117,7 +117,8 @@ impl From<StoreError> for Status {
             | StoreError::Encode { .. }
             | StoreError::EncodeJson { .. }
             | StoreError::Corrupt { .. }
-            | StoreError::Backend(_) => Status::internal(message),
+            | StoreError::Backend(_)
+            | StoreError::Write(_) => Status::internal(message),
         }
     }
 }

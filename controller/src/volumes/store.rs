@@ -225,6 +225,11 @@ pub enum StoreError {
     /// A shared store refused a request.
     #[error("record store error: {0}")]
     Backend(String),
+    /// A write of this controller's did not complete (its batch could not
+    /// be applied, or the flushing task failed): the operation was not
+    /// acknowledged, and its intent is settled at the next start.
+    #[error("volume database write failed: {0}; the operation was not acknowledged: retry, and see berthd's log")]
+    Write(String),
 }
 
 /// The key of one volume, without its kind prefix.
@@ -433,7 +438,7 @@ impl GroupCommit {
     fn covered(&self, ticket: u64) -> Option<Result<(), StoreError>> {
         let failed = lock_queued(&self.queued).failed.remove(&ticket);
         if let Some(why) = failed {
-            return Some(Err(StoreError::Db(sled::Error::ReportableBug(why))));
+            return Some(Err(StoreError::Write(why)));
         }
         (self.done.load(SeqCst) >= ticket).then_some(Ok(()))
     }
@@ -463,11 +468,7 @@ impl GroupCommit {
             outcome
         })
         .await
-        .map_err(|e| {
-            StoreError::Db(sled::Error::ReportableBug(format!(
-                "flush task failed: {e}"
-            )))
-        })?
+        .map_err(|e| StoreError::Write(format!("the flush task failed: {e}")))?
     }
 
     /// One leader's turn, holding the `flushing` lock: applies the queued
